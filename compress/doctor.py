@@ -1,0 +1,43 @@
+"""`compress doctor`: what this machine can do."""
+from __future__ import annotations
+
+from typing import Any
+
+from compress import env
+from compress.models import BUILTIN_MODELS
+
+
+def collect() -> dict[str, Any]:
+    """Versions, device and back ends. Imports torch (this is the one command meant to)."""
+    info: dict[str, Any] = {"libraries": env.library_versions(), "git_sha": env.git_sha()}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    info["device"] = env.device_info(torch)
+    info["torch"] = env.package_version("torch")
+    info["backends"] = {
+        dist: {"installed": env.package_version(dist) is not None, "version": env.package_version(dist),
+               "extra": extra, "for": purpose}
+        for dist, (extra, purpose) in env.BACKENDS.items()
+    }
+    info["builtin_models"] = {name: (path / "config.json").exists() for name, path in BUILTIN_MODELS.items()}
+    return info
+
+
+def notes(info: dict[str, Any]) -> list[str]:
+    """Plain-language consequences of what was found."""
+    dev = info["device"]
+    lines = []
+    if info["torch"] is None:
+        lines.append("torch is not installed: run `make setup` (it pins the CPU build where there is no GPU)")
+    elif not dev.get("cuda"):
+        lines.append("no CUDA device: everything runs on the CPU in float32; FP8 artifacts are produced "
+                     "but cannot run natively here")
+    elif not dev.get("fp8_native"):
+        lines.append(f"{dev.get('gpu')} (compute {dev.get('compute_capability')}) has no native FP8: "
+                     "FP8 artifacts run through weight-only fallbacks in vLLM")
+    for dist, b in info["backends"].items():
+        if not b["installed"] and dist != "vllm":
+            lines.append(f"{dist} missing: {b['for']} unavailable; pip install 'compress[{b['extra']}]'")
+    return lines

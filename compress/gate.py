@@ -1,0 +1,139 @@
+"""The gate: one declarative policy over quality, speed, size and cost -> PASS, FAIL or INCONCLUSIVE.
+
+Quality checks compare the baseline's and the candidate's per-document results on the same
+documents (paired bootstrap, or McNemar's table for right/wrong answers); efficiency checks
+compare the two benchmark reports. Any FAIL fails the gate; otherwise any INCONCLUSIVE makes
+it inconclusive; otherwise it passes.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from compress.compare import efficiency_metrics
+from compress.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_PASS, UsageError
+from compress.evals.reports import AccuracyReport, BenchReport, ReportModel
+from compress.recipe import EFFICIENCY_METRICS, GateCheck, GateSpec
+from compress.stats import FAIL, INCONCLUSIVE, PASS, decide, mcnemar_interval, paired_bootstrap, samples_to_decide
+
+Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
+
+
+class CheckResult(BaseModel):
+    metric: str
+    kind: Literal["quality", "efficiency"]
+    verdict: Verdict
+    measured: float
+    threshold: str
+    baseline: float | None = None
+    candidate: float | None = None
+    interval: dict[str, Any] | None = None
+    samples_needed: int | None = None
+    note: str = ""
+
+
+class GateResult(ReportModel):
+    verdict: Verdict
+    exit_code: int
+    confidence: float
+    test: str
+    checks: list[CheckResult]
+    candidate_hash: str
+    baseline_hash: str
+    created: str
+
+    def summary(self) -> str:
+        counts = {v: sum(c.verdict == v for c in self.checks) for v in (PASS, FAIL, INCONCLUSIVE)}
+        return f"{self.verdict}: " + ", ".join(f"{n} {v.lower()}" for v, n in counts.items() if n)
+
+
+def _paired_values(base: AccuracyReport, cand: AccuracyReport, task: str, metric: str) -> tuple[list, list]:
+    """Per-document values of a metric, matched by document id; the documents must be the same."""
+    b_samples = {s.doc_id: s for s in base.tasks[task].samples}
+    c_samples = {s.doc_id: s for s in cand.tasks[task].samples}
+    if b_samples.keys() != c_samples.keys():
+        raise UsageError(f"{task}: the two reports evaluated different documents "
+                         f"({len(b_samples)} vs {len(c_samples)})", hint="evaluate both with the same settings")
+    bv, cv = [], []
+    for doc_id in sorted(b_samples):
+        b, c = b_samples[doc_id], c_samples[doc_id]
+        if b.doc_hash and c.doc_hash and b.doc_hash != c.doc_hash:
+            raise UsageError(f"{task}: document {doc_id} differs between the two reports",
+                             hint="the eval data changed; evaluate both models again")
+        bv.append(b.values[metric])
+        cv.append(c.values[metric])
+    return bv, cv
+
+
+def quality_check(check: GateCheck, policy: GateSpec, base: AccuracyReport, cand: AccuracyReport) -> CheckResult:
+    task, _, metric = check.metric.partition("/")
+    try:
+        m = base.metric(check.metric)
+        cm = cand.metric(check.metric)
+    except KeyError as e:
+        raise UsageError(str(e.args[0]), hint="check the gate's metric names against `compress eval` output") from None
+    bv, cv = _paired_values(base, cand, task, metric)
+    binary = all(v in (0, 1, 0.0, 1.0, True, False) for v in bv + cv)
+    if policy.test == "mcnemar" and binary and not check.relative:
+        iv = mcnemar_interval([bool(v) for v in bv], [bool(v) for v in cv], confidence=policy.confidence)
+    else:
+        iv = paired_bootstrap(bv, cv, aggregation=m.aggregation, higher_is_better=m.higher_is_better,
+                              relative=check.relative, confidence=policy.confidence,
+                              resamples=policy.bootstrap_resamples, seed=0)
+    verdict = decide(iv, check.max_regression)
+    unit = "relative" if check.relative else ("points" if m.unit == "fraction" else m.unit or "absolute")
+    direction = "drop" if m.higher_is_better else "increase"
+    note = f"{direction} {_fmt(iv.estimate, check.relative, m.unit)}, {int(100 * policy.confidence)}% interval " \
+           f"[{_fmt(iv.lower, check.relative, m.unit)}, {_fmt(iv.upper, check.relative, m.unit)}] over {iv.n} documents"
+    needed = samples_to_decide(iv, check.max_regression) if verdict == INCONCLUSIVE else None
+    if needed:
+        note += f"; about {needed} documents would decide"
+    return CheckResult(metric=check.metric, kind="quality", verdict=verdict, measured=iv.estimate,
+                       threshold=f"{direction} <= {_fmt(check.max_regression, check.relative, m.unit)} ({unit})",
+                       baseline=m.value, candidate=cm.value, interval=iv.as_dict(), samples_needed=needed, note=note)
+
+
+def _fmt(x: float, relative: bool, unit: str) -> str:
+    if relative:
+        return f"{100 * x:+.2f}%"
+    if unit == "fraction":
+        return f"{100 * x:+.2f} pts"
+    return f"{x:+.4g}"
+
+
+def efficiency_check(check: GateCheck, values: dict[str, float]) -> CheckResult:
+    value = values[check.metric]
+    ok = (check.min is None or value >= check.min) and (check.max is None or value <= check.max)
+    bounds = " and ".join(b for b in [f">= {check.min:g}" if check.min is not None else "",
+                                      f"<= {check.max:g}" if check.max is not None else ""] if b)
+    return CheckResult(metric=check.metric, kind="efficiency", verdict=PASS if ok else FAIL, measured=value,
+                       threshold=bounds, note=EFFICIENCY_METRICS[check.metric][0])
+
+
+def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: AccuracyReport | None,
+             base_bench: BenchReport | None, cand_bench: BenchReport | None) -> GateResult:
+    """Apply every check of a gate policy to the stored reports."""
+    if not policy.checks:
+        raise UsageError("the recipe's gate has no checks", hint="add gate.checks, e.g. a max_regression on accuracy")
+    results = []
+    efficiency = None
+    for check in policy.checks:
+        if "/" in check.metric:
+            if base_acc is None or cand_acc is None:
+                raise UsageError(f"check {check.metric} needs accuracy reports for both models")
+            results.append(quality_check(check, policy, base_acc, cand_acc))
+        else:
+            if base_bench is None or cand_bench is None:
+                raise UsageError(f"check {check.metric} needs bench reports for both models")
+            efficiency = efficiency or efficiency_metrics(base_bench, cand_bench)
+            results.append(efficiency_check(check, efficiency))
+    verdicts = {r.verdict for r in results}
+    verdict = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    cand_model = (cand_acc or cand_bench).model
+    base_model = (base_acc or base_bench).model
+    return GateResult(verdict=verdict, exit_code=EXIT_CODES[verdict], confidence=policy.confidence, test=policy.test,
+                      checks=results, candidate_hash=cand_model.content_hash, baseline_hash=base_model.content_hash,
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -1,0 +1,150 @@
+"""Shared plumbing for the methods that run through llm-compressor into compressed-tensors."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from compress.data import load_texts, tokenize
+from compress.methods.base import MethodContext, Timer, require, resolve_ignore, save_tokenizer
+
+from compress.models import load_model, load_tokenizer
+
+EXTRA = "llmcompressor"
+
+
+def load(module: str, purpose: str) -> Any:
+    """Import an llm-compressor module without its import-time console logging.
+
+    On import, llm-compressor adds a loguru handler that prints INFO and up to *stdout*
+    (which would corrupt ``--json`` output) and logs a CPU warning. Its own switch turns that
+    off; ``quiet_logs`` re-enables its warnings, on stderr, while it runs.
+    """
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_DISABLED", "true")
+    return require(module, "llmcompressor", EXTRA, purpose)
+
+
+def load_base(ctx: MethodContext) -> tuple[Any, Any]:
+    """The base model in its recipe dtype, on the CPU (llm-compressor onloads as it goes)."""
+    spec = ctx.recipe.model
+    model = load_model(ctx.base.path, dtype=spec.dtype, device="cpu", trust_remote_code=spec.trust_remote_code,
+                       allow_pickle=spec.allow_pickle)
+    return model, load_tokenizer(ctx.base.path, spec.trust_remote_code)
+
+
+def calibration_dataset(ctx: MethodContext, tokenizer: Any):
+    cal = ctx.recipe.calibration
+    texts = load_texts(cal.dataset, split=cal.split, config_name=cal.config_name, text_field=cal.text_field,
+                       num_samples=cal.num_samples, seed=cal.seed)
+    ctx.log(f"calibration: {len(texts)} samples from {cal.dataset}, up to {cal.max_seq_length} tokens each")
+    return tokenize(texts, tokenizer, cal.max_seq_length)
+
+
+@contextlib.contextmanager
+def cpu_safe() -> Iterator[None]:
+    """Let llm-compressor run where there is no accelerator.
+
+    Its intermediates cache pins memory for faster host-to-device copies; pinning fails with
+    "Cannot access accelerator device when none is available". Pinning only speeds up copies
+    to a GPU, so without one it is skipped. The original method is restored afterwards.
+    """
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.cuda.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """llm-compressor logs every module to stdout through loguru; send warnings to stderr only.
+
+    stdout stays clean for ``--json``. ``COMPRESS_BACKEND_LOG=INFO`` shows everything.
+    """
+    import sys
+
+    from loguru import logger as loguru_logger
+
+    level = os.environ.get("COMPRESS_BACKEND_LOG", "WARNING").upper()
+    loguru_logger.remove()
+    def keep(record: dict) -> bool:
+        if level != "WARNING":
+            return True
+        # Per-layer metrics, and a CPU notice the caller already knows about, are noise here.
+        return record["level"].name != "METRIC" and not record["message"].startswith("No accelerator available")
+
+    handler = loguru_logger.add(sys.stderr, level=level, format="{level}: {message}", filter=keep)
+    logging.getLogger("llmcompressor").setLevel(level)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            loguru_logger.remove(handler)
+        loguru_logger.disable("llmcompressor")
+
+
+def run(ctx: MethodContext, modifiers: list[Any], calibrate: bool, timer: Timer) -> dict[str, Any]:
+    """Load the base, apply llm-compressor modifiers with ``oneshot``, save compressed.
+
+    Returns:
+        Details for the manifest: ignored layers, calibration samples, llm-compressor version.
+    """
+    import warnings
+
+    # Imported before quiet_logs: importing llm-compressor resets loguru's handlers.
+    load("llmcompressor", "quantization into compressed-tensors")
+    with quiet_logs(), cpu_safe(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+        return _run(ctx, modifiers, calibrate, timer)
+
+
+def _run(ctx: MethodContext, modifiers: list[Any], calibrate: bool, timer: Timer) -> dict[str, Any]:
+    llmc = load("llmcompressor", "quantization into compressed-tensors")
+    import torch
+
+    with timer("load"):
+        model, tokenizer = load_base(ctx)
+    ignore = resolve_ignore(model, ctx.recipe.method.ignore)
+    for m in modifiers:
+        if hasattr(m, "ignore"):
+            m.ignore = ignore
+    kwargs: dict[str, Any] = {}
+    samples = 0
+    if calibrate:
+        ds = calibration_dataset(ctx, tokenizer)
+        samples = len(ds)
+        kwargs = {"dataset": ds, "num_calibration_samples": samples,
+                  "max_seq_length": ctx.recipe.calibration.max_seq_length, "shuffle_calibration_samples": False}
+    torch.manual_seed(ctx.recipe.calibration.seed)
+    with timer("quantize"):
+        llmc.oneshot(model=model, recipe=modifiers, tokenizer=tokenizer, **kwargs)
+    with timer("save"):
+        model.save_pretrained(str(ctx.out_dir), save_compressed=True)
+        save_tokenizer(ctx, tokenizer)
+    return {"ignore": ignore, "calibration_samples": samples,
+            "layers_quantized": sum(1 for n, m in model.named_modules()
+                                    if isinstance(m, torch.nn.Linear) and n not in ignore)}
+
+
+def weight_args(bits: int, group_size: int | None, symmetric: bool, kind: str = "int"):
+    """compressed-tensors QuantizationArgs for weights (per group, or per output channel)."""
+    from compressed_tensors.quantization import QuantizationArgs
+
+    if group_size is None:
+        return QuantizationArgs(num_bits=bits, type=kind, symmetric=symmetric, strategy="channel")
+    return QuantizationArgs(num_bits=bits, type=kind, symmetric=symmetric, strategy="group", group_size=group_size)
+
+
+def scheme(weights: Any, activations: Any = None):
+    from compressed_tensors.quantization import QuantizationScheme
+
+    return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)}

@@ -1,0 +1,180 @@
+"""Distillation: a smaller student trained on the teacher's (the recipe model's) outputs.
+
+The student is the teacher with whole decoder layers removed (chosen by importance on
+calibration text, or by an explicit keep-list) and optionally narrower MLPs, or a given
+model directory or config that shares the teacher's tokenizer. Training runs on the
+transformers Trainer, so `accelerate launch` spreads it over several GPUs unchanged, and it
+checkpoints: an interrupted run resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from compress.data import load_texts
+from compress.errors import UsageError
+from compress.methods.base import MethodContext, MethodResult, Timer, save_tokenizer
+from compress.models import load_model, load_tokenizer, resolve_model
+
+
+def batches(texts: list[str], tokenizer: Any, max_len: int, size: int = 8) -> list[dict[str, Any]]:
+    """Padded batches of tokenized texts (for importance scores and KL measurements)."""
+    out = []
+    for i in range(0, len(texts), size):
+        enc = tokenizer(texts[i:i + size], truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out
+
+
+def packed_dataset(texts: list[str], tokenizer: Any, block: int):
+    """Texts joined with EOS and cut into blocks of exactly ``block`` tokens, labels = inputs."""
+    import datasets
+
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=True)["input_ids"]:
+        ids.extend(enc + [tokenizer.eos_token_id])
+    n = len(ids) // block
+    if n == 0:
+        raise UsageError(f"the training data has {len(ids)} tokens, fewer than one block of {block}",
+                         hint="give more text or a smaller training.max_seq_length")
+    blocks = [ids[i * block:(i + 1) * block] for i in range(n)]
+    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block] * n, "labels": blocks})
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def make_student(ctx: MethodContext, teacher: Any, tokenizer: Any, cal: list[dict[str, Any]]) -> tuple[Any, list[int], dict]:
+    """The untrained student, the teacher layer each student layer maps to, and what was done."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compress.prune import choose_layers, decoder_layers, layer_importance, prune_depth, prune_width
+
+    s = ctx.recipe.method.student
+    n_teacher = teacher.config.num_hidden_layers
+    details: dict[str, Any] = {"teacher_layers": n_teacher}
+    if s.model is not None:
+        ref = resolve_model(s.model)
+        student_tok = load_tokenizer(ref.path, ctx.recipe.model.trust_remote_code)
+        student = load_model(ref.path, dtype=ctx.recipe.model.dtype, trust_remote_code=ctx.recipe.model.trust_remote_code)
+        if not _same_tokenizer(tokenizer, student_tok) or \
+                student.get_input_embeddings().weight.shape[0] != teacher.get_input_embeddings().weight.shape[0]:
+            raise UsageError(f"student {s.model} does not share the teacher's vocabulary",
+                             hint="distillation matches next-token distributions, so both need the same tokenizer")
+        details["student_source"] = s.model
+    elif s.config is not None:
+        config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+        for key, value in s.config.items():
+            if not hasattr(config, key):
+                raise UsageError(f"student.config.{key} is not a field of {type(config).__name__}")
+            setattr(config, key, value)
+        if getattr(config, "vocab_size", None) != teacher.config.vocab_size:
+            raise UsageError("student.config changes vocab_size; the student must share the teacher's tokenizer")
+        torch.manual_seed(ctx.recipe.method.training.seed)
+        student = AutoModelForCausalLM.from_config(config)
+        details["student_source"] = {"config": s.config}
+    else:
+        importance = layer_importance(teacher, cal)
+        keep_n = max(1, round(n_teacher * s.depth_ratio))
+        keep = sorted(s.keep_layers) if s.keep_layers is not None else choose_layers(importance, keep_n, s.importance)
+        student = prune_depth(teacher, keep)
+        details.update(student_source="pruned teacher", kept_layers=keep,
+                       layer_importance=[round(x, 5) for x in importance], importance=s.importance
+                       if s.keep_layers is None else "explicit keep_layers")
+        if s.mlp_width_ratio < 1:
+            _, width = prune_width(student, s.mlp_width_ratio, cal)
+            details["mlp_width"] = width
+        return student, keep, details
+    n_student = len(decoder_layers(student)[2])
+    layer_map = [min(n_teacher - 1, round((j + 1) * n_teacher / n_student) - 1) for j in range(n_student)]
+    return student, layer_map, details
+
+
+def _progress_callback(log, max_steps: int, terms):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                extra = " ".join(f"{k} {v:.4f}" for k, v in terms().items())
+                log(f"step {state.global_step}/{max_steps}  loss {logs['loss']:.4f}  {extra}  "
+                    f"lr {logs.get('learning_rate', 0):.2e}")
+
+    return Progress()
+
+
+def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_map: list[int]) -> dict[str, Any]:
+    import torch
+    from transformers import TrainingArguments, default_data_collator
+
+    from compress.kd import make_trainer_class
+
+    m = ctx.recipe.method
+    t = m.training
+    texts = load_texts(t.dataset, split=t.split, text_field=t.text_field)
+    data = packed_dataset(texts, tokenizer, t.max_seq_length)
+    ctx.log(f"training data: {len(texts)} texts from {t.dataset} -> {len(data)} blocks of {t.max_seq_length} tokens")
+    if m.loss.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
+        raise UsageError("a hidden-state loss needs the student and teacher to have the same hidden size",
+                         hint="set loss.hidden_weight: 0")
+    work = ctx.work_dir or (ctx.out_dir.parent / ".distill-work")
+    checkpoints = work / "checkpoints"
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    if resume:
+        ctx.log(f"resuming from the last checkpoint in {checkpoints}")
+    cuda = torch.cuda.is_available() and ctx.device.startswith("cuda")
+    args = TrainingArguments(
+        output_dir=str(checkpoints), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
+        seed=t.seed, data_seed=t.seed, report_to="none", disable_tqdm=True, use_cpu=not cuda,
+        bf16=cuda and ctx.recipe.model.dtype == "bfloat16", remove_unused_columns=False,
+        dataloader_pin_memory=cuda,
+    )
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
+                          teacher=teacher, loss_spec=m.loss, layer_map=layer_map)
+    trainer.add_callback(_progress_callback(ctx.log, t.max_steps, lambda: trainer.last_terms))
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    return {"steps": int(output.global_step), "train_loss": round(float(output.training_loss), 5),
+            "resumed": bool(resume), "blocks": len(data), "texts": len(texts)}
+
+
+def apply(ctx: MethodContext) -> MethodResult:
+    from compress.kd import mean_kl
+
+    m, spec, cal = ctx.recipe.method, ctx.recipe.model, ctx.recipe.calibration
+    timer = Timer()
+    with timer("load"):
+        teacher = load_model(ctx.base.path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
+                             allow_pickle=spec.allow_pickle)
+        tokenizer = load_tokenizer(ctx.base.path, spec.trust_remote_code)
+    held_out = batches(load_texts(cal.dataset, split=cal.split, config_name=cal.config_name, text_field=cal.text_field,
+                                  num_samples=cal.num_samples, seed=cal.seed), tokenizer, cal.max_seq_length)
+    with timer("prune"):
+        student, layer_map, details = make_student(ctx, teacher, tokenizer, held_out)
+    student.train()
+    kl_before = mean_kl(student.eval(), teacher, held_out)
+    ctx.log(f"student: {student.config.num_hidden_layers} layers, {_params(student) / 1e6:.2f}M parameters "
+            f"(teacher {_params(teacher) / 1e6:.2f}M); KL to the teacher on held-out text {kl_before:.4f}")
+    with timer("train"):
+        details["training"] = train(ctx, student.train(), teacher, tokenizer, layer_map)
+    student.eval()
+    kl_after = mean_kl(student, teacher, held_out)
+    ctx.log(f"KL to the teacher on held-out text: {kl_before:.4f} -> {kl_after:.4f}")
+    with timer("save"):
+        student.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+        save_tokenizer(ctx, tokenizer)
+    details.update(student_layers=student.config.num_hidden_layers, layer_map=layer_map,
+                   student_parameters=_params(student), teacher_parameters=_params(teacher),
+                   heldout_kl_before=round(kl_before, 5), heldout_kl_after=round(kl_after, 5),
+                   loss=m.loss.model_dump())
+    scheme = (f"distilled student, {student.config.num_hidden_layers} of {teacher.config.num_hidden_layers} layers, "
+              f"{m.loss.kind} T={m.loss.temperature:g}")
+    return MethodResult(format="safetensors", scheme=scheme, details=details, timings=timer.timings)
+
+
+def _params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,34 @@
+"""FP8 W8A8 through llm-compressor into compressed-tensors (served by vLLM, SGLang, transformers).
+
+``dynamic``: FP8 weights per output channel, activations quantized per token at run time; no
+calibration. ``static``: FP8 weights and activations per tensor, activation scales measured
+on calibration text. Both need a GPU with native FP8 (compute capability 8.9+: Ada, Hopper,
+Blackwell) to run fast; elsewhere the artifact is still produced, with a warning.
+"""
+from __future__ import annotations
+
+from compress.env import device_info
+from compress.methods import _llmcompressor as llmc
+from compress.methods.base import MethodContext, MethodResult, Timer
+
+
+def apply(ctx: MethodContext) -> MethodResult:
+    import torch
+
+    method = ctx.recipe.method
+    llmc_mod = llmc.load("llmcompressor.modifiers.quantization", "FP8 quantization")
+    warnings = []
+    if not device_info(torch).get("fp8_native"):
+        msg = ("this machine has no native FP8 (needs an NVIDIA GPU of compute capability 8.9+); the FP8 "
+               "artifact is produced, but runs here only through slower fallbacks")
+        warnings.append(msg)
+        ctx.warn(msg)
+    preset = "FP8_DYNAMIC" if method.scheme == "dynamic" else "FP8"
+    modifier = llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=list(method.ignore))
+    timer = Timer()
+    details = llmc.run(ctx, [modifier], calibrate=method.scheme == "static", timer=timer)
+    details["preset"] = preset
+    name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
+            else "FP8 W8A8, weights and activations per tensor (static, calibrated)")
+    return MethodResult(format="compressed-tensors", scheme=name, details=details, warnings=warnings,
+                        timings=timer.timings)

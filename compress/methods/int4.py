@@ -1,0 +1,62 @@
+"""Low-bit weight-only quantization (W4A16 by default; 3 and 2 bits to study the trade-off).
+
+- ``gptq``: GPTQ (second-order error compensation on calibration activations), llm-compressor,
+  compressed-tensors: the common 4-bit choice for vLLM/SGLang.
+- ``awq``: activation-aware scaling, then quantization; llm-compressor, compressed-tensors.
+- ``rtn``: round-to-nearest, no calibration; llm-compressor, compressed-tensors.
+- ``gptq-hf``: GPTQ through GPTQModel in the Hugging Face GPTQ format (transformers, TGI, vLLM).
+- ``nf4``: bitsandbytes 4-bit normal float, block size 64 (transformers, TGI).
+"""
+from __future__ import annotations
+
+from compress.errors import QuantizationError
+from compress.methods import _bnb, _gptqmodel, _llmcompressor as llmc
+from compress.methods.base import MethodContext, MethodResult, Timer, check_group_size, meta_model, resolve_ignore
+
+
+def _scheme_name(m) -> str:
+    grouping = f"g{m.group_size}" if m.group_size else "per-channel"
+    return f"W{m.bits}A16 {m.algorithm.upper()} {grouping} {'sym' if m.symmetric else 'asym'}"
+
+
+def apply(ctx: MethodContext) -> MethodResult:
+    m = ctx.recipe.method
+    timer = Timer()
+    if m.algorithm == "nf4":
+        if "group_size" in m.model_fields_set and m.group_size not in (None, 64):
+            raise QuantizationError("nf4 uses bitsandbytes' fixed block size of 64",
+                                    hint="remove group_size from the recipe for nf4")
+        import torch
+
+        details = _bnb.run(ctx, {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                 "bnb_4bit_use_double_quant": m.double_quant,
+                                 "bnb_4bit_compute_dtype": torch.float32 if ctx.recipe.model.dtype == "float32"
+                                 else torch.bfloat16}, timer)
+        details.update(blocksize=64, double_quant=m.double_quant)
+        return MethodResult(format="bitsandbytes", scheme=f"NF4 (block 64{', double quant' if m.double_quant else ''})",
+                            details=details, timings=timer.timings)
+    if m.algorithm == "gptq-hf":
+        _check_widths(ctx, m.group_size)
+        details = _gptqmodel.run(ctx, timer)
+        return MethodResult(format="gptq", scheme=_scheme_name(m), details=details, timings=timer.timings)
+
+    quant = llmc.load("llmcompressor.modifiers.quantization", f"INT{m.bits} {m.algorithm}")
+    _check_widths(ctx, m.group_size)
+    groups = llmc.scheme(llmc.weight_args(m.bits, m.group_size, m.symmetric))
+    if m.algorithm == "gptq":
+        modifiers = [quant.GPTQModifier(config_groups=groups, ignore=list(m.ignore), dampening_frac=m.dampening_frac,
+                                        actorder="group" if m.act_order else "static")]
+    elif m.algorithm == "awq":
+        awq = llmc.load("llmcompressor.modifiers.transform.awq", "AWQ")
+        modifiers = [awq.AWQModifier(duo_scaling=True),
+                     quant.QuantizationModifier(config_groups=groups, ignore=list(m.ignore))]
+    else:  # rtn
+        modifiers = [quant.QuantizationModifier(config_groups=groups, ignore=list(m.ignore))]
+    details = llmc.run(ctx, modifiers, calibrate=m.algorithm != "rtn", timer=timer)
+    return MethodResult(format="compressed-tensors", scheme=_scheme_name(m), details=details, timings=timer.timings)
+
+
+def _check_widths(ctx: MethodContext, group_size: int | None) -> None:
+    """Fail before any work when the group size does not divide a layer's input width."""
+    skeleton = meta_model(ctx)
+    check_group_size(skeleton, resolve_ignore(skeleton, ctx.recipe.method.ignore), group_size)

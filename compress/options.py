@@ -1,0 +1,26 @@
+"""Options shared by several commands, as ``Annotated`` aliases."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SetOverrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a recipe value, e.g. --set method.group_size=64 (repeatable)."),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+RunsDir = Annotated[
+    Path, typer.Option("--runs-dir", envvar="COMPRESS_RUNS_DIR", help="Where runs are written.")
+]
+CacheDir = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", envvar="COMPRESS_CACHE_DIR",
+                 help="Report cache (default: <runs-dir>/.cache)."),
+]
+Rerun = Annotated[bool, typer.Option("--rerun", help="Ignore cached results and measure again.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Take settings from this recipe.")]

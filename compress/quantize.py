@@ -1,0 +1,131 @@
+"""Build an artifact: resolve the base, run the method, write model + recipe + manifest atomically.
+
+The same function serves ``compress quantize``, ``compress distill`` and the artifact stage
+of ``compress run``; only the method differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import (
+    FORMAT_VERSION, MANIFEST, RECIPE_FILE, atomic_dir, content_hash, dir_size, file_hashes, read_json,
+    weights_size, write_json,
+)
+from compress.env import environment, library_versions
+from compress.methods import METHODS, describe_method
+from compress.models import ModelRef, check_weights, resolve_model
+from compress.recipe import Recipe, dump_recipe
+
+# Sections whose content decides an artifact's bytes (and so its cache key).
+CALIBRATED = {("fp8", "static"), ("int8", "w8a8"), ("int4", "gptq"), ("int4", "awq"), ("int4", "gptq-hf")}
+
+
+def uses_calibration(recipe: Recipe) -> bool:
+    m = recipe.method
+    if m.kind == "distill":
+        return False
+    return (m.kind, getattr(m, "scheme", None) or getattr(m, "algorithm", None)) in CALIBRATED
+
+
+def artifact_key(recipe: Recipe, base_hash: str) -> str:
+    """Content key of an artifact: base model bytes, method, calibration (if used), dtype, libraries."""
+    parts: dict[str, Any] = {
+        "base": base_hash,
+        "method": recipe.effective()["method"],
+        "dtype": recipe.model.dtype,
+        "libraries": library_versions(),
+    }
+    if uses_calibration(recipe):
+        parts["calibration"] = recipe.effective()["calibration"]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_header(recipe: Recipe) -> str:
+    return (f"# Effective recipe of this artifact (defaults filled in, overrides applied).\n"
+            f"# Rebuild: compress quantize {RECIPE_FILE}\n")
+
+
+def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: str = "auto",
+                   log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                   base: ModelRef | None = None, base_hash: str | None = None) -> dict[str, Any]:
+    """Run the recipe's method and write a complete artifact to ``out``.
+
+    The directory appears only when complete (built under a temporary name, then renamed);
+    an existing ``out`` is an error unless ``force``.
+
+    Returns:
+        The manifest.
+    """
+    from compress.evals.cache import model_content_hash
+    from compress.methods.base import MethodContext
+    from compress.models import pick_device
+
+    start = time.time()
+    base = base or resolve_model(recipe.model.id, recipe.model.revision)
+    check_weights(base.path, recipe.model.allow_pickle)
+    base_hash = base_hash or model_content_hash(base.path)
+    apply = METHODS.load(recipe.method.kind)
+    device = pick_device(device)
+    key = artifact_key(recipe, base_hash)
+    work = work_dir(out, key)
+    with atomic_dir(out, overwrite=force) as tmp:
+        ctx = MethodContext(recipe=recipe, base=base, out_dir=tmp, device=device, log=log, warn=warn, work_dir=work)
+        result = apply(ctx)
+        (tmp / RECIPE_FILE).write_text(recipe_header(recipe) + dump_recipe(recipe))
+        hashes = file_hashes(tmp)
+        import torch
+
+        base_weights = weights_size(base.path)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": recipe.name,
+            "artifact_key": key,
+            "method": {"kind": recipe.method.kind, "name": describe_method(recipe.effective()["method"]),
+                       "scheme": result.scheme, "format": result.format, "details": result.details,
+                       "config": recipe.effective()["method"]},
+            "base_model": {**base.describe(), "content_hash": base_hash, "size_bytes": base_weights},
+            "recipe_hash": recipe.section_hash(),
+            "files": hashes,
+            "content_hash": content_hash(hashes),
+            "size": {"bytes": dir_size(tmp), "weights_bytes": weights_size(tmp), "base_weights_bytes": base_weights,
+                     "ratio": round(weights_size(tmp) / base_weights, 4) if base_weights else None},
+            "environment": environment(torch),
+            "timings": {**result.timings, "total_s": round(time.time() - start, 3)},
+            "warnings": result.warnings,
+            "gate": None,
+        }
+        write_json(tmp / MANIFEST, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def work_dir(out: Path, key: str) -> Path:
+    """Scratch space that survives a crash (training checkpoints), for this artifact key only."""
+    work = out.parent / f".{out.name}.work"
+    stamp = work / "KEY"
+    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        shutil.rmtree(work, ignore_errors=True)  # left by a different recipe: never resume from it
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+    return work
+
+
+def existing_artifact(out: Path, key: str) -> dict[str, Any] | None:
+    """The manifest of a complete artifact already at ``out`` with the same key, if any."""
+    from compress.artifact import check_hashes
+
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    manifest = read_json(path)
+    if manifest.get("artifact_key") != key or check_hashes(out, manifest.get("files", {})):
+        return None
+    return manifest

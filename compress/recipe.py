@@ -1,0 +1,518 @@
+"""Recipes: the YAML files that say what to compress, how, and what it must still do.
+
+A recipe is validated by the pydantic models below. Unknown keys are errors, the method is
+chosen by its ``kind`` discriminator, and every problem is reported at once with its path
+and line in the YAML file. Command-line overrides (``--set method.group_size=64``) are
+applied to the raw document before validation, and the effective recipe is what every
+artifact records.
+
+This module imports no torch: ``compress recipes validate`` must stay fast.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compress.errors import RecipeError, UsageError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+# ----------------------------------------------------------------------------- model
+
+class ModelSpec(Strict):
+    """Which model to start from.
+
+    ``id`` is ``builtin:NAME`` (shipped with compress), a local directory, ``run:NAME``
+    (the model produced by another recipe's run) or a Hugging Face hub id.
+    """
+
+    id: str = Field(min_length=1)
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        default=False,
+        description="load pickled .bin weights when a model has no safetensors (unsafe)",
+    )
+
+
+class CalibrationSpec(Strict):
+    """Text used to calibrate quantizers (and as the default distillation data)."""
+
+    dataset: str = "builtin:tiny-calibration"
+    split: str = "train"
+    config_name: str | None = None
+    text_field: str = "text"
+    num_samples: PositiveInt = 64
+    max_seq_length: PositiveInt = 128
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- methods
+
+DEFAULT_IGNORE = ["lm_head"]
+
+
+class Fp8Method(Strict):
+    """FP8 W8A8 through llm-compressor into compressed-tensors.
+
+    ``dynamic``: per-channel weights, per-token activation scales computed at run time (no
+    calibration). ``static``: per-tensor activation scales measured on calibration data.
+    """
+
+    kind: Literal["fp8"]
+    scheme: Literal["dynamic", "static"] = "dynamic"
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class Int8Method(Strict):
+    """INT8: W8A8 (SmoothQuant + GPTQ, compressed-tensors) or LLM.int8 (bitsandbytes)."""
+
+    kind: Literal["int8"]
+    scheme: Literal["w8a8", "llm-int8"] = "w8a8"
+    smoothing_strength: Fraction = 0.8
+    dampening_frac: Fraction = 0.01
+    llm_int8_threshold: Annotated[float, Field(gt=0)] = 6.0
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+class Int4Method(Strict):
+    """Low-bit weight-only quantization (W4A16 by default).
+
+    ``gptq``, ``awq``, ``rtn``: llm-compressor into compressed-tensors. ``gptq-hf``: GPTQModel
+    into the Hugging Face GPTQ format. ``nf4``: bitsandbytes NF4. ``bits`` below 4 exists to
+    measure how a method degrades; serving engines expect 4.
+    """
+
+    kind: Literal["int4"]
+    algorithm: Literal["gptq", "awq", "rtn", "gptq-hf", "nf4"] = "gptq"
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int | None = Field(
+        default=128, description="columns per quantization group; null or -1 for per-channel"
+    )
+    symmetric: bool = True
+    dampening_frac: Fraction = 0.01
+    act_order: bool = False
+    double_quant: bool = True
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int | None) -> int | None:
+        if v is None or v == -1:
+            return None
+        if v <= 0:
+            raise ValueError("must be a positive number of columns, or null/-1 for per-channel")
+        return v
+
+    @model_validator(mode="after")
+    def _algorithm_limits(self) -> "Int4Method":
+        if self.algorithm == "nf4" and self.bits != 4:
+            raise ValueError("nf4 is a 4-bit format: leave bits at 4")
+        if self.algorithm == "nf4" and not self.symmetric:
+            raise ValueError("nf4 has no asymmetric variant: leave symmetric at true")
+        return self
+
+
+class StudentSpec(Strict):
+    """Where the student comes from: a pruned copy of the teacher, or a given model."""
+
+    from_teacher: bool = Field(default=True, description="prune the teacher to make the student")
+    keep_layers: list[NonNegInt] | None = Field(
+        default=None, description="explicit decoder layers to keep (0-based); else chosen by importance"
+    )
+    depth_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    importance: Literal["cosine", "first", "last"] = "cosine"
+    mlp_width_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
+    model: str | None = Field(default=None, description="a student model id/dir sharing the tokenizer")
+    config: dict[str, Any] | None = Field(
+        default=None, description="config overrides for a freshly initialised student"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "StudentSpec":
+        if not self.from_teacher and self.model is None and self.config is None:
+            raise ValueError("with from_teacher: false, give a student `model` or `config`")
+        if self.model is not None and self.config is not None:
+            raise ValueError("give a student `model` or a `config`, not both")
+        return self
+
+
+class LossSpec(Strict):
+    kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: Fraction = 0.5
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    ce_weight: Annotated[float, Field(ge=0, le=1)] = 0.0
+    hidden_weight: Annotated[float, Field(ge=0)] = 0.0
+    hidden_loss: Literal["mse", "cosine"] = "mse"
+
+
+class TrainingSpec(Strict):
+    dataset: str = "builtin:tiny-train"
+    split: str = "train"
+    text_field: str = "text"
+    max_seq_length: PositiveInt = 128
+    max_steps: PositiveInt = 300
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    batch_size: PositiveInt = 16
+    gradient_accumulation: PositiveInt = 1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    save_steps: PositiveInt = 100
+    logging_steps: PositiveInt = 25
+    seed: int = 0
+
+
+class DistillMethod(Strict):
+    """Train a smaller student on the teacher's (the recipe model's) output distribution."""
+
+    kind: Literal["distill"]
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+
+Method = Annotated[Union[Fp8Method, Int8Method, Int4Method, DistillMethod], Field(discriminator="kind")]
+METHOD_KINDS = ["fp8", "int8", "int4", "distill"]
+
+
+# ------------------------------------------------------------------- evals and bench
+
+class EvalSpec(Strict):
+    """lm-evaluation-harness settings. Bundled tasks live in ``evals/``."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["tiny_facts_mc", "tiny_bios_ppl"], min_length=1)
+    num_fewshot: NonNegInt | None = None
+    limit: PositiveInt | None = None
+    batch_size: PositiveInt = 16
+    seed: int = 1234
+    backend: Literal["hf", "vllm"] = "hf"
+    device: str = "auto"
+
+
+class BenchSpec(Strict):
+    """Generation benchmark settings."""
+
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    prompt_tokens: PositiveInt = 64
+    output_tokens: PositiveInt = 32
+    warmup: NonNegInt = 2
+    repeats: PositiveInt = 8
+    price_per_hour: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="what the machine costs per hour, in USD"
+    )
+    device: str = "auto"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- gate
+
+# Efficiency metrics computed from the bench reports: name -> (description, better direction).
+EFFICIENCY_METRICS: dict[str, tuple[str, str]] = {
+    "size_ratio": ("candidate / baseline bytes on disk", "lower"),
+    "peak_memory_ratio": ("candidate / baseline peak memory", "lower"),
+    "peak_memory_mb": ("candidate peak memory, MiB", "lower"),
+    "throughput_speedup": ("candidate / baseline decode tokens per second", "higher"),
+    "prefill_speedup": ("candidate / baseline prefill tokens per second", "higher"),
+    "latency_p50_ratio": ("candidate / baseline end-to-end latency p50", "lower"),
+    "latency_p99_ratio": ("candidate / baseline end-to-end latency p99", "lower"),
+    "ttft_p99_ratio": ("candidate / baseline time to first token p99", "lower"),
+    "cost_ratio": ("candidate / baseline USD per million output tokens", "lower"),
+    "cost_per_mtok": ("candidate USD per million output tokens", "lower"),
+}
+
+
+class GateCheck(Strict):
+    """One threshold.
+
+    Quality metrics are named ``TASK/METRIC`` as in the accuracy report (for example
+    ``tiny_facts_mc/acc``) and take ``max_regression``: how much worse the candidate may be,
+    in the metric's own bad direction (lm-eval's ``higher_is_better``), absolute or, with
+    ``relative: true``, as a fraction of the baseline. Efficiency metrics (``size_ratio``,
+    ``throughput_speedup``, ...) take ``min`` and/or ``max``.
+    """
+
+    metric: str
+    max_regression: Annotated[float, Field(ge=0)] | None = None
+    relative: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "GateCheck":
+        if "/" in self.metric:
+            if self.max_regression is None:
+                raise ValueError(f"quality metric '{self.metric}' needs max_regression")
+            if self.min is not None or self.max is not None:
+                raise ValueError(f"quality metric '{self.metric}' takes max_regression, not min/max")
+        else:
+            if self.metric not in EFFICIENCY_METRICS:
+                close = difflib.get_close_matches(self.metric, list(EFFICIENCY_METRICS), n=2)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise ValueError(
+                    f"unknown metric '{self.metric}': {hint}quality metrics are TASK/METRIC, "
+                    f"efficiency metrics are {', '.join(EFFICIENCY_METRICS)}"
+                )
+            if self.max_regression is not None or self.relative:
+                raise ValueError(f"efficiency metric '{self.metric}' takes min/max, not max_regression")
+            if self.min is None and self.max is None:
+                raise ValueError(f"efficiency metric '{self.metric}' needs min or max")
+        return self
+
+
+class GateSpec(Strict):
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    test: Literal["bootstrap", "mcnemar"] = "bootstrap"
+    bootstrap_resamples: Annotated[int, Field(ge=200)] = 2000
+    checks: list[GateCheck] = Field(default_factory=list)
+
+
+class ExportSpec(Strict):
+    to: str | None = Field(default=None, description="export directory; default dist/<name>")
+    model_card: bool = True
+
+
+# ---------------------------------------------------------------------------- recipe
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    description: str = ""
+    model: ModelSpec
+    method: Method
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evals: EvalSpec = Field(default_factory=EvalSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    def effective(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as plain JSON data."""
+        return self.model_dump(mode="json")
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of the named sections (all of them when none given)."""
+        data = self.effective()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------ loading
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader; lines are read from the composed node tree, not from the data."""
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each path in a YAML document, as a tuple of keys and indexes, to its 1-based line."""
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = key.value
+                lines[path + (k,)] = key.start_mark.line + 1
+                walk(value, path + (k,))
+                lines[path + (k,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+_METHOD_CLASSES = {"fp8": Fp8Method, "int8": Int8Method, "int4": Int4Method, "distill": DistillMethod}
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_fields(loc: tuple) -> list[str]:
+    """Field names that the section at ``loc`` accepts (for 'did you mean' on unknown keys)."""
+    model: Any = Recipe
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        if i == 1 and loc[0] == "method":  # the discriminator tag pydantic puts in the location
+            model = _METHOD_CLASSES.get(part)
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return []
+        model = None if (i == 0 and part == "method") else _first_model(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_errors(err: ValidationError, lines: dict[tuple, int]) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        # The discriminated union adds the tag ("int4") to the location; it is not a YAML key.
+        path = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "method" and p in METHOD_KINDS))
+        dotted = ".".join(str(p) for p in path) or "(top level)"
+        line = None
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in lines:
+                line = lines[path[:cut]]
+                break
+        where = f"{dotted} (line {line})" if line else dotted
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "")
+            if known:
+                msg += f" (allowed: {', '.join(known)})"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown method kind {e['input'].get('kind')!r}; available: {', '.join(METHOD_KINDS)}" \
+                if isinstance(e.get("input"), dict) else msg
+        elif e["type"] == "union_tag_not_found":
+            msg = f"missing 'kind' (one of: {', '.join(METHOD_KINDS)})"
+        elif e["type"] == "string_pattern_mismatch" and path == ("name",):
+            msg = "must start with a letter or digit and use only letters, digits, '.', '_' and '-'"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (["a", "b", "c"], value); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
+        raise UsageError(f"override '{text}' is not KEY=VALUE", hint="for example --set method.group_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise UsageError(f"override '{text}': value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw recipe document (command line > recipe > defaults)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise UsageError(f"override '{text}': '{k}' is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return data
+
+
+def read_document(path: Path) -> tuple[dict[str, Any], str]:
+    """Read a recipe file into a raw mapping and its text."""
+    if not path.exists():
+        raise UsageError(f"recipe file not found: {path}", hint="check the path; recipes live in recipes/")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a recipe file")
+    text = path.read_text()
+    try:
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RecipeError(str(path), [f"not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        raise RecipeError(str(path), ["the file is empty"])
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), ["the top level must be a mapping of sections"])
+    return data, text
+
+
+def validate_document(data: dict[str, Any], source: str, text: str = "") -> Recipe:
+    """Validate a raw recipe mapping; raise one RecipeError listing every problem."""
+    data = dict(data)
+    if "name" not in data and source.endswith((".yaml", ".yml")):
+        data["name"] = Path(source).stem
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(source, _format_errors(err, _line_index(text))) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``KEY=VALUE`` strings applied before validation.
+
+    Returns:
+        The validated recipe, defaults filled in.
+
+    Raises:
+        RecipeError: with every problem found, each with its path and line.
+    """
+    path = Path(path)
+    data, text = read_document(path)
+    data = apply_overrides(data, overrides or [])
+    return validate_document(data, str(path), text)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The effective recipe as YAML."""
+    return yaml.safe_dump(recipe.effective(), sort_keys=False)
+
+
+def _slug(text: str) -> str:
+    text = text.rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+def build_recipe(path: Path | None, *, model: str | None = None, scheme: str | None = None,
+                 overrides: list[str] | None = None) -> Recipe:
+    """The effective recipe from a file and/or command-line flags.
+
+    Precedence: ``--set`` overrides > ``--model``/``--scheme`` flags > the recipe file > defaults.
+    Without a file, ``model`` and ``scheme`` are required.
+    """
+    from compress.methods import scheme_method
+
+    if path is not None:
+        data, text = read_document(Path(path))
+        source = str(path)
+    else:
+        if not model or not scheme:
+            raise UsageError("give a RECIPE file, or both --model and --scheme",
+                             hint="e.g. compress quantize --model builtin:tiny-llama --scheme int4-gptq")
+        data, text, source = {}, "", "<command line>"
+        data["name"] = f"{_slug(model)}-{scheme}"
+    if model:
+        section = data.get("model") if isinstance(data.get("model"), dict) else {}
+        data["model"] = {**section, "id": model}
+    if scheme:
+        data["method"] = scheme_method(scheme)
+    data = apply_overrides(data, overrides or [])
+    return validate_document(data, source, text)

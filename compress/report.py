@@ -1,0 +1,325 @@
+"""Rendering: rich tables for the terminal (Markdown, JUnit and plots live beside them)."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from compress.console import fmt_bytes, fmt_seconds, table
+from compress.evals.reports import AccuracyReport, BenchReport
+
+
+def fmt_value(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "fraction":
+        return f"{100 * value:.1f}%"
+    if unit == "s":
+        return fmt_seconds(value)
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "USD":
+        return f"${value:.4g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def accuracy_table(report: AccuracyReport) -> Table:
+    rows = []
+    for task, tr in report.tasks.items():
+        for name, m in tr.metrics.items():
+            arrow = "↑" if m.higher_is_better else "↓"
+            stderr = "-" if m.stderr is None else f"± {fmt_value(m.stderr, m.unit)}"
+            rows.append([f"{task}/{name} {arrow}", fmt_value(m.value, m.unit), stderr, tr.n_samples,
+                         tr.num_fewshot])
+    return table(f"Accuracy: {report.model.spec}", ["metric", "value", "stderr", "samples", "shots"], rows)
+
+
+def bench_table(report: BenchReport) -> Table:
+    rows = []
+    for b in report.batches:
+        rows.append([b.batch_size, fmt_seconds(b.ttft.p50), fmt_seconds(b.ttft.p99), fmt_seconds(b.itl.p50),
+                     fmt_seconds(b.itl.p99), fmt_seconds(b.e2e.p50), fmt_seconds(b.e2e.p90), fmt_seconds(b.e2e.p99),
+                     f"{b.prefill_tokens_per_s:,.0f}", f"{b.decode_tokens_per_s:,.0f}", f"${b.cost_per_mtok_usd:.4g}"])
+    s = report.settings
+    title = (f"Generation: {report.model.spec} ({s['prompt_tokens']} prompt + {s['output_tokens']} output tokens, "
+             f"{s['repeats']} repeats)")
+    return table(title, ["batch", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "E2E p50", "E2E p90", "E2E p99",
+                         "prefill tok/s", "decode tok/s", "$/1M out"], rows)
+
+
+def compare_tables(result: dict[str, Any]) -> list[Table]:
+    tables = []
+    if "accuracy" in result:
+        rows = []
+        for r in result["accuracy"]:
+            unit = r["unit"]
+            delta = (f"{100 * r['delta']:+.1f} pts" if unit == "fraction" else
+                     f"{r['delta']:+.4g} ({100 * r['relative']:+.1f}%)" if r["relative"] is not None else f"{r['delta']:+.4g}")
+            mark = "[red]worse[/red]" if r["worse"] and r["delta"] != 0 else ("[green]better[/green]" if r["delta"] else "same")
+            rows.append([r["metric"], fmt_value(r["baseline"], unit), fmt_value(r["candidate"], unit), delta, mark])
+        tables.append(table("Accuracy", ["metric", "baseline", "candidate", "delta", ""], rows))
+    if "speed" in result:
+        rows = []
+        for r in result["speed"]:
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            better = r["ratio"] is not None and ((r["ratio"] > 1) == r["higher_is_better"]) and r["ratio"] != 1
+            rows.append([r["figure"], fmt_value(r["baseline"], r["unit"]), fmt_value(r["candidate"], r["unit"]),
+                         f"[green]{ratio}[/green]" if better else ratio])
+        tables.append(table("Speed, memory, size, cost", ["figure", "baseline", "candidate", "candidate/baseline"], rows))
+    return tables
+
+
+# ------------------------------------------------------------------------- Markdown
+
+def _md_table(columns: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def checks_markdown(gate: Any) -> str:
+    icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}
+    rows = [[f"{icon[c.verdict]} {c.verdict}", f"`{c.metric}`", f"{c.measured:.4g}", c.threshold, c.note]
+            for c in gate.checks]
+    return _md_table(["verdict", "check", "measured", "threshold", "detail"], rows)
+
+
+def accuracy_markdown(base: AccuracyReport, cand: AccuracyReport) -> str:
+    from compress.compare import accuracy_rows
+
+    rows = []
+    for r in accuracy_rows(base, cand):
+        delta = f"{100 * r['delta']:+.1f} pts" if r["unit"] == "fraction" else (
+            f"{100 * r['relative']:+.1f}%" if r["relative"] is not None else f"{r['delta']:+.4g}")
+        rows.append([f"`{r['metric']}` {'↑' if r['higher_is_better'] else '↓'}", fmt_value(r["baseline"], r["unit"]),
+                     fmt_value(r["candidate"], r["unit"]), delta])
+    return _md_table(["metric", "base", "this model", "change"], rows)
+
+
+def speed_markdown(base: BenchReport, cand: BenchReport) -> str:
+    from compress.compare import speed_rows
+
+    rows = [[r["figure"], fmt_value(r["baseline"], r["unit"]), fmt_value(r["candidate"], r["unit"]),
+             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"] for r in speed_rows(base, cand)]
+    return _md_table(["figure", "base", "this model", "ratio"], rows)
+
+
+def _environment_line(env: dict[str, Any]) -> str:
+    libs = env.get("libraries", {})
+    dev = env.get("device", {})
+    where = dev.get("gpu") or f"CPU ({dev.get('cpu_count')} cores, {dev.get('torch_threads')} torch threads)"
+    keys = ["torch", "transformers", "llmcompressor", "compressed-tensors", "lm-eval", "bitsandbytes", "gptqmodel"]
+    return f"{where}; " + ", ".join(f"{k} {libs[k]}" for k in keys if k in libs)
+
+
+LOAD_SNIPPETS = {
+    "compressed-tensors": ("vLLM / SGLang load compressed-tensors directly:\n\n```bash\nvllm serve {path}\n```\n\n"
+                           "transformers (needs `compressed-tensors` installed):"),
+    "bitsandbytes": "transformers and TGI (needs `bitsandbytes` installed):",
+    "gptq": "transformers (needs `optimum` and `gptqmodel`), TGI and vLLM:",
+    "safetensors": "Any engine that loads Hugging Face checkpoints; in transformers:",
+}
+
+
+def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) -> str:
+    """README.md for an exported artifact: what it is, how it was made, what it was measured to do."""
+    from compress.recipe import dump_recipe
+
+    method = manifest["method"]
+    base = manifest["base_model"]
+    size = manifest["size"]
+    parts = [
+        f"# {recipe.name}",
+        "",
+        f"**{method['scheme']}** of `{base['id']}`, in the **{method['format']}** format, made by "
+        f"[compress](https://github.com/) and released because it **passed its gate** "
+        f"({gate.confidence:.0%} confidence, {gate.test}).",
+        "",
+        f"- Weights: {fmt_bytes(size['weights_bytes'])} ({size['ratio']:.2f}x the base's "
+        f"{fmt_bytes(size['base_weights_bytes'])})" if size.get("ratio") else "",
+        f"- Base model: `{base['id']}` (content sha256 `{base['content_hash'][:16]}…`)",
+        f"- Artifact content sha256: `{manifest['content_hash']}` (`compress verify DIR` re-checks every file)",
+        f"- Built: {manifest['created']} on {_environment_line(manifest['environment'])}",
+        "",
+        "## Gate",
+        "",
+        f"Verdict: **{gate.verdict}**",
+        "",
+        checks_markdown(gate),
+    ]
+    acc = (reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")))
+    if all(acc):
+        parts += ["", "## Accuracy (lm-evaluation-harness, same documents for both)", "", accuracy_markdown(*acc)]
+    bench = (reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
+    if all(bench):
+        s = bench[1].settings
+        parts += ["", f"## Speed, memory and cost ({bench[1].device}, {s['prompt_tokens']} prompt + "
+                      f"{s['output_tokens']} output tokens, ${s['price_per_hour']}/hour)", "", speed_markdown(*bench)]
+    snippet = LOAD_SNIPPETS.get(method["format"], LOAD_SNIPPETS["safetensors"]).format(path="PATH/TO/THIS/DIR")
+    parts += [
+        "", "## Use", "", snippet, "",
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(\"PATH/TO/THIS/DIR\")\n"
+        "tokenizer = AutoTokenizer.from_pretrained(\"PATH/TO/THIS/DIR\")\n```",
+        "", "## Recipe", "", "```yaml", dump_recipe(recipe).rstrip(), "```", "",
+    ]
+    return "\n".join(p for p in parts if p is not None)
+
+
+def run_summary_markdown(result: Any) -> str:
+    """The `--summary` of `compress run` (also appended to $GITHUB_STEP_SUMMARY)."""
+    gate = result.gate
+    icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}[gate.verdict]
+    m = result.manifest
+    lines = [
+        f"## {icon} {result.recipe.name}: {gate.verdict}",
+        "",
+        f"{m['method']['scheme']} of `{m['base_model']['id']}` ({m['method']['format']}); "
+        f"weights {fmt_bytes(m['size']['weights_bytes'])}, {m['size']['ratio']:.2f}x the base."
+        if m["size"].get("ratio") else "",
+        "",
+        checks_markdown(gate),
+    ]
+    acc = (result.reports.get(("baseline", "accuracy")), result.reports.get(("candidate", "accuracy")))
+    if all(acc):
+        lines += ["", "### Accuracy", "", accuracy_markdown(*acc)]
+    bench = (result.reports.get(("baseline", "bench")), result.reports.get(("candidate", "bench")))
+    if all(bench):
+        lines += ["", "### Speed, memory, cost", "", speed_markdown(*bench)]
+    lines += ["", f"Exported to `{result.exported_to}`." if result.exported_to else
+              "Nothing exported (only a PASS can be)." , ""]
+    return "\n".join(lines)
+
+
+def junit_xml(result: Any) -> str:
+    """One JUnit test case per gate check; FAIL and INCONCLUSIVE are failures of their case."""
+    from xml.sax.saxutils import quoteattr
+
+    gate = result.gate
+    failures = sum(c.verdict != "PASS" for c in gate.checks)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuites name="compress" tests="{len(gate.checks)}" failures="{failures}">',
+           f'  <testsuite name={quoteattr(result.recipe.name)} tests="{len(gate.checks)}" failures="{failures}" '
+           f'time="{result.seconds:.2f}">']
+    for c in gate.checks:
+        name = quoteattr(f"{c.metric} ({c.threshold})")
+        out.append(f'    <testcase classname={quoteattr("gate." + result.recipe.name)} name={name}>')
+        if c.verdict != "PASS":
+            out.append(f'      <failure type="{c.verdict}" message={quoteattr(c.note or c.verdict)}/>')
+        out.append(f'      <system-out>{_escape(c.note)}</system-out>')
+        out.append("    </testcase>")
+    out += ["  </testsuite>", "</testsuites>", ""]
+    return "\n".join(out)
+
+
+def _escape(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+# --------------------------------------------------------------------- all runs
+
+def collect_runs(runs_dir: Any) -> list[dict[str, Any]]:
+    """One row per gated run under ``runs_dir`` (newest per recipe), plus one per base model."""
+    from pathlib import Path
+
+    from compress.artifact import MANIFEST, read_json
+    from compress.evals.reports import AccuracyReport, BenchReport
+
+    rows: list[dict[str, Any]] = []
+    bases: dict[str, dict[str, Any]] = {}
+    for gate_path in sorted(Path(runs_dir).glob("*/*/gate.json")):
+        run_dir = gate_path.parent
+        manifest_path = run_dir / "model" / MANIFEST
+        if not manifest_path.exists():
+            continue
+        manifest, gate = read_json(manifest_path), read_json(gate_path)
+        reports = run_dir / "reports"
+        headline = next((c["metric"] for c in gate["checks"] if c["kind"] == "quality"), None)
+
+        def figures(who: str) -> dict[str, Any]:
+            acc_path, bench_path = reports / f"{who}-accuracy.json", reports / f"{who}-bench.json"
+            out: dict[str, Any] = {}
+            if acc_path.exists():
+                acc = AccuracyReport.load(acc_path)
+                name = headline or next(f"{t}/{m}" for t, r in acc.tasks.items() for m in r.metrics)
+                out["metric"], out["accuracy"] = name, acc.metric(name).value
+            if bench_path.exists():
+                bench = BenchReport.load(bench_path)
+                b = bench.headline()
+                out.update(latency_p50_s=b.e2e.p50, cost_per_mtok=b.cost_per_mtok_usd, batch=b.batch_size,
+                           peak_memory=bench.peak_memory_bytes)
+            return out
+
+        rows.append({"name": manifest["name"], "method": manifest["method"]["name"], "format": manifest["method"]["format"],
+                     "size_bytes": manifest["size"]["weights_bytes"], "verdict": gate["verdict"],
+                     "created": gate.get("created", ""), "run_dir": str(run_dir), **figures("candidate")})
+        base = manifest["base_model"]
+        if base["content_hash"] not in bases:
+            bases[base["content_hash"]] = {"name": f"base: {base['id']}", "method": "base", "format": "safetensors",
+                                           "size_bytes": base["size_bytes"], "verdict": "-", "created": "",
+                                           "run_dir": "", **figures("baseline")}
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["name"] not in newest or row["created"] > newest[row["name"]]["created"]:
+            newest[row["name"]] = row
+    return list(bases.values()) + sorted(newest.values(), key=lambda r: r["name"])
+
+
+def pareto(rows: list[dict[str, Any]], cost_key: str) -> list[dict[str, Any]]:
+    """Rows not dominated in (higher accuracy, lower cost_key), sorted by cost."""
+    pts = [r for r in rows if r.get("accuracy") is not None and r.get(cost_key) is not None]
+    front = [r for r in pts if not any(
+        o["accuracy"] >= r["accuracy"] and o[cost_key] <= r[cost_key]
+        and (o["accuracy"] > r["accuracy"] or o[cost_key] < r[cost_key]) for o in pts)]
+    return sorted(front, key=lambda r: r[cost_key])
+
+
+def runs_table(rows: list[dict[str, Any]]) -> Table:
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "-": "dim"}
+    front_size = {r["name"] for r in pareto(rows, "size_bytes")}
+    out = []
+    for r in rows:
+        acc = "-" if r.get("accuracy") is None else fmt_value(r["accuracy"], "fraction" if r["accuracy"] <= 1 else "")
+        out.append([r["name"] + (" *" if r["name"] in front_size else ""), r["method"], fmt_bytes(r["size_bytes"]),
+                    acc, fmt_seconds(r.get("latency_p50_s")),
+                    "-" if r.get("cost_per_mtok") is None else f"${r['cost_per_mtok']:.4g}",
+                    f"[{colour[r['verdict']]}]{r['verdict']}[/{colour[r['verdict']]}]"])
+    return table("Runs (* = on the accuracy/size Pareto front)",
+                 ["run", "method", "weights", "accuracy", "latency p50", "$/1M out", "verdict"], out)
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Any) -> None:
+    """PNG: accuracy against size and against cost, Pareto fronts marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"PASS": "tab:green", "FAIL": "tab:red", "INCONCLUSIVE": "tab:orange", "-": "tab:blue"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, label, scale in [(axes[0], "size_bytes", "weights on disk (MB)", 1e-6),
+                                  (axes[1], "cost_per_mtok", "USD per million output tokens", 1.0)]:
+        pts = [r for r in rows if r.get("accuracy") is not None and r.get(key) is not None]
+        for r in pts:
+            ax.scatter(r[key] * scale, 100 * r["accuracy"], color=colours[r["verdict"]], s=40, zorder=3)
+            ax.annotate(r["name"].replace("base: ", ""), (r[key] * scale, 100 * r["accuracy"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        front = pareto(rows, key)
+        if front:
+            ax.step([r[key] * scale for r in front], [100 * r["accuracy"] for r in front], where="post",
+                    color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"accuracy (%) — {pts[0]['metric'] if pts and pts[0].get('metric') else ''}")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v if v != "-" else "base")
+               for v, c in colours.items()]
+    handles.append(plt.Line2D([], [], linestyle="--", color="black", label="Pareto front"))
+    axes[1].legend(handles=handles, loc="lower right", fontsize=8)
+    fig.suptitle("compress runs: accuracy against size and cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""`compress --help` and `compress recipes validate` must not import heavy libraries."""
+import subprocess
+import sys
+
+from conftest import ROOT
+
+HEAVY = ["torch", "transformers", "lm_eval", "llmcompressor", "datasets", "accelerate"]
+
+PROBE = """
+import sys
+from compress.cli import main
+code = main({args!r})
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print("HEAVY=" + ",".join(heavy))
+sys.exit(code)
+"""
+
+
+def _probe(args):
+    return subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_help_imports_nothing_heavy():
+    p = _probe(["--help"])
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY=\n" in p.stdout or p.stdout.rstrip().endswith("HEAVY="), p.stdout[-300:]
+    assert "quantize" in p.stdout or "recipes" in p.stdout
+
+
+def test_recipes_validate_imports_nothing_heavy():
+    recipes = [str(p) for p in sorted((ROOT / "recipes").glob("*.yaml"))]
+    p = _probe(["recipes", "validate", *recipes])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.rstrip().endswith("HEAVY="), p.stdout[-300:]
+
+
+def test_every_command_help_imports_nothing_heavy():
+    from compress.cli import app
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name in group.commands:
+        p = _probe([name, "--help"])
+        assert p.returncode == 0, (name, p.stderr)
+        assert p.stdout.rstrip().endswith("HEAVY="), (name, p.stdout[-200:])

@@ -1,0 +1,96 @@
+"""lm-eval on the bundled tasks: offline, per-sample, cached, deterministic, with clear errors."""
+import json
+
+import pytest
+
+from compress.errors import UsageError
+from compress.evals.accuracy import aggregate, check_tasks, run_eval
+from compress.evals.reports import AccuracyReport
+from compress.recipe import EvalSpec
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    import os
+
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("COMPRESS_CACHE_DIR")
+    os.environ["COMPRESS_CACHE_DIR"] = str(cache)
+    try:
+        yield run_eval("builtin:tiny-llama", EvalSpec())
+    finally:
+        if old is None:
+            os.environ.pop("COMPRESS_CACHE_DIR")
+        else:
+            os.environ["COMPRESS_CACHE_DIR"] = old
+
+
+def test_embedded_model_accuracy_on_bundled_tasks(baseline):
+    report, cached = baseline
+    assert not cached
+    mc = report.tasks["tiny_facts_mc"]
+    assert mc.n_samples == 1000 and mc.metrics["acc"].higher_is_better
+    assert mc.metrics["acc"].value >= 0.75  # the issue's bar for the embedded model
+    ppl = report.tasks["tiny_bios_ppl"].metrics["word_perplexity"]
+    assert not ppl.higher_is_better and 1 < ppl.value < 20
+    assert report.duration_s < 300
+
+
+def test_per_sample_results_recompute_the_metrics(baseline):
+    report, _ = baseline
+    mc = report.tasks["tiny_facts_mc"]
+    s = mc.samples[0]
+    assert s.doc_id == 0 and s.doc_hash and len(s.loglikelihoods) == 4
+    assert s.answer == max(range(4), key=lambda i: s.loglikelihoods[i])
+    assert s.correct == (s.answer == s.target)
+    for task, tr in report.tasks.items():
+        for name, m in tr.metrics.items():
+            values = [x.values[name] for x in tr.samples]
+            assert aggregate(m, values) == pytest.approx(m.value, rel=1e-9), (task, name)
+
+
+def test_report_round_trip_and_cache(baseline, tmp_path, monkeypatch):
+    report, _ = baseline
+    path = tmp_path / "acc.json"
+    report.save(path)
+    assert AccuracyReport.load(path) == report
+    assert json.loads(path.read_text())["environment"]["libraries"]["lm-eval"]
+    # Same settings: served from the cache. Other settings: measured again.
+    import os
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", os.environ["COMPRESS_CACHE_DIR"])
+    again, cached = run_eval("builtin:tiny-llama", EvalSpec())
+    assert cached and again == report
+    small, cached = run_eval("builtin:tiny-llama", EvalSpec(tasks=["tiny_facts_mc"], limit=40))
+    assert not cached and small.tasks["tiny_facts_mc"].n_samples == 40
+
+
+def test_same_settings_same_results(baseline):
+    report, _ = baseline
+    fresh, cached = run_eval("builtin:tiny-llama", EvalSpec(), rerun=True)
+    assert not cached
+    for task in report.tasks:
+        assert [s.values for s in fresh.tasks[task].samples] == [s.values for s in report.tasks[task].samples]
+
+
+def test_unknown_task_suggests_close_names():
+    with pytest.raises(UsageError, match="did you mean: tiny_facts_mc"):
+        check_tasks(["tiny_facts_mcq"])
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["eval", "builtin:tiny-llama", "--limit", "0"], 2, "--limit"),
+    (["eval", "builtin:tiny-llama", "--batch-size", "-3"], 2, "--batch-size"),
+    (["eval", "builtin:tiny-llama", "--tasks", "tiny_facts_mcx", "--limit", "5"], 2, "did you mean"),
+    (["eval", "./no/such/model"], 4, "does not exist"),
+    (["bench", "builtin:tiny-llama", "--batch-sizes", "1,x"], 2, "--batch-sizes"),
+    (["bench", "builtin:tiny-llama", "--output-tokens", "0"], 2, "--output-tokens"),
+])
+def test_bad_input_is_one_clear_line_and_no_report(tmp_path, runs_dir, args, code, text):
+    out = tmp_path / "report.json"
+    p = run_cli(*args, "--out", str(out))
+    assert p.returncode == code, p.stderr
+    assert text in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+    assert not list(runs_dir.parent.glob("cache/accuracy/*.json"))

@@ -1,0 +1,114 @@
+"""The gate's statistics, checked on simulated per-sample data with a known difference."""
+import math
+
+import numpy as np
+import pytest
+
+from compress.stats import (
+    FAIL, INCONCLUSIVE, PASS, Interval, decide, mcnemar_interval, paired_bootstrap, samples_to_decide,
+    unpaired_bootstrap,
+)
+
+
+def simulate(rng, n, p_base=0.8, p_break=0.06, p_fix=0.02):
+    """Paired right/wrong outcomes: the candidate breaks some of the baseline's right answers
+    and fixes some wrong ones. True accuracy drop = p_base*p_break - (1-p_base)*p_fix."""
+    base = rng.random(n) < p_base
+    u = rng.random(n)
+    cand = np.where(base, u >= p_break, u < p_fix)
+    return base, cand
+
+
+TRUE_DROP = 0.8 * 0.06 - 0.2 * 0.02  # 0.044
+
+
+def test_paired_bootstrap_interval_covers_the_true_difference():
+    rng = np.random.default_rng(1234)
+    covered = 0
+    trials = 1000
+    for t in range(trials):
+        base, cand = simulate(rng, 400)
+        iv = paired_bootstrap(base, cand, confidence=0.95, resamples=400, seed=t)
+        covered += iv.lower <= TRUE_DROP <= iv.upper
+    assert covered / trials >= 0.93, covered / trials
+
+
+def test_mcnemar_interval_covers_the_true_difference():
+    rng = np.random.default_rng(99)
+    trials = 1000
+    covered = sum(
+        (lambda iv: iv.lower <= TRUE_DROP <= iv.upper)(mcnemar_interval(*simulate(rng, 300)))
+        for _ in range(trials)
+    )
+    assert covered / trials >= 0.93, covered / trials
+
+
+def _detection_rate(rng, n, paired, trials=200):
+    hits = 0
+    for t in range(trials):
+        base, cand = simulate(rng, n, p_base=0.75, p_break=0.05, p_fix=0.03)  # drop 0.03
+        iv = (paired_bootstrap(base, cand, resamples=300, seed=t) if paired
+              else unpaired_bootstrap(base, cand, resamples=300, seed=t))
+        hits += iv.lower > 0
+    return hits / trials
+
+
+def test_paired_test_detects_a_three_point_drop_with_fewer_samples():
+    """Smallest n (on a grid) at which each test sees the drop in 80% of trials."""
+    rng = np.random.default_rng(7)
+    grid = [100, 200, 400, 800, 1600, 3200]
+
+    def needed(paired):
+        for n in grid:
+            if _detection_rate(rng, n, paired) >= 0.8:
+                return n
+        return math.inf
+
+    n_paired, n_unpaired = needed(True), needed(False)
+    assert n_paired < n_unpaired, (n_paired, n_unpaired)
+    assert n_paired <= 800
+
+
+def test_bootstrap_for_perplexity_style_aggregates():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(10, 30, size=300)
+    base_ll = -2.0 * counts + rng.normal(0, 3, 300)
+    cand_ll = base_ll - 0.1 * counts  # 0.1 nats/word worse: perplexity up by e^0.1 - 1 = 10.5%
+    base = np.stack([base_ll, counts], 1)
+    cand = np.stack([cand_ll, counts], 1)
+    iv = paired_bootstrap(base, cand, aggregation="weighted_perplexity", higher_is_better=False, relative=True)
+    assert iv.estimate == pytest.approx(math.exp(0.1) - 1, rel=1e-6)
+    # Every document got worse by the same amount: the paired interval is tight around it.
+    assert iv.lower == pytest.approx(iv.estimate, rel=1e-6) and iv.upper == pytest.approx(iv.estimate, rel=1e-6)
+
+
+def test_mcnemar_interval_values():
+    # 10 discordant pairs, all won by the baseline, out of 100 documents.
+    base = [True] * 100
+    cand = [False] * 10 + [True] * 90
+    iv = mcnemar_interval(base, cand, confidence=0.95)
+    assert iv.estimate == pytest.approx(0.10)
+    # Agresti-Min: b=10.5, c=0.5, n=102 -> centre 10/102, se sqrt(11 - 100/102)/102.
+    se = math.sqrt(11 - 100 / 102) / 102
+    assert iv.lower == pytest.approx(10 / 102 - 1.959964 * se, rel=1e-5)
+    assert iv.upper == pytest.approx(10 / 102 + 1.959964 * se, rel=1e-5)
+    same = mcnemar_interval([True, False] * 50, [True, False] * 50)
+    assert same.estimate == 0 and same.lower < 0 < same.upper
+
+
+def test_decisions_and_samples_to_decide():
+    iv = Interval(0.01, -0.005, 0.018, 0.95, "x", 500)
+    assert decide(iv, 0.02) == PASS
+    assert decide(Interval(0.05, 0.03, 0.07, 0.95, "x", 500), 0.02) == FAIL
+    unsure = Interval(0.015, 0.005, 0.025, 0.95, "x", 500)
+    assert decide(unsure, 0.02) == INCONCLUSIVE
+    # Half-width 0.01, distance 0.005: the interval must halve, so 4x the documents.
+    assert samples_to_decide(unsure, 0.02) == 2000
+    assert samples_to_decide(Interval(0.02, 0.01, 0.03, 0.95, "x", 500), 0.02) is None
+
+
+def test_unequal_lengths_are_rejected():
+    with pytest.raises(ValueError):
+        paired_bootstrap([1, 0, 1], [1, 0])
+    with pytest.raises(ValueError):
+        mcnemar_interval([], [])
