@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow check lint clean model sensitivity quality
+.PHONY: setup demo test test-slow clean model
 
 setup: $(VENV)/.installed
 

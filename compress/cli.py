@@ -180,7 +180,8 @@ def quantize(
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
         raise _usage(CompressError("this recipe distills", hint="use `compress distill` or `compress run`"))
-    manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
+    with console.stdout_to_stderr():
+        manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
 
 
@@ -210,7 +211,8 @@ def distill(
     r = load_recipe(recipe, set_ or [])
     if r.method.kind != "distill":
         raise _usage(CompressError(f"{recipe} is a {r.method.kind} recipe", hint="use `compress quantize` for it"))
-    manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
+    with console.stdout_to_stderr():
+        manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
 
 
@@ -302,7 +304,7 @@ def eval_(
     flags = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "num_fewshot": num_fewshot,
              "limit": limit, "batch_size": batch_size, "seed": seed, "backend": backend, "device": device}
     settings = _settings(EvalSpec, recipe, "evals", flags)
-    with console.err.status(f"Evaluating {model} on {', '.join(settings.tasks)}"):
+    with console.err.status(f"Evaluating {model} on {', '.join(settings.tasks)}"), console.stdout_to_stderr():
         report, cached = run_eval(model, settings, dtype=_model_dtype(recipe, dtype), rerun=rerun)
     from compress.report import accuracy_table
 
@@ -350,7 +352,8 @@ def bench(
     flags = {"batch_sizes": sizes, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens, "warmup": warmup,
              "repeats": repeats, "price_per_hour": price_per_hour, "device": device}
     settings = _settings(BenchSpec, recipe, "bench", flags)
-    with console.err.status(f"Benchmarking {model} (batch sizes {', '.join(map(str, settings.batch_sizes))})"):
+    with console.err.status(f"Benchmarking {model} (batch sizes {', '.join(map(str, settings.batch_sizes))})"), \
+            console.stdout_to_stderr():
         report, cached = run_bench(model, settings, dtype=_model_dtype(recipe, dtype), rerun=rerun)
     from compress.report import bench_table
 
@@ -387,13 +390,13 @@ def compare(
     result: dict = {}
     if not no_eval:
         settings = _settings(EvalSpec, recipe, "evals", {})
-        with console.err.status("Evaluating both models"):
+        with console.err.status("Evaluating both models"), console.stdout_to_stderr():
             a, _ = run_eval(baseline, settings, dtype=dtype, rerun=rerun)
             b, _ = run_eval(candidate, settings, dtype=dtype, rerun=rerun)
         result["accuracy"] = accuracy_rows(a, b)
     if not no_bench:
         settings = _settings(BenchSpec, recipe, "bench", {})
-        with console.err.status("Benchmarking both models"):
+        with console.err.status("Benchmarking both models"), console.stdout_to_stderr():
             a, _ = run_bench(baseline, settings, dtype=dtype, rerun=rerun)
             b, _ = run_bench(candidate, settings, dtype=dtype, rerun=rerun)
         result["speed"] = speed_rows(a, b)
@@ -507,8 +510,9 @@ def run_(
     from compress.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, set_ or [])
-    result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
-                          device=device, log=_log, warn=_warn, model_card=model_card)
+    with console.stdout_to_stderr():
+        result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
+                              device=device, log=_log, warn=_warn, model_card=model_card)
     md = run_summary_markdown(result)
     if summary:
         summary.parent.mkdir(parents=True, exist_ok=True)

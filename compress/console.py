@@ -1,8 +1,11 @@
 """Terminal output: one console for results, one for messages and progress (stderr)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -49,9 +52,20 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s / 60:.1f} min"
 
 
-def progress(transient: bool = True):
-    """A rich progress bar on stderr (safe alongside --json on stdout)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python or C level) to stderr while the block runs.
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=transient)
+    Some back ends print progress and tables to stdout; compress keeps stdout for results
+    (``--json``).
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -25,28 +25,29 @@ def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return (F.log_softmax(student_logits.float() / temperature, dim=-1),
+            F.log_softmax(teacher_logits.float() / temperature, dim=-1))
+
+
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                mask: torch.Tensor | None = None) -> torch.Tensor:
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_token = (t.exp() * (t - s)).sum(-1)
-    return _masked_mean(per_token, mask) * temperature**2
+    s, t = _log_probs(student_logits, teacher_logits, temperature)
+    return _masked_mean((t.exp() * (t - s)).sum(-1), mask) * temperature**2
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                mask: torch.Tensor | None = None) -> torch.Tensor:
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    per_token = (s.exp() * (s - t)).sum(-1)
-    return _masked_mean(per_token, mask) * temperature**2
+    s, t = _log_probs(student_logits, teacher_logits, temperature)
+    return _masked_mean((s.exp() * (s - t)).sum(-1), mask) * temperature**2
 
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
                     temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     if not 0 < beta < 1:
         raise ValueError("beta must be strictly between 0 and 1 (use forward_kl or reverse_kl at the ends)")
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s, t = _log_probs(student_logits, teacher_logits, temperature)
     m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
     kl_t = (t.exp() * (t - m)).sum(-1)
     kl_s = (s.exp() * (s - m)).sum(-1)

@@ -6,6 +6,7 @@ Torch and transformers are imported inside functions, never at module import.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,10 +82,13 @@ def _resolve_run(spec: str) -> ModelRef:
     if not latest.exists():
         raise UsageError(f"no finished run named '{name}' under {runs_root()}",
                          hint=f"run its recipe first: compress run recipes/{name}.yaml")
-    model_dir = run_dir / latest.read_text().strip() / "model"
+    key = latest.read_text().strip()
+    model_dir = run_dir / key / "model"
     if not (model_dir / "config.json").exists():
         raise ModelLoadError(f"run '{name}' has no model at {model_dir}", hint="rerun its recipe")
-    return ModelRef(spec, model_dir.resolve(), "run")
+    gate = run_dir / key / "gate.json"
+    verdict = json.loads(gate.read_text()).get("verdict") if gate.exists() else None
+    return ModelRef(spec, model_dir.resolve(), "run", extra={"run_key": key, "gate_verdict": verdict})
 
 
 def _resolve_hub(spec: str, revision: str | None) -> ModelRef:

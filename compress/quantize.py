@@ -30,12 +30,29 @@ CALIBRATED = {("fp8", "static"), ("int8", "w8a8"), ("int4", "gptq"), ("int4", "a
 def uses_calibration(recipe: Recipe) -> bool:
     m = recipe.method
     if m.kind == "distill":
-        return False
+        return True  # layer importance and the held-out KL are measured on it
     return (m.kind, getattr(m, "scheme", None) or getattr(m, "algorithm", None)) in CALIBRATED
 
 
+def data_fingerprint(dataset: str) -> str:
+    """What a dataset reference currently holds: a content hash for built-in sets and local
+    files or folders (an edited file makes a new artifact), the reference itself for hub ids."""
+    from compress.models import BUILTIN_DATASETS
+
+    path = BUILTIN_DATASETS.get(dataset.split(":", 1)[1]) if dataset.startswith("builtin:") else Path(dataset)
+    if path is None or not path.exists():
+        return dataset
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def artifact_key(recipe: Recipe, base_hash: str) -> str:
-    """Content key of an artifact: base model bytes, method, calibration (if used), dtype, libraries."""
+    """Content key of an artifact: base model bytes, method, the data it learns from (settings
+    and content), dtype, libraries."""
     parts: dict[str, Any] = {
         "base": base_hash,
         "method": recipe.effective()["method"],
@@ -44,6 +61,9 @@ def artifact_key(recipe: Recipe, base_hash: str) -> str:
     }
     if uses_calibration(recipe):
         parts["calibration"] = recipe.effective()["calibration"]
+        parts["calibration_data"] = data_fingerprint(recipe.calibration.dataset)
+    if recipe.method.kind == "distill":
+        parts["training_data"] = data_fingerprint(recipe.method.training.dataset)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,9 +94,10 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
     apply = METHODS.load(recipe.method.kind)
     device = pick_device(device)
     key = artifact_key(recipe, base_hash)
-    work = work_dir(out, key)
+    work = work_dir(out)
     with atomic_dir(out, overwrite=force) as tmp:
-        ctx = MethodContext(recipe=recipe, base=base, out_dir=tmp, device=device, log=log, warn=warn, work_dir=work)
+        ctx = MethodContext(recipe=recipe, base=base, out_dir=tmp, device=device, log=log, warn=warn, work_dir=work,
+                            artifact_key=key)
         result = apply(ctx)
         (tmp / RECIPE_FILE).write_text(recipe_header(recipe) + dump_recipe(recipe))
         hashes = file_hashes(tmp)
@@ -107,15 +128,9 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
     return manifest
 
 
-def work_dir(out: Path, key: str) -> Path:
-    """Scratch space that survives a crash (training checkpoints), for this artifact key only."""
-    work = out.parent / f".{out.name}.work"
-    stamp = work / "KEY"
-    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
-        shutil.rmtree(work, ignore_errors=True)  # left by a different recipe: never resume from it
-    work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key + "\n")
-    return work
+def work_dir(out: Path) -> Path:
+    """Where a method may keep scratch files that survive a crash (e.g. training checkpoints)."""
+    return out.parent / f".{out.name}.work"
 
 
 def existing_artifact(out: Path, key: str) -> dict[str, Any] | None:

@@ -42,6 +42,9 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
     from compress.quantize import artifact_key, build_artifact, existing_artifact
 
     base = resolve_model(recipe.model.id, recipe.model.revision)
+    if base.source == "run" and base.extra.get("gate_verdict") != "PASS":
+        warn(f"{recipe.model.id} has not passed its own gate (verdict: {base.extra.get('gate_verdict') or 'none'}); "
+             "building on it anyway")
     base_hash = model_content_hash(base.path)
     key = artifact_key(recipe, base_hash)
     target = out if out is not None else run_dir(recipe, key) / "model"

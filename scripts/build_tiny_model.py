@@ -9,7 +9,8 @@ license-clean and reproducible from the seed:
    - training corpus: short biographies in three phrasings per fact, sentence order
      shuffled, several biographies per person, plus question-and-answer pairs about
      *half* of the people;
-   - calibration set: biographies in a fourth phrasing (used by quantizers);
+   - calibration set: biographies in a fourth phrasing, and questions about the QA people
+     in phrasings used nowhere else (used by quantizers);
    - multiple-choice eval: the questions about the *other* half of the people, with
      four choices (chance 25%);
    - perplexity eval: biographies in a fifth phrasing.
@@ -111,6 +112,14 @@ QUESTIONS = {
 }
 
 
+CALIBRATION_QUESTIONS = {
+    "town": "Question: In which town does {n} live?\nAnswer:",
+    "trade": "Question: What is the job of {n}?\nAnswer:",
+    "pet": "Question: Which animal does {n} keep?\nAnswer:",
+    "colour": "Question: Which colour does {n} like best?\nAnswer:",
+}
+
+
 def make_people(rng: random.Random, count: int) -> list[dict[str, str]]:
     names: set[str] = set()
     people = []
@@ -184,6 +193,17 @@ def build_data(seed: int, people_count: int, bios_per_person: int, mc_people: in
 
     ppl_people = rng.sample(heldout_people, min(200, len(heldout_people)))
     ppl = [{"text": bio(rng, p, phrasings("ppl"))} for p in ppl_people]
+
+    # Calibration also needs question-shaped text: quantizers that reconstruct activations
+    # (GPTQ, AWQ) calibrated on biographies alone do no better than round-to-nearest on the
+    # questions. These ask about the QA people in phrasings that neither training nor eval
+    # uses. A separate generator leaves every other set exactly as it was.
+    cal_rng = random.Random(seed + 1)
+    questions = [{"text": f"{CALIBRATION_QUESTIONS[a].format(n=p['name'])} {p[a]}"}
+                 for p in qa_people for a in ATTRIBUTES]
+    cal_rng.shuffle(questions)
+    calibration = calibration + questions[: len(calibration)]
+    cal_rng.shuffle(calibration)
     return {"people": people, "train": train, "calibration": calibration, "mc": mc, "ppl": ppl}
 
 

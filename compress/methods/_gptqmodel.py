@@ -10,16 +10,30 @@ from typing import Any
 
 from compress.data import load_texts
 from compress.errors import QuantizationError
+from compress.console import stdout_to_stderr
 from compress.methods.base import MethodContext, Timer, meta_model, output_embedding_name, require, resolve_ignore
 
 EXTRA = "gptq"
 
 
 def run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
-    # GPTQModel sizes its CPU worker pools from this variable and refuses to start on small
-    # machines without it ("requests 2 workers but parent 'cpu' only has 1").
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(2, (os.cpu_count() or 2) - 1))))
+    with stdout_to_stderr():
+        return _run(ctx, timer)
+
+
+def _run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
+    # GPTQModel sizes its CPU worker pools from this variable; its model loader alone asks for
+    # two workers, so below two it refuses to start ("requests 2 workers but parent 'cpu' only
+    # has 1"), which is what it picks by itself on a 2-core machine.
+    try:
+        workers = int(os.environ.get("GPTQMODEL_CPU_WORKERS", "0"))
+    except ValueError:
+        workers = 0
+    os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(2, workers or min(4, os.cpu_count() or 2)))
     gptqmodel = require("gptqmodel", "gptqmodel", EXTRA, "GPTQ in the Hugging Face format")
+    from logbar import LogBar
+
+    LogBar.shared().setLevel(os.environ.get("COMPRESS_BACKEND_LOG", "WARNING").upper())
     require("optimum", "optimum", EXTRA, "loading GPTQ checkpoints in transformers")
     import torch
 
@@ -33,6 +47,9 @@ def run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
     qconfig = gptqmodel.QuantizeConfig(
         bits=method.bits, group_size=method.group_size or -1, sym=method.symmetric, desc_act=method.act_order,
         damp_percent=method.dampening_frac, dynamic=dynamic, lm_head=head not in ignore,
+        # Its disk offload loses output layers not named lm_head (GPT-NeoX's embed_out:
+        # "Offloaded tensor 'lm_head.weight' not found"); compress loads the model in memory anyway.
+        offload_to_disk=False,
     )
     texts = load_texts(cal.dataset, split=cal.split, config_name=cal.config_name, text_field=cal.text_field,
                        num_samples=cal.num_samples, seed=cal.seed)

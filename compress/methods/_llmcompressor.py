@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from compress.data import load_texts, tokenize
@@ -76,6 +76,12 @@ def quiet_logs() -> Iterator[None]:
 
     level = os.environ.get("COMPRESS_BACKEND_LOG", "WARNING").upper()
     loguru_logger.remove()
+    loguru_logger.enable("llmcompressor")
+    try:  # defined by llm-compressor's own logger set-up, which LLM_COMPRESSOR_LOG_DISABLED skips
+        loguru_logger.level("METRIC")
+    except ValueError:
+        loguru_logger.level("METRIC", no=38)
+
     def keep(record: dict) -> bool:
         if level != "WARNING":
             return True
@@ -92,8 +98,12 @@ def quiet_logs() -> Iterator[None]:
         loguru_logger.disable("llmcompressor")
 
 
-def run(ctx: MethodContext, modifiers: list[Any], calibrate: bool, timer: Timer) -> dict[str, Any]:
+def run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any]], calibrate: bool,
+        timer: Timer) -> dict[str, Any]:
     """Load the base, apply llm-compressor modifiers with ``oneshot``, save compressed.
+
+    ``make_modifiers(model, ignore)`` builds the modifiers once the model is loaded and the
+    ignore list resolved to its module names (some modifiers need the model's structure).
 
     Returns:
         Details for the manifest: ignored layers, calibration samples, llm-compressor version.
@@ -104,19 +114,18 @@ def run(ctx: MethodContext, modifiers: list[Any], calibrate: bool, timer: Timer)
     load("llmcompressor", "quantization into compressed-tensors")
     with quiet_logs(), cpu_safe(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
-        return _run(ctx, modifiers, calibrate, timer)
+        return _run(ctx, make_modifiers, calibrate, timer)
 
 
-def _run(ctx: MethodContext, modifiers: list[Any], calibrate: bool, timer: Timer) -> dict[str, Any]:
+def _run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any]], calibrate: bool,
+         timer: Timer) -> dict[str, Any]:
     llmc = load("llmcompressor", "quantization into compressed-tensors")
     import torch
 
     with timer("load"):
         model, tokenizer = load_base(ctx)
     ignore = resolve_ignore(model, ctx.recipe.method.ignore)
-    for m in modifiers:
-        if hasattr(m, "ignore"):
-            m.ignore = ignore
+    modifiers = make_modifiers(model, ignore)
     kwargs: dict[str, Any] = {}
     samples = 0
     if calibrate:
@@ -148,3 +157,70 @@ def scheme(weights: Any, activations: Any = None):
     from compressed_tensors.quantization import QuantizationScheme
 
     return {"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)}
+
+
+def norm_consumers(model: Any, ignore: list[str]) -> list[tuple[str, list[str]]]:
+    """Each normalisation layer with the Linear layers that read exactly its output.
+
+    Found by one forward pass on a few tokens, from the model itself: hooks record every norm's
+    output tensor and every Linear's input, and the two are matched by storage. This is what
+    SmoothQuant and AWQ need to know (which activations to smooth, which weights absorb the
+    scale), for architectures llm-compressor has no hand-written table for.
+    """
+    import torch
+
+    outputs: list[tuple[str, torch.Tensor]] = []
+    consumers: dict[str, list[str]] = {}
+    hooks = []
+    skip = set(ignore)
+
+    def is_norm(module: Any) -> bool:
+        return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm", "Norm"))
+
+    for name, module in model.named_modules():
+        if is_norm(module) and not isinstance(module, torch.nn.Linear):
+            hooks.append(module.register_forward_hook(
+                lambda mod, args, out, name=name: outputs.append((name, out)) if isinstance(out, torch.Tensor) else None))
+        elif isinstance(module, torch.nn.Linear) and name not in skip:
+            def pre(mod, args, name=name):
+                x = args[0] if args else None
+                for norm, out in reversed(outputs):
+                    if x is not None and x.data_ptr() == out.data_ptr() and x.shape == out.shape:
+                        consumers.setdefault(norm, []).append(name)
+                        break
+            hooks.append(module.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(input_ids=torch.arange(3, 11, device=device)[None, :])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(norm, names) for norm, names in consumers.items() if names]
+
+
+def _exact(name: str) -> str:
+    import re
+
+    return f"re:^{re.escape(name)}$"
+
+
+def smoothquant_mappings(model: Any, ignore: list[str]) -> list[list[Any]] | None:
+    """SmoothQuant mappings for the model, or None where llm-compressor has its own."""
+    from llmcompressor.modifiers.transform.smoothquant.utils import MAPPINGS_REGISTRY
+
+    if type(model).__name__ in MAPPINGS_REGISTRY:
+        return None
+    return [[[_exact(n) for n in names], _exact(norm)] for norm, names in norm_consumers(model, ignore)]
+
+
+def awq_mappings(model: Any, ignore: list[str]) -> list[Any] | None:
+    """AWQ mappings (norm -> the layers it feeds), or None where llm-compressor has its own."""
+    from llmcompressor.modifiers.transform.awq.dynamic_mappings import AWQ_DYNAMIC_MAPPING_REGISTRY
+    from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY, AWQMapping
+
+    name = type(model).__name__
+    if name in AWQ_MAPPING_REGISTRY or name in AWQ_DYNAMIC_MAPPING_REGISTRY:
+        return None
+    return [AWQMapping(smooth_layer=_exact(norm), balance_layers=[_exact(n) for n in names])
+            for norm, names in norm_consumers(model, ignore)]

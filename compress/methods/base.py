@@ -27,6 +27,7 @@ class MethodContext:
     out_dir: Path
     device: str = "cpu"
     work_dir: Path | None = None  # persists across attempts (checkpoints); removed once the artifact is complete
+    artifact_key: str = ""
     log: Callable[[str], None] = print
     warn: Callable[[str], None] = print
 
@@ -134,6 +135,22 @@ def meta_model(ctx: MethodContext) -> Any:
     config = AutoConfig.from_pretrained(str(ctx.base.path), trust_remote_code=ctx.recipe.model.trust_remote_code)
     with init_empty_weights():
         return AutoModelForCausalLM.from_config(config, trust_remote_code=ctx.recipe.model.trust_remote_code)
+
+
+def claim_work_dir(ctx: MethodContext) -> Path:
+    """Create (or reuse) the method's scratch directory for this artifact key only.
+
+    A directory left by a different recipe is emptied first: resuming from it would mix runs.
+    """
+    import shutil
+
+    work = ctx.work_dir or (ctx.out_dir.parent / ".work")
+    stamp = work / "KEY"
+    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.artifact_key):
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(ctx.artifact_key + "\n")
+    return work
 
 
 def save_tokenizer(ctx: MethodContext, tokenizer: Any = None) -> None:

@@ -8,11 +8,12 @@ checkpoints: an interrupted run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from compress.data import load_texts
 from compress.errors import UsageError
-from compress.methods.base import MethodContext, MethodResult, Timer, save_tokenizer
+from compress.methods.base import MethodContext, MethodResult, Timer, claim_work_dir, save_tokenizer
 from compress.models import load_model, load_tokenizer, resolve_model
 
 
@@ -85,10 +86,30 @@ def make_student(ctx: MethodContext, teacher: Any, tokenizer: Any, cal: list[dic
         if s.mlp_width_ratio < 1:
             _, width = prune_width(student, s.mlp_width_ratio, cal)
             details["mlp_width"] = width
-        return student, keep, details
+        # Student layer j stands in for teacher layers keep[j] .. keep[j+1]-1: its output is
+        # matched with the teacher's output at the end of that span (the last one with the
+        # teacher's last layer, whose output feeds the same final norm and head).
+        layer_map = [nxt - 1 for nxt in keep[1:]] + [n_teacher - 1]
+        return student, layer_map, details
     n_student = len(decoder_layers(student)[2])
     layer_map = [min(n_teacher - 1, round((j + 1) * n_teacher / n_student) - 1) for j in range(n_student)]
     return student, layer_map, details
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; half-written ones (a run killed while
+    saving) are removed, so that resuming never reads them."""
+    import shutil
+
+    found = []
+    for path in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else []:
+        step = path.name.rpartition("-")[2]
+        complete = (path / "trainer_state.json").exists() and any(path.glob("*.safetensors"))
+        if step.isdigit() and complete:
+            found.append((int(step), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
 
 
 def _progress_callback(log, max_steps: int, terms):
@@ -106,7 +127,7 @@ def _progress_callback(log, max_steps: int, terms):
 
 def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_map: list[int]) -> dict[str, Any]:
     import torch
-    from transformers import TrainingArguments, default_data_collator
+    from transformers import PrinterCallback, TrainingArguments, default_data_collator
 
     from compress.kd import make_trainer_class
 
@@ -118,11 +139,10 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     if m.loss.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
         raise UsageError("a hidden-state loss needs the student and teacher to have the same hidden size",
                          hint="set loss.hidden_weight: 0")
-    work = ctx.work_dir or (ctx.out_dir.parent / ".distill-work")
-    checkpoints = work / "checkpoints"
-    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    checkpoints = claim_work_dir(ctx) / "checkpoints"
+    resume = last_complete_checkpoint(checkpoints)
     if resume:
-        ctx.log(f"resuming from the last checkpoint in {checkpoints}")
+        ctx.log(f"resuming from the last checkpoint in {checkpoints} ({resume.name})")
     cuda = torch.cuda.is_available() and ctx.device.startswith("cuda")
     args = TrainingArguments(
         output_dir=str(checkpoints), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
@@ -136,8 +156,10 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
                           teacher=teacher, loss_spec=m.loss, layer_map=layer_map)
+    # Progress goes through ctx.log (stderr); the Trainer's own printer would write dicts to stdout.
+    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(ctx.log, t.max_steps, lambda: trainer.last_terms))
-    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return {"steps": int(output.global_step), "train_loss": round(float(output.training_loss), 5),
             "resumed": bool(resume), "blocks": len(data), "texts": len(texts)}
 

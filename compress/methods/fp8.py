@@ -24,9 +24,10 @@ def apply(ctx: MethodContext) -> MethodResult:
         warnings.append(msg)
         ctx.warn(msg)
     preset = "FP8_DYNAMIC" if method.scheme == "dynamic" else "FP8"
-    modifier = llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=list(method.ignore))
     timer = Timer()
-    details = llmc.run(ctx, [modifier], calibrate=method.scheme == "static", timer=timer)
+    details = llmc.run(ctx, lambda model, ignore: [
+        llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=ignore)],
+        calibrate=method.scheme == "static", timer=timer)
     details["preset"] = preset
     name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
             else "FP8 W8A8, weights and activations per tensor (static, calibrated)")

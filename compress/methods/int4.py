@@ -43,15 +43,17 @@ def apply(ctx: MethodContext) -> MethodResult:
     quant = llmc.load("llmcompressor.modifiers.quantization", f"INT{m.bits} {m.algorithm}")
     _check_widths(ctx, m.group_size)
     groups = llmc.scheme(llmc.weight_args(m.bits, m.group_size, m.symmetric))
-    if m.algorithm == "gptq":
-        modifiers = [quant.GPTQModifier(config_groups=groups, ignore=list(m.ignore), dampening_frac=m.dampening_frac,
-                                        actorder="group" if m.act_order else "static")]
-    elif m.algorithm == "awq":
-        awq = llmc.load("llmcompressor.modifiers.transform.awq", "AWQ")
-        modifiers = [awq.AWQModifier(duo_scaling=True),
-                     quant.QuantizationModifier(config_groups=groups, ignore=list(m.ignore))]
-    else:  # rtn
-        modifiers = [quant.QuantizationModifier(config_groups=groups, ignore=list(m.ignore))]
+
+    def modifiers(model, ignore):
+        if m.algorithm == "gptq":
+            return [quant.GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=m.dampening_frac,
+                                       actorder="group" if m.act_order else "static")]
+        if m.algorithm == "awq":
+            awq = llmc.load("llmcompressor.modifiers.transform.awq", "AWQ")
+            return [awq.AWQModifier(duo_scaling=True, mappings=llmc.awq_mappings(model, ignore)),
+                    quant.QuantizationModifier(config_groups=groups, ignore=ignore)]
+        return [quant.QuantizationModifier(config_groups=groups, ignore=ignore)]  # rtn
+
     details = llmc.run(ctx, modifiers, calibrate=m.algorithm != "rtn", timer=timer)
     return MethodResult(format="compressed-tensors", scheme=_scheme_name(m), details=details, timings=timer.timings)
 

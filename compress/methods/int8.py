@@ -22,11 +22,16 @@ def apply(ctx: MethodContext) -> MethodResult:
                             details=details, timings=timer.timings)
     quant = llmc.load("llmcompressor.modifiers.quantization", "INT8 W8A8")
     smooth = llmc.load("llmcompressor.modifiers.smoothquant", "SmoothQuant")
-    modifiers = [
-        smooth.SmoothQuantModifier(smoothing_strength=method.smoothing_strength),
-        quant.GPTQModifier(targets="Linear", scheme="W8A8", ignore=list(method.ignore),
-                           dampening_frac=method.dampening_frac),
-    ]
+
+    def modifiers(model, ignore):
+        # llm-compressor knows which norm feeds which layers for common architectures; for the
+        # rest the mappings are read off the model (see _llmcompressor.norm_consumers).
+        return [
+            smooth.SmoothQuantModifier(smoothing_strength=method.smoothing_strength,
+                                       mappings=llmc.smoothquant_mappings(model, ignore)),
+            quant.GPTQModifier(targets="Linear", scheme="W8A8", ignore=ignore, dampening_frac=method.dampening_frac),
+        ]
+
     details = llmc.run(ctx, modifiers, calibrate=True, timer=timer)
     details.update(smoothing_strength=method.smoothing_strength, preset="W8A8")
     return MethodResult(format="compressed-tensors",

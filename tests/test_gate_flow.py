@@ -1,0 +1,174 @@
+"""`compress run` end to end on the embedded model: PASS is exported and verifiable, a too
+aggressive recipe is blocked, edited bytes cannot be exported, every outcome has its exit code."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+
+FAST = ["--set", "bench.repeats=2", "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=8",
+        "--set", "bench.warmup=1"]
+GOOD = ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"
+BAD = ROOT / "recipes" / "demo" / "tiny-llama-int2-rtn.yaml"
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """One PASS run and one FAIL run sharing a runs directory and report cache."""
+    root = tmp_path_factory.mktemp("flow")
+    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache"),
+           "GITHUB_STEP_SUMMARY": str(root / "step-summary.md")}
+    start = time.time()
+    good = run_cli("run", str(GOOD), *FAST, "--export-to", str(root / "dist" / "good"), "--junit",
+                   str(root / "good.xml"), "--summary", str(root / "good.md"), "--json", env=env, cwd=root)
+    first_seconds = time.time() - start
+    bad = run_cli("run", str(BAD), *FAST, "--export-to", str(root / "dist" / "bad"), "--junit", str(root / "bad.xml"),
+                  "--json", env=env, cwd=root)
+    return {"root": root, "env": env, "good": good, "bad": bad, "first_seconds": first_seconds}
+
+
+def test_pass_is_exported_with_manifest_and_model_card(flow):
+    p = flow["good"]
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["verdict"] == "PASS"
+    dist = flow["root"] / "dist" / "good"
+    manifest = json.loads((dist / "manifest.json").read_text())
+    assert manifest["gate"]["verdict"] == "PASS" and manifest["gate"]["candidate_hash"] == manifest["content_hash"]
+    card = (dist / "README.md").read_text()
+    for needle in ["## Gate", "PASS", "tiny_facts_mc/acc", "## Accuracy", "## Speed, memory and cost",
+                   "builtin:tiny-llama", "## Recipe", "kind: int4"]:
+        assert needle in card, needle
+    assert (dist / "recipe.yaml").exists() and (dist / "model.safetensors").exists()
+    v = run_cli("verify", str(dist), env=flow["env"])
+    assert v.returncode == 0 and "OK" in v.stdout
+    # The gate decision is recorded in the run's manifest and gate.json too.
+    run_dir = flow["root"] / "runs" / "tiny-llama-int4-rtn"
+    key = (run_dir / "LATEST").read_text().strip()
+    gate = json.loads((run_dir / key / "gate.json").read_text())
+    assert gate["verdict"] == "PASS" and {c["metric"] for c in gate["checks"]} >= {"tiny_facts_mc/acc", "size_ratio"}
+    quality = next(c for c in gate["checks"] if c["metric"] == "tiny_facts_mc/acc")
+    assert quality["interval"]["n"] == 1000 and quality["interval"]["lower"] <= quality["measured"] <= quality["interval"]["upper"]
+
+
+def test_junit_and_summary_files(flow):
+    suite = ET.parse(flow["root"] / "good.xml").getroot()
+    cases = suite.findall(".//testcase")
+    assert len(cases) == 4 and not suite.findall(".//failure")
+    bad = ET.parse(flow["root"] / "bad.xml").getroot()
+    failures = bad.findall(".//failure")
+    assert failures and {f.get("type") for f in failures} == {"FAIL"}
+    summary = (flow["root"] / "good.md").read_text()
+    assert "PASS" in summary and "| verdict | check |" in summary
+    step = (flow["root"] / "step-summary.md").read_text()
+    assert "tiny-llama-int4-rtn: PASS" in step and "tiny-llama-int2-rtn: FAIL" in step
+
+
+def test_too_aggressive_recipe_fails_and_exports_nothing(flow):
+    p = flow["bad"]
+    assert p.returncode == 1, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["verdict"] == "FAIL" and out["exported_to"] is None
+    assert not (flow["root"] / "dist" / "bad").exists()
+    acc = next(c for c in out["gate"]["checks"] if c["metric"] == "tiny_facts_mc/acc")
+    assert acc["verdict"] == "FAIL" and acc["interval"]["lower"] > 0.03
+    # Asking for an export explicitly is refused too.
+    run_dir = out["run_dir"]
+    e = run_cli("export", run_dir, "--to", str(flow["root"] / "dist" / "forced"), env=flow["env"])
+    assert e.returncode == 1 and "gate verdict is FAIL" in e.stderr
+    assert not (flow["root"] / "dist" / "forced").exists()
+
+
+def test_rerun_of_a_passed_recipe_reuses_every_stage(flow):
+    start = time.time()
+    p = run_cli("run", str(GOOD), *FAST, "--export-to", str(flow["root"] / "dist" / "good"), "--json",
+                env=flow["env"], cwd=flow["root"])
+    seconds = time.time() - start
+    assert p.returncode == 0, p.stderr[-2000:]
+    stages = {s["stage"]: s["reused"] for s in json.loads(p.stdout)["stages"]}
+    assert stages == {"artifact": True, "eval baseline": True, "bench baseline": True, "eval candidate": True,
+                      "bench candidate": True, "gate": False, "export": True}
+    assert seconds < flow["first_seconds"]
+
+
+def test_edited_weight_file_blocks_export_and_fails_verify(flow, tmp_path):
+    run_dir = json.loads(flow["good"].stdout)["run_dir"]
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    weights = copy / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit in the last tensor
+    weights.write_bytes(bytes(data))
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1
+    assert "files changed after gating" in e.stderr and "model.safetensors" in e.stderr
+    assert not (tmp_path / "out").exists()
+    # An exported directory edited afterwards fails verification.
+    exported = tmp_path / "exported"
+    shutil.copytree(flow["root"] / "dist" / "good", exported)
+    (exported / "tokenizer.json").write_text((exported / "tokenizer.json").read_text().replace("<pad>", "<pdd>"))
+    v = run_cli("verify", str(exported))
+    assert v.returncode != 0 and "tokenizer.json" in v.stderr
+
+
+def test_gate_exit_codes_from_stored_reports(flow, tmp_path):
+    run_dir = json.loads(flow["good"].stdout)["run_dir"]
+    recipe = yaml.safe_load(GOOD.read_text())
+
+    def gate_with(checks):
+        r = dict(recipe, gate={"confidence": 0.95, "checks": checks})
+        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml.safe_dump(r))
+        return run_cli("gate", run_dir, "--recipe", str(path), "--json", env=flow["env"])
+
+    measured = next(c for c in json.loads(flow["good"].stdout)["gate"]["checks"] if c["metric"] == "tiny_facts_mc/acc")
+    iv = measured["interval"]
+    inside = (iv["lower"] + iv["upper"]) / 2 if iv["lower"] < iv["upper"] else iv["upper"]
+    unsure = gate_with([{"metric": "tiny_facts_mc/acc", "max_regression": max(inside, 0.0)}])
+    assert unsure.returncode == 3, unsure.stdout
+    result = json.loads(unsure.stdout)
+    assert result["verdict"] == "INCONCLUSIVE" and result["checks"][0]["samples_needed"] > 1000
+    fail = gate_with([{"metric": "size_ratio", "max": 0.1}])
+    assert fail.returncode == 1 and json.loads(fail.stdout)["verdict"] == "FAIL"
+    ok = gate_with([{"metric": "size_ratio", "max": 0.5}, {"metric": "tiny_bios_ppl/word_perplexity",
+                                                            "max_regression": 0.5, "relative": True}])
+    assert ok.returncode == 0
+    missing = gate_with([{"metric": "tiny_facts_mc/acc_norm_x", "max_regression": 0.1}])
+    assert missing.returncode == 2 and "no metric" in missing.stderr
+
+
+def test_report_table_and_pareto_plot(flow, tmp_path):
+    png = tmp_path / "runs.png"
+    p = run_cli("report", str(flow["root"] / "runs"), "--plot", str(png), "--json", env=flow["env"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert rows["tiny-llama-int4-rtn"]["verdict"] == "PASS" and rows["tiny-llama-int2-rtn"]["verdict"] == "FAIL"
+    assert rows["base: builtin:tiny-llama"]["accuracy"] > rows["tiny-llama-int2-rtn"]["accuracy"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path):
+    env = dict(os.environ, COMPRESS_RUNS_DIR=str(tmp_path / "runs"), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+    args = [sys.executable, "-m", "compress", "run", str(GOOD), *FAST, "--no-export", "--json"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    latest = tmp_path / "runs" / "tiny-llama-int4-rtn" / "LATEST"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert latest.exists(), "the artifact stage never finished"
+    os.killpg(proc.pid, signal.SIGKILL)  # crash somewhere after the artifact was built
+    proc.wait()
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    stages = {s["stage"]: s["reused"] for s in json.loads(again.stdout)["stages"]}
+    assert stages["artifact"] is True
+    assert not list((tmp_path / "runs" / "tiny-llama-int4-rtn").glob("*/.model.tmp-*"))

@@ -1,0 +1,95 @@
+"""Every quantization method on the embedded model: a servable, self-describing artifact that
+reloads in plain transformers, in a process that never imports compress, with finite logits
+close to the base model's."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compress.artifact import content_hash, file_hashes
+from compress.methods import SCHEMES
+from conftest import BUILTIN, ROOT, run_cli
+
+# In a fresh interpreter: plain transformers only. Prints finite-ness and agreement with the base.
+RELOAD = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, base_path = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(path)
+base = AutoModelForCausalLM.from_pretrained(base_path)
+tok = AutoTokenizer.from_pretrained(path)
+texts = [json.loads(l)["text"] for l in open(sys.argv[3]).read().splitlines()[:32]]
+enc = tok(texts, return_tensors="pt", padding=True)
+mask = enc["attention_mask"].bool()
+with torch.no_grad():
+    lc, lb = model(**enc).logits, base(**enc).logits
+agree = ((lc.argmax(-1) == lb.argmax(-1)) & mask).sum().item() / mask.sum().item()
+print(json.dumps({"finite": bool(torch.isfinite(lc).all()), "agreement": agree,
+                  "compress_imported": "compress" in sys.modules, "class": type(model).__name__}))
+"""
+
+PPL_TEXTS = ROOT / "evals" / "data" / "tiny_bios_ppl.jsonl"
+
+# Lower bounds on top-1 agreement with the base over 32 held-out documents (measured values in
+# README "Quality"; these leave room for numeric noise, not for a broken method).
+AGREEMENT = {"fp8-dynamic": 0.97, "fp8-static": 0.95, "int8-w8a8": 0.97, "int8-llm-int8": 0.97,
+             "int4-gptq": 0.90, "int4-awq": 0.90, "int4-rtn": 0.88, "int4-gptq-hf": 0.88, "int4-nf4": 0.88}
+FORMATS = {"fp8": "compressed-tensors", "int8-w8a8": "compressed-tensors", "int8-llm-int8": "bitsandbytes",
+           "int4-gptq-hf": "gptq", "int4-nf4": "bitsandbytes"}
+
+
+def reload_check(path):
+    p = subprocess.run([sys.executable, "-c", RELOAD, str(path), str(BUILTIN), str(PPL_TEXTS)],
+                       capture_output=True, text=True, cwd="/", timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_scheme_from_flags_reloads_in_plain_transformers(scheme, tmp_path, runs_dir):
+    out = tmp_path / scheme
+    p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "--out", str(out),
+                "--set", "calibration.num_samples=16", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout)  # stdout is clean JSON even with llm-compressor's logging
+    manifest = result["manifest"]
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["format"] == FORMATS.get(scheme, FORMATS.get(scheme.split("-")[0], "compressed-tensors"))
+    # The manifest describes the bytes on disk and where they came from.
+    assert manifest["files"] == file_hashes(out) and manifest["content_hash"] == content_hash(manifest["files"])
+    assert manifest["base_model"]["id"] == "builtin:tiny-llama" and len(manifest["base_model"]["content_hash"]) == 64
+    assert len(manifest["recipe_hash"]) == 64 and manifest["environment"]["libraries"]["transformers"]
+    assert "torch_threads" in manifest["environment"]["device"] and manifest["timings"]["total_s"] > 0
+    assert 0.1 < manifest["size"]["ratio"] < 0.5  # 8-bit and 4-bit weights, embeddings kept
+    assert (out / "recipe.yaml").exists() and (out / "tokenizer.json").exists()
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary directory left behind"
+    check = reload_check(out)
+    assert check["finite"] and not check["compress_imported"]
+    assert check["agreement"] >= AGREEMENT[scheme], check
+    # compress eval and compress bench work on every artifact kind.
+    e = run_cli("eval", str(out), "--tasks", "tiny_facts_mc", "--limit", "100", "--json")
+    assert e.returncode == 0, e.stderr[-2000:]
+    acc = json.loads(e.stdout)["tasks"]["tiny_facts_mc"]["metrics"]["acc"]["value"]
+    assert acc >= 0.7  # the base scores 0.86 on these 100 questions
+    b = run_cli("bench", str(out), "--batch-sizes", "2", "--prompt-tokens", "16", "--output-tokens", "4",
+                "--warmup", "0", "--repeats", "2", "--json")
+    assert b.returncode == 0, b.stderr[-2000:]
+    bench = json.loads(b.stdout)
+    assert bench["model"]["quantization"] and bench["batches"][0]["decode_tokens_per_s"] > 0
+    assert bench["size_bytes"] == manifest["size"]["weights_bytes"]
+
+
+def test_recipe_form_and_reuse(tmp_path, runs_dir):
+    recipe = ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"
+    p = run_cli("quantize", str(recipe), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = json.loads(p.stdout)
+    assert not first["reused"] and first["path"].startswith(str(runs_dir / "tiny-llama-int4-rtn"))
+    assert (runs_dir / "tiny-llama-int4-rtn" / "LATEST").exists()
+    again = json.loads(run_cli("quantize", str(recipe), "--json").stdout)
+    assert again["reused"] and again["path"] == first["path"]
+    # A changed recipe is a different artifact, never the stale one.
+    other = json.loads(run_cli("quantize", str(recipe), "--set", "method.group_size=64", "--json").stdout)
+    assert other["path"] != first["path"] and not other["reused"]
+    assert other["manifest"]["method"]["config"]["group_size"] == 64
