@@ -31,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 recipes_app = typer.Typer(help="Validate and list recipe files.", no_args_is_help=True)
-app.add_typer(recipes_app, name="recipes")
+app.add_typer(recipes_app, name="recipes", rich_help_panel="Set-up")
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -100,19 +100,22 @@ def _method_name(method) -> str:
 
 
 def _purpose(path: Path) -> str:
-    """The first comment line of a recipe (each recipe opens with what it is for)."""
+    """The opening comment of a recipe (what it is for), up to its `Run:` line."""
+    words = []
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line:
+        if not line.startswith("#"):
             break
-    return ""
+        text = line.lstrip("#").strip()
+        if text.startswith("Run:"):
+            break
+        words.append(text.split(" Run: ")[0])
+    return " ".join(words)
 
 
 # ----------------------------------------------------------------------------- doctor
 
-@app.command(epilog="Examples:  compress doctor   ·   compress doctor --json")
+@app.command(epilog="Examples:  compress doctor   ·   compress doctor --json", rich_help_panel="Set-up")
 def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Print the environment: torch and CUDA, GPU and native FP8, installed back ends."""
     from compress import doctor as doc
@@ -162,7 +165,7 @@ Schemes: fp8-dynamic, fp8-static, int8-w8a8, int8-llm-int8, int4-gptq, int4-awq,
 """
 
 
-@app.command(epilog=QUANTIZE_EPILOG)
+@app.command(epilog=QUANTIZE_EPILOG, rich_help_panel="Build")
 def quantize(
     recipe: Annotated[Optional[Path], typer.Argument(help="Recipe file (or use --model and --scheme).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="builtin:NAME, a local directory, run:NAME or a hub id.")] = None,
@@ -195,7 +198,7 @@ DISTILL_EPILOG = """Examples:
 """
 
 
-@app.command(epilog=DISTILL_EPILOG)
+@app.command(epilog=DISTILL_EPILOG, rich_help_panel="Build")
 def distill(
     recipe: Annotated[Path, typer.Argument(help="A recipe with method.kind: distill.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Artifact directory (default: runs/NAME/KEY/model).")] = None,
@@ -216,7 +219,9 @@ def distill(
     _artifact_summary(manifest, reused, path, json_)
 
 
-def _artifact_summary(manifest: dict, reused: bool, path: Path, json_: bool) -> None:
+def _artifact_summary(manifest: Optional[dict], reused: bool, path: Path, json_: bool) -> None:
+    if manifest is None:
+        return  # a non-main process of `accelerate launch`: the main process reports
     if json_:
         console.print_json({"path": str(path), "reused": reused, "manifest": manifest})
         return
@@ -281,7 +286,7 @@ EVAL_EPILOG = """Examples:
 """
 
 
-@app.command("eval", epilog=EVAL_EPILOG)
+@app.command("eval", epilog=EVAL_EPILOG, rich_help_panel="Measure")
 def eval_(
     model: Annotated[str, typer.Argument(help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     tasks: Annotated[Optional[str], typer.Option("--tasks", "-t", help="Comma-separated lm-eval task names.")] = None,
@@ -322,7 +327,7 @@ BENCH_EPILOG = """Examples:
 """
 
 
-@app.command(epilog=BENCH_EPILOG)
+@app.command(epilog=BENCH_EPILOG, rich_help_panel="Measure")
 def bench(
     model: Annotated[str, typer.Argument(help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = None,
@@ -370,7 +375,7 @@ COMPARE_EPILOG = """Examples:
 """
 
 
-@app.command(epilog=COMPARE_EPILOG)
+@app.command(epilog=COMPARE_EPILOG, rich_help_panel="Measure")
 def compare(
     baseline: Annotated[str, typer.Argument(help="The reference model.")],
     candidate: Annotated[str, typer.Argument(help="The model to compare against it.")],
@@ -413,8 +418,8 @@ def compare(
 
 def _print_gate(gate) -> None:
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
-    rows = [[f"[{colour[c.verdict]}]{c.verdict}[/{colour[c.verdict]}]", c.metric, f"{c.measured:.4g}", c.threshold,
-             escape(c.note)] for c in gate.checks]
+    rows = [[f"[{colour[c.verdict]}]{c.verdict}[/{colour[c.verdict]}]", c.metric, c.shown or f"{c.measured:.4g}",
+             c.threshold, escape(c.note)] for c in gate.checks]
     console.out.print(console.table("Gate", ["verdict", "check", "measured", "threshold", "detail"], rows))
     console.out.print(f"[bold {colour[gate.verdict]}]{gate.summary()}[/bold {colour[gate.verdict]}]")
 
@@ -429,7 +434,7 @@ def _run_recipe(run_dir: Path, recipe: Optional[Path]):
     return load_recipe(source)
 
 
-@app.command(epilog="Examples:  compress gate runs/tiny-llama-int4-gptq/KEY   ·   "
+@app.command(rich_help_panel="Release", epilog="Examples:  compress gate runs/tiny-llama-int4-gptq/KEY   ·   "
                     "compress gate runs/tiny-llama-int4-gptq/KEY --recipe stricter.yaml --json")
 def gate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/NAME/KEY) with stored reports.")],
@@ -449,7 +454,7 @@ def gate(
     raise typer.Exit(result.exit_code)
 
 
-@app.command(epilog="Examples:  compress export runs/tiny-llama-int4-gptq/KEY --to dist/tiny-llama-int4-gptq")
+@app.command(epilog="Examples:  compress export runs/tiny-llama-int4-gptq/KEY --to dist/tiny-llama-int4-gptq", rich_help_panel="Release")
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A gated run directory (runs/NAME/KEY).")],
     to: Annotated[Path, typer.Option("--to", help="Where to write the exported artifact.")],
@@ -469,7 +474,7 @@ def export(
     console.out.print(f"[green]Exported[/green] {run_dir} -> {to} (verify with: compress verify {to})")
 
 
-@app.command(epilog="Examples:  compress verify dist/tiny-llama-int4-gptq")
+@app.command(epilog="Examples:  compress verify dist/tiny-llama-int4-gptq", rich_help_panel="Release")
 def verify(path: Annotated[Path, typer.Argument(help="An exported artifact directory.")]) -> None:
     """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
     from compress.export import verify as verify_artifact
@@ -491,7 +496,7 @@ Exit codes: 0 PASS (exported), 1 FAIL, 2 bad usage or recipe, 3 INCONCLUSIVE, 4 
 """
 
 
-@app.command("run", epilog=RUN_EPILOG)
+@app.command("run", epilog=RUN_EPILOG, rich_help_panel="Release")
 def run_(
     recipe: Annotated[Path, typer.Argument(help="Recipe file.")],
     set_: SetOverrides = None,
@@ -510,6 +515,10 @@ def run_(
     from compress.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, set_ or [])
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise _usage(CompressError("`compress run` evaluates and benchmarks in one process",
+                                   hint="train with `accelerate launch -m compress distill RECIPE`, then "
+                                        "`compress run RECIPE` reuses the artifact"))
     with console.stdout_to_stderr():
         result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
                               device=device, log=_log, warn=_warn, model_card=model_card)
@@ -535,7 +544,7 @@ def run_(
     raise typer.Exit(result.gate.exit_code)
 
 
-@app.command(epilog="Examples:  compress report runs   ·   compress report runs --plot runs.png --json")
+@app.command(epilog="Examples:  compress report runs   ·   compress report runs --plot runs.png --json", rich_help_panel="Release")
 def report(
     runs_dir: Annotated[Path, typer.Argument(help="Directory of runs.")] = Path("runs"),
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of accuracy against size and cost (Pareto front marked).")] = None,

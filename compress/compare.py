@@ -50,8 +50,10 @@ def speed_rows(base: BenchReport, cand: BenchReport) -> list[dict[str, Any]]:
             bv, cv = get(b), get(c)
             rows.append({"figure": f"{label} (batch {b.batch_size})", "baseline": bv, "candidate": cv,
                          "ratio": cv / bv if bv else None, "unit": unit, "higher_is_better": hib})
-    for label, bv, cv in [("peak memory", base.peak_memory_bytes, cand.peak_memory_bytes),
-                          ("size on disk", base.size_bytes, cand.size_bytes)]:
+    memory = [("peak memory", base.peak_memory_bytes, cand.peak_memory_bytes)]
+    if base.model_memory_bytes and cand.model_memory_bytes:
+        memory.append(("memory taken by loading the model", base.model_memory_bytes, cand.model_memory_bytes))
+    for label, bv, cv in memory + [("size on disk", base.size_bytes, cand.size_bytes)]:
         rows.append({"figure": label, "baseline": bv, "candidate": cv, "ratio": cv / bv if bv else None,
                      "unit": "bytes", "higher_is_better": False})
     return rows

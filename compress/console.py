@@ -17,12 +17,19 @@ out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 140)
 
 
+def _numeric(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or text[0] in "+-$." or text == "-")
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
+    """A rich table; columns whose cells are all figures are right-aligned, text columns left."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     t = Table(title=title, title_justify="left", show_lines=False)
     for i, col in enumerate(columns):
-        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        figures = i > 0 and bool(cells) and all(_numeric(row[i]) for row in cells)
+        t.add_column(col, justify="right" if figures else "left", overflow="fold")
+    for row in cells:
+        t.add_row(*row)
     return t
 
 

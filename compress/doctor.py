@@ -39,5 +39,6 @@ def notes(info: dict[str, Any]) -> list[str]:
                      "FP8 artifacts run through weight-only fallbacks in vLLM")
     for dist, b in info["backends"].items():
         if not b["installed"] and dist != "vllm":
-            lines.append(f"{dist} missing: {b['for']} unavailable; pip install 'compress[{b['extra']}]'")
+            fix = "reinstall compress" if b["extra"] == "core" else f"pip install 'compress[{b['extra']}]'"
+            lines.append(f"{dist} missing: {b['for']} unavailable; {fix}")
     return lines

@@ -27,7 +27,7 @@ BACKENDS = {
     "bitsandbytes": ("bnb", "LLM.int8 and NF4"),
     "gptqmodel": ("gptq", "INT4 GPTQ in the Hugging Face GPTQ format"),
     "optimum": ("gptq", "loading GPTQ checkpoints in transformers"),
-    "lm-eval": ("eval", "accuracy with lm-evaluation-harness"),
+    "lm-eval": ("core", "accuracy with lm-evaluation-harness (a core dependency)"),
     "vllm": ("vllm", "the vLLM model type for lm-eval (GPU)"),
     "matplotlib": ("plot", "the accuracy/size/cost plot of `compress report`"),
 }

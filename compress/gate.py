@@ -27,6 +27,7 @@ class CheckResult(BaseModel):
     kind: Literal["quality", "efficiency"]
     verdict: Verdict
     measured: float
+    shown: str = ""  # the measured value as people read it ("+0.90 pts", "0.25x")
     threshold: str
     baseline: float | None = None
     candidate: float | None = None
@@ -84,24 +85,29 @@ def quality_check(check: GateCheck, policy: GateSpec, base: AccuracyReport, cand
                               relative=check.relative, confidence=policy.confidence,
                               resamples=policy.bootstrap_resamples, seed=0)
     verdict = decide(iv, check.max_regression)
-    unit = "relative" if check.relative else ("points" if m.unit == "fraction" else m.unit or "absolute")
     direction = "drop" if m.higher_is_better else "increase"
-    note = f"{direction} {_fmt(iv.estimate, check.relative, m.unit)}, {int(100 * policy.confidence)}% interval " \
-           f"[{_fmt(iv.lower, check.relative, m.unit)}, {_fmt(iv.upper, check.relative, m.unit)}] over {iv.n} documents"
+
+    def fmt(x: float, sign: bool = True) -> str:
+        return _fmt(x, check.relative, m.unit, sign)
+
+    note = (f"{int(100 * policy.confidence)}% interval [{fmt(iv.lower)}, {fmt(iv.upper)}] over {iv.n} documents "
+            f"({iv.method})")
     needed = samples_to_decide(iv, check.max_regression) if verdict == INCONCLUSIVE else None
     if needed:
         note += f"; about {needed} documents would decide"
     return CheckResult(metric=check.metric, kind="quality", verdict=verdict, measured=iv.estimate,
-                       threshold=f"{direction} <= {_fmt(check.max_regression, check.relative, m.unit)} ({unit})",
+                       shown=f"{direction} {fmt(iv.estimate)}",
+                       threshold=f"{direction} <= {fmt(check.max_regression, sign=False)}",
                        baseline=m.value, candidate=cm.value, interval=iv.as_dict(), samples_needed=needed, note=note)
 
 
-def _fmt(x: float, relative: bool, unit: str) -> str:
+def _fmt(x: float, relative: bool, unit: str, sign: bool = True) -> str:
+    spec = "+.2f" if sign else ".2f"
     if relative:
-        return f"{100 * x:+.2f}%"
+        return f"{100 * x:{spec}}%"
     if unit == "fraction":
-        return f"{100 * x:+.2f} pts"
-    return f"{x:+.4g}"
+        return f"{100 * x:{spec}} pts"
+    return f"{x:{'+' if sign else ''}.4g}"
 
 
 def efficiency_check(check: GateCheck, values: dict[str, float]) -> CheckResult:
@@ -109,8 +115,11 @@ def efficiency_check(check: GateCheck, values: dict[str, float]) -> CheckResult:
     ok = (check.min is None or value >= check.min) and (check.max is None or value <= check.max)
     bounds = " and ".join(b for b in [f">= {check.min:g}" if check.min is not None else "",
                                       f"<= {check.max:g}" if check.max is not None else ""] if b)
+    bounds += "" if check.metric in ("peak_memory_mb", "cost_per_mtok") else "x"
+    shown = f"{value:.1f} MiB" if check.metric == "peak_memory_mb" else (
+        f"${value:.4g}" if check.metric == "cost_per_mtok" else f"{value:.3g}x")
     return CheckResult(metric=check.metric, kind="efficiency", verdict=PASS if ok else FAIL, measured=value,
-                       threshold=bounds, note=EFFICIENCY_METRICS[check.metric][0])
+                       shown=shown, threshold=bounds, note=EFFICIENCY_METRICS[check.metric][0])
 
 
 def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: AccuracyReport | None,

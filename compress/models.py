@@ -35,7 +35,9 @@ class ModelRef:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.spec, "source": self.source, "revision": self.revision, "path": str(self.path)}
+        """For manifests: the reference as given and what it resolved to (hub commit, run key)."""
+        return {"id": self.spec, "source": self.source, "revision": self.revision, "path": str(self.path),
+                **self.extra}
 
 
 def runs_root() -> Path:
@@ -110,7 +112,8 @@ def _resolve_hub(spec: str, revision: str | None) -> ModelRef:
                              hint="download it where the hub is reachable, or give a local directory") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise ModelLoadError(f"cannot fetch hub model {spec}: {e}") from None
-    return ModelRef(spec, Path(path), "hub", revision=revision)
+    # Snapshots live in .../snapshots/<commit sha>: the exact revision that was read.
+    return ModelRef(spec, Path(path), "hub", revision=revision, extra={"commit": Path(path).name})
 
 
 def check_weights(path: Path, allow_pickle: bool = False) -> list[Path]:

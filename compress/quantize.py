@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -72,16 +74,21 @@ def recipe_header(recipe: Recipe) -> str:
             f"# Rebuild: compress quantize {RECIPE_FILE}\n")
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when run alone)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: str = "auto",
                    log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-                   base: ModelRef | None = None, base_hash: str | None = None) -> dict[str, Any]:
+                   base: ModelRef | None = None, base_hash: str | None = None) -> dict[str, Any] | None:
     """Run the recipe's method and write a complete artifact to ``out``.
 
     The directory appears only when complete (built under a temporary name, then renamed);
     an existing ``out`` is an error unless ``force``.
 
     Returns:
-        The manifest.
+        The manifest; None in the non-main processes of a multi-process launch.
     """
     from compress.evals.cache import model_content_hash
     from compress.methods.base import MethodContext
@@ -95,6 +102,13 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
     device = pick_device(device)
     key = artifact_key(recipe, base_hash)
     work = work_dir(out)
+    if process_rank() > 0:
+        # Under `accelerate launch`, every process takes part in the method (training is
+        # data-parallel); only the main process writes the artifact.
+        with tempfile.TemporaryDirectory(prefix="compress-rank-") as tmp:
+            apply(MethodContext(recipe=recipe, base=base, out_dir=Path(tmp), device=device, log=lambda m: None,
+                                warn=lambda m: None, work_dir=work, artifact_key=key))
+        return None
     with atomic_dir(out, overwrite=force) as tmp:
         ctx = MethodContext(recipe=recipe, base=base, out_dir=tmp, device=device, log=log, warn=warn, work_dir=work,
                             artifact_key=key)

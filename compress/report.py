@@ -81,7 +81,7 @@ def _md_table(columns: list[str], rows: list[list[Any]]) -> str:
 
 def checks_markdown(gate: Any) -> str:
     icon = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}
-    rows = [[f"{icon[c.verdict]} {c.verdict}", f"`{c.metric}`", f"{c.measured:.4g}", c.threshold, c.note]
+    rows = [[f"{icon[c.verdict]} {c.verdict}", f"`{c.metric}`", c.shown or f"{c.measured:.4g}", c.threshold, c.note]
             for c in gate.checks]
     return _md_table(["verdict", "check", "measured", "threshold", "detail"], rows)
 
@@ -134,7 +134,7 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) 
         f"# {recipe.name}",
         "",
         f"**{method['scheme']}** of `{base['id']}`, in the **{method['format']}** format, made by "
-        f"[compress](https://github.com/) and released because it **passed its gate** "
+        f"compress and released because it **passed its gate** "
         f"({gate.confidence:.0%} confidence, {gate.test}).",
         "",
         f"- Weights: {fmt_bytes(size['weights_bytes'])} ({size['ratio']:.2f}x the base's "
@@ -318,8 +318,8 @@ def pareto_plot(rows: list[dict[str, Any]], path: Any) -> None:
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v if v != "-" else "base")
                for v, c in colours.items()]
     handles.append(plt.Line2D([], [], linestyle="--", color="black", label="Pareto front"))
-    axes[1].legend(handles=handles, loc="lower right", fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle("compress runs: accuracy against size and cost")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

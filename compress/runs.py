@@ -32,11 +32,12 @@ def mark_latest(recipe: Recipe, key: str) -> None:
 
 
 def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, device: str = "auto",
-          log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> tuple[dict[str, Any], bool, Path]:
+          log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> tuple[dict[str, Any] | None, bool, Path]:
     """Build the recipe's artifact, or reuse an identical complete one.
 
     Returns:
-        (manifest, reused, artifact directory)
+        (manifest, reused, artifact directory); the manifest is None in the non-main processes
+        of a multi-process launch, which take part in training but write nothing.
     """
     from compress.evals.cache import model_content_hash
     from compress.quantize import artifact_key, build_artifact, existing_artifact
@@ -54,6 +55,6 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
     log(f"{recipe.method.kind}: {recipe.model.id} -> {target}")
     manifest = build_artifact(recipe, target, force=force, device=device, log=log, warn=warn, base=base,
                               base_hash=base_hash)
-    if out is None:
+    if out is None and manifest is not None:
         mark_latest(recipe, key)
     return manifest, False, target

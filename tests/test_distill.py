@@ -177,3 +177,53 @@ def test_distilled_student_is_gated_and_can_be_quantized_by_another_recipe(tmp_p
     assert m["method"]["details"]["layers_quantized"] == 14  # 2 layers x 7 linears
     if out["verdict"] != "PASS":
         assert "has not passed its own gate" in q.stderr
+
+
+def test_data_parallel_training_over_two_processes_writes_one_artifact(tmp_path):
+    """`torchrun` (or `accelerate launch`) spreads training with no new code; only the main
+    process writes the artifact and prints the result."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = dict(os.environ, COMPRESS_RUNS_DIR=str(tmp_path / "runs"), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "compress", "distill",
+                        str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
+                        "--set", "method.training.max_steps=10", "--set", "method.training.batch_size=4",
+                        "--set", "calibration.num_samples=16", "--json"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    training = json.loads(p.stdout)["manifest"]["method"]["details"]["training"]  # one JSON document
+    assert training["processes"] == 2 and training["global_batch"] == 8 and training["steps"] == 10
+    assert (tmp_path / "student" / "manifest.json").exists()
+    assert not list(tmp_path.glob(".*")), list(tmp_path.iterdir())  # no temporary or work directory left
+
+
+def test_width_pruning_keeps_the_most_active_channels_in_multiples_of_128(tmp_path):
+    from compress.methods.distill import batches
+    from compress.models import load_model, load_tokenizer
+    from compress.prune import prune_width
+
+    model, tok = load_model(BUILTIN), load_tokenizer(BUILTIN)
+    cal = batches(["Alice lives in Brell. Alice works as a baker."] * 4, tok, 32)
+    ref = model(**cal[0]).logits
+    pruned, width = prune_width(prune_depth(model, [0, 1, 2, 3]), 0.5, cal)
+    assert width == 384 and pruned.config.intermediate_size == 384
+    mlp = pruned.model.layers[0].mlp
+    assert mlp.up_proj.out_features == mlp.gate_proj.out_features == mlp.down_proj.in_features == 384
+    out = pruned(**cal[0]).logits
+    assert torch.isfinite(out).all()
+    # Half the channels, chosen by importance, keep the next-token choice mostly intact.
+    agree = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree > 0.5
+    pruned.save_pretrained(str(tmp_path / "w"))
+    p = subprocess.run([sys.executable, "-c", RELOAD.replace("len(m.model.layers)", "m.config.intermediate_size"),
+                        str(tmp_path / "w")], capture_output=True, text=True, cwd="/", timeout=300)
+    assert p.returncode == 0 and p.stdout.split()[:3] == ["4", "384", "True"], p.stderr[-1000:]
+
+
+def test_student_from_a_config(tmp_path, runs_dir):
+    p = _distill(tmp_path, "--set", "method.student.from_teacher=false",
+                 "--set", "method.student.config={num_hidden_layers: 1, intermediate_size: 256}",
+                 "--set", "method.training.max_steps=5")
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(p.stdout)["manifest"]["method"]["details"]
+    assert d["student_layers"] == 1 and d["student_source"] == {"config": {"num_hidden_layers": 1, "intermediate_size": 256}}
+    assert d["layer_map"] == [3]  # the one student layer is matched with the teacher's last

@@ -86,6 +86,9 @@ def test_unknown_task_suggests_close_names():
     (["eval", "./no/such/model"], 4, "does not exist"),
     (["bench", "builtin:tiny-llama", "--batch-sizes", "1,x"], 2, "--batch-sizes"),
     (["bench", "builtin:tiny-llama", "--output-tokens", "0"], 2, "--output-tokens"),
+    # A batch that cannot fit: one clear error, no retry loop, no report.
+    (["bench", "builtin:tiny-llama", "--batch-sizes", "20000", "--prompt-tokens", "8192", "--output-tokens", "2",
+      "--warmup", "0", "--repeats", "1"], 4, "out of memory while benchmarking"),
 ])
 def test_bad_input_is_one_clear_line_and_no_report(tmp_path, runs_dir, args, code, text):
     out = tmp_path / "report.json"
@@ -94,3 +97,25 @@ def test_bad_input_is_one_clear_line_and_no_report(tmp_path, runs_dir, args, cod
     assert text in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
     assert not list(runs_dir.parent.glob("cache/accuracy/*.json"))
+
+
+def test_compare_two_models_side_by_side(tmp_path, runs_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {id: builtin:tiny-llama}\nmethod: {kind: int4, algorithm: rtn, bits: 2, group_size: null}\n"
+                      "evals: {tasks: [tiny_facts_mc], limit: 200}\n"
+                      "bench: {batch_sizes: [2], prompt_tokens: 16, output_tokens: 4, warmup: 0, repeats: 2}\n")
+    built = run_cli("quantize", str(recipe), "--json")
+    assert built.returncode == 0, built.stderr[-2000:]
+    candidate = json.loads(built.stdout)["path"]
+    p = run_cli("compare", "builtin:tiny-llama", candidate, "--recipe", str(recipe), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout)
+    acc = {r["metric"]: r for r in result["accuracy"]}
+    row = acc["tiny_facts_mc/acc"]
+    assert row["baseline"] > row["candidate"] and row["worse"] and row["delta"] < -0.05  # 2 bits per channel
+    figures = {r["figure"] for r in result["speed"]}
+    assert {"TTFT p99 (batch 2)", "decode tok/s (batch 2)", "$ / 1M output tokens (batch 2)", "size on disk"} <= figures
+    size = next(r for r in result["speed"] if r["figure"] == "size on disk")
+    assert size["ratio"] < 0.25
+    table = run_cli("compare", "builtin:tiny-llama", candidate, "--recipe", str(recipe), "--no-bench")
+    assert table.returncode == 0 and "worse" in table.stdout and "tiny_facts_mc/acc" in table.stdout

@@ -46,6 +46,7 @@ def test_hub_id_resolves_from_the_local_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     ref = resolve_model("acme/tiny")
     assert ref.source == "hub" and (ref.path / "config.json").exists()
+    assert ref.describe()["commit"] == snap.name  # the manifest records the exact revision read
     with pytest.raises(ModelLoadError, match="not in the local cache"):
         resolve_model("acme/absent")
 

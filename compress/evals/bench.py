@@ -136,11 +136,16 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                        trust_remote_code=job.get("trust_remote_code", False), allow_pickle=job.get("allow_pickle", False))
     tokenizer = load_tokenizer(Path(job["path"]), job.get("trust_remote_code", False))
     model_mem = (torch.cuda.memory_allocated() if device.startswith("cuda") else _rss_bytes() - before)
+    oom = CompressError("out of memory while benchmarking",
+                        hint="lower bench.batch_sizes, prompt_tokens or output_tokens")
     try:
         batches, requests = measure(model, tokenizer, settings, device)
     except torch.OutOfMemoryError:
-        raise CompressError("out of memory while benchmarking",
-                            hint="lower bench.batch_sizes, prompt_tokens or output_tokens") from None
+        raise oom from None
+    except RuntimeError as e:  # the CPU allocator's refusal ("can't allocate memory: you tried to allocate ...")
+        if "allocate" in str(e) or "out of memory" in str(e).lower():
+            raise oom from None
+        raise
     if device.startswith("cuda"):
         peak, kind = torch.cuda.max_memory_allocated(), "cuda_allocator"
     else:

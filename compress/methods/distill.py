@@ -151,7 +151,7 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         seed=t.seed, data_seed=t.seed, report_to="none", disable_tqdm=True, use_cpu=not cuda,
         bf16=cuda and ctx.recipe.model.dtype == "bfloat16", remove_unused_columns=False,
-        dataloader_pin_memory=cuda,
+        dataloader_pin_memory=cuda, ddp_find_unused_parameters=False,
     )
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
@@ -161,7 +161,8 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     trainer.add_callback(_progress_callback(ctx.log, t.max_steps, lambda: trainer.last_terms))
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return {"steps": int(output.global_step), "train_loss": round(float(output.training_loss), 5),
-            "resumed": bool(resume), "blocks": len(data), "texts": len(texts)}
+            "resumed": bool(resume), "blocks": len(data), "texts": len(texts), "processes": args.world_size,
+            "global_batch": t.batch_size * t.gradient_accumulation * args.world_size}
 
 
 def apply(ctx: MethodContext) -> MethodResult:
