@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from compress import console
-from compress.errors import EXIT_RUNTIME, EXIT_USAGE, CompressError, RecipeError
+from compress.errors import EXIT_RUNTIME, EXIT_USAGE, CompressError, RecipeError, UsageError
 from compress.options import Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides
 
 app = typer.Typer(
@@ -73,7 +73,7 @@ def recipes_list(
     from compress.recipe import load_recipe
 
     if not directory.is_dir():
-        raise CompressError(f"no recipe directory {directory}", hint="pass the directory that holds your recipes")
+        raise UsageError(f"no recipe directory {directory}", hint="pass the directory that holds your recipes")
     rows = []
     for f in sorted(directory.glob("*.y*ml")):
         try:
@@ -182,7 +182,7 @@ def quantize(
 
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
-        raise _usage(CompressError("this recipe distills", hint="use `compress distill` or `compress run`"))
+        raise UsageError("this recipe distills", hint="use `compress distill` or `compress run`")
     with console.stdout_to_stderr():
         manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
@@ -213,7 +213,7 @@ def distill(
 
     r = load_recipe(recipe, set_ or [])
     if r.method.kind != "distill":
-        raise _usage(CompressError(f"{recipe} is a {r.method.kind} recipe", hint="use `compress quantize` for it"))
+        raise UsageError(f"{recipe} is a {r.method.kind} recipe", hint="use `compress quantize` for it")
     with console.stdout_to_stderr():
         manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
@@ -235,33 +235,28 @@ def _artifact_summary(manifest: Optional[dict], reused: bool, path: Path, json_:
 
 # ------------------------------------------------------------------------ eval, bench
 
-def _settings(cls, recipe: Optional[Path], section: str, flags: dict):
-    """Settings from a recipe section (if given), overridden by the flags that were set."""
+def _settings(cls, recipe, section: str, flags: dict):
+    """Settings from a loaded recipe's section (if any), overridden by the flags that were set."""
     from pydantic import ValidationError
 
-    from compress.recipe import load_recipe
-
-    base = getattr(load_recipe(recipe), section).model_dump() if recipe else {}
+    base = getattr(recipe, section).model_dump() if recipe else {}
     base.update({k: v for k, v in flags.items() if v is not None})
     try:
         return cls.model_validate(base)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         name = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "a setting"
-        raise _usage(CompressError(f"{name}: {err['msg']}", hint="see --help")) from None
+        raise UsageError(f"{name}: {err['msg']}", hint="see --help") from None
 
 
-def _usage(e: CompressError) -> CompressError:
-    e.exit_code = EXIT_USAGE
-    return e
-
-
-def _model_dtype(recipe: Optional[Path], dtype: Optional[str]) -> str:
+def _load_optional(recipe: Optional[Path]):
     from compress.recipe import load_recipe
 
-    if dtype:
-        return dtype
-    return load_recipe(recipe).model.dtype if recipe else "float32"
+    return load_recipe(recipe) if recipe else None
+
+
+def _model_dtype(recipe, dtype: Optional[str]) -> str:
+    return dtype or (recipe.model.dtype if recipe else "float32")
 
 
 def _emit(report, cached: bool, out: Optional[Path], json_: bool, render) -> bool:
@@ -308,9 +303,10 @@ def eval_(
 
     flags = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "num_fewshot": num_fewshot,
              "limit": limit, "batch_size": batch_size, "seed": seed, "backend": backend, "device": device}
-    settings = _settings(EvalSpec, recipe, "evals", flags)
+    r = _load_optional(recipe)
+    settings = _settings(EvalSpec, r, "evals", flags)
     with console.err.status(f"Evaluating {model} on {', '.join(settings.tasks)}"), console.stdout_to_stderr():
-        report, cached = run_eval(model, settings, dtype=_model_dtype(recipe, dtype), rerun=rerun)
+        report, cached = run_eval(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun)
     from compress.report import accuracy_table
 
     if _emit(report, cached, out, json_, accuracy_table):
@@ -352,14 +348,15 @@ def bench(
         try:
             sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
         except ValueError:
-            raise _usage(CompressError(f"--batch-sizes: '{batch_sizes}' is not a list of integers",
-                                       hint="e.g. --batch-sizes 1,4,8")) from None
+            raise UsageError(f"--batch-sizes: '{batch_sizes}' is not a list of integers",
+                             hint="e.g. --batch-sizes 1,4,8") from None
     flags = {"batch_sizes": sizes, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens, "warmup": warmup,
              "repeats": repeats, "price_per_hour": price_per_hour, "device": device}
-    settings = _settings(BenchSpec, recipe, "bench", flags)
+    r = _load_optional(recipe)
+    settings = _settings(BenchSpec, r, "bench", flags)
     with console.err.status(f"Benchmarking {model} (batch sizes {', '.join(map(str, settings.batch_sizes))})"), \
             console.stdout_to_stderr():
-        report, cached = run_bench(model, settings, dtype=_model_dtype(recipe, dtype), rerun=rerun)
+        report, cached = run_bench(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun)
     from compress.report import bench_table
 
     if _emit(report, cached, out, json_, bench_table):
@@ -391,16 +388,17 @@ def compare(
     from compress.evals.bench import run_bench
     from compress.recipe import BenchSpec, EvalSpec
 
-    dtype = _model_dtype(recipe, None)
+    r = _load_optional(recipe)
+    dtype = _model_dtype(r, None)
     result: dict = {}
     if not no_eval:
-        settings = _settings(EvalSpec, recipe, "evals", {})
+        settings = _settings(EvalSpec, r, "evals", {})
         with console.err.status("Evaluating both models"), console.stdout_to_stderr():
             a, _ = run_eval(baseline, settings, dtype=dtype, rerun=rerun)
             b, _ = run_eval(candidate, settings, dtype=dtype, rerun=rerun)
         result["accuracy"] = accuracy_rows(a, b)
     if not no_bench:
-        settings = _settings(BenchSpec, recipe, "bench", {})
+        settings = _settings(BenchSpec, r, "bench", {})
         with console.err.status("Benchmarking both models"), console.stdout_to_stderr():
             a, _ = run_bench(baseline, settings, dtype=dtype, rerun=rerun)
             b, _ = run_bench(candidate, settings, dtype=dtype, rerun=rerun)
@@ -430,7 +428,7 @@ def _run_recipe(run_dir: Path, recipe: Optional[Path]):
 
     source = recipe or run_dir / "model" / RECIPE_FILE
     if not Path(source).exists():
-        raise _usage(CompressError(f"{run_dir} has no model/{RECIPE_FILE}", hint="pass --recipe FILE"))
+        raise UsageError(f"{run_dir} has no model/{RECIPE_FILE}", hint="pass --recipe FILE")
     return load_recipe(source)
 
 
@@ -445,7 +443,7 @@ def gate(
     from compress.pipeline import gate_run
 
     if not (run_dir / "reports").is_dir():
-        raise _usage(CompressError(f"{run_dir} has no reports/", hint="run `compress run RECIPE` first"))
+        raise UsageError(f"{run_dir} has no reports/", hint="run `compress run RECIPE` first")
     result = gate_run(run_dir, _run_recipe(run_dir, recipe))
     if json_:
         console.print_json(result.model_dump(mode="json"))
@@ -516,9 +514,9 @@ def run_(
 
     r = load_recipe(recipe, set_ or [])
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        raise _usage(CompressError("`compress run` evaluates and benchmarks in one process",
-                                   hint="train with `accelerate launch -m compress distill RECIPE`, then "
-                                        "`compress run RECIPE` reuses the artifact"))
+        raise UsageError("`compress run` evaluates and benchmarks in one process",
+                         hint="train with `accelerate launch -m compress distill RECIPE`, then "
+                              "`compress run RECIPE` reuses the artifact")
     with console.stdout_to_stderr():
         result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
                               device=device, log=_log, warn=_warn, model_card=model_card)
@@ -554,10 +552,10 @@ def report(
     from compress.report import collect_runs, pareto_plot, runs_table
 
     if not runs_dir.is_dir():
-        raise _usage(CompressError(f"no runs directory {runs_dir}", hint="run a recipe first: compress run RECIPE"))
+        raise UsageError(f"no runs directory {runs_dir}", hint="run a recipe first: compress run RECIPE")
     rows = collect_runs(runs_dir)
     if not rows:
-        raise _usage(CompressError(f"no gated runs under {runs_dir}", hint="run a recipe first: compress run RECIPE"))
+        raise UsageError(f"no gated runs under {runs_dir}", hint="run a recipe first: compress run RECIPE")
     if plot:
         pareto_plot(rows, plot)
     if json_:

@@ -190,10 +190,3 @@ def load_model(path: Path, dtype: str = "float32", device: str = "cpu", trust_re
     if device != "cpu" and "device_map" not in kwargs:
         model.to(device)
     return model
-
-
-def linear_layer_names(model) -> list[str]:
-    """Names of every nn.Linear in a model, as the model itself names them."""
-    import torch
-
-    return [name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)]

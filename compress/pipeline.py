@@ -42,7 +42,7 @@ class RunResult:
 
 
 def needs(recipe: Recipe) -> tuple[bool, bool]:
-    """Whether the gate needs accuracy reports, bench reports (both if it has no checks)."""
+    """Whether the recipe's gate needs accuracy reports, and whether it needs bench reports."""
     checks = recipe.gate.checks
     quality = any("/" in c.metric for c in checks)
     efficiency = any("/" not in c.metric for c in checks)
@@ -59,9 +59,10 @@ def load_reports(run_dir: Path) -> dict[tuple[str, str], Any]:
     return out
 
 
-def gate_run(run_dir: Path, recipe: Recipe) -> GateResult:
-    """Evaluate the recipe's gate on a run's stored reports; write gate.json and record it in the manifest."""
-    reports = load_reports(run_dir)
+def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] | None = None) -> GateResult:
+    """Evaluate the recipe's gate on a run's reports (read from the run directory unless given);
+    write gate.json and record the decision in the artifact's manifest."""
+    reports = load_reports(run_dir) if reports is None else reports
     result = evaluate(recipe.gate, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
                       reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
     result.save(run_dir / GATE_FILE)
@@ -93,7 +94,7 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
         log(f"{name}: {'reused' if entry['reused'] else 'done'} ({entry['seconds']:.1f} s)")
         return value
 
-    manifest, _, model_dir = stage(
+    _, _, model_dir = stage(
         "artifact", lambda: runs.build(recipe, force=force, device=device, log=log, warn=warn), lambda r: r[1])
     run_dir = model_dir.parent
     (run_dir / "reports").mkdir(exist_ok=True)
@@ -113,7 +114,7 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
                 lambda r: r[1])
             report.save(run_dir / "reports" / REPORT_FILES[(who, kind)])
             reports[(who, kind)] = report
-    gate = stage("gate", lambda: gate_run(run_dir, recipe), lambda _: False)
+    gate = stage("gate", lambda: gate_run(run_dir, recipe, reports), lambda _: False)
     manifest = read_json(model_dir / MANIFEST)
     exported = None
     if gate.verdict == PASS and export:

@@ -18,7 +18,7 @@ from compress.errors import QuantizationError, UsageError
 def decoder_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
     """The ModuleList holding the decoder layers, its parent and attribute name (any architecture)."""
     n = getattr(model.config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
+    for module in model.modules():
         for attr, child in module.named_children():
             if isinstance(child, torch.nn.ModuleList) and len(child) == n and n:
                 return module, attr, child

@@ -70,8 +70,9 @@ def artifact_key(recipe: Recipe, base_hash: str) -> str:
 
 
 def recipe_header(recipe: Recipe) -> str:
+    verb = "distill" if recipe.method.kind == "distill" else "quantize"
     return (f"# Effective recipe of this artifact (defaults filled in, overrides applied).\n"
-            f"# Rebuild: compress quantize {RECIPE_FILE}\n")
+            f"# Rebuild: compress {verb} {RECIPE_FILE}   (or the whole flow: compress run {RECIPE_FILE})\n")
 
 
 def process_rank() -> int:

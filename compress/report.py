@@ -227,7 +227,6 @@ def collect_runs(runs_dir: Any) -> list[dict[str, Any]]:
     from pathlib import Path
 
     from compress.artifact import MANIFEST, read_json
-    from compress.evals.reports import AccuracyReport, BenchReport
 
     rows: list[dict[str, Any]] = []
     bases: dict[str, dict[str, Any]] = {}
@@ -240,33 +239,36 @@ def collect_runs(runs_dir: Any) -> list[dict[str, Any]]:
         reports = run_dir / "reports"
         headline = next((c["metric"] for c in gate["checks"] if c["kind"] == "quality"), None)
 
-        def figures(who: str) -> dict[str, Any]:
-            acc_path, bench_path = reports / f"{who}-accuracy.json", reports / f"{who}-bench.json"
-            out: dict[str, Any] = {}
-            if acc_path.exists():
-                acc = AccuracyReport.load(acc_path)
-                name = headline or next(f"{t}/{m}" for t, r in acc.tasks.items() for m in r.metrics)
-                out["metric"], out["accuracy"] = name, acc.metric(name).value
-            if bench_path.exists():
-                bench = BenchReport.load(bench_path)
-                b = bench.headline()
-                out.update(latency_p50_s=b.e2e.p50, cost_per_mtok=b.cost_per_mtok_usd, batch=b.batch_size,
-                           peak_memory=bench.peak_memory_bytes)
-            return out
-
         rows.append({"name": manifest["name"], "method": manifest["method"]["name"], "format": manifest["method"]["format"],
                      "size_bytes": manifest["size"]["weights_bytes"], "verdict": gate["verdict"],
-                     "created": gate.get("created", ""), "run_dir": str(run_dir), **figures("candidate")})
+                     "created": gate.get("created", ""), "run_dir": str(run_dir),
+                     **_figures(reports, "candidate", headline)})
         base = manifest["base_model"]
         if base["content_hash"] not in bases:
             bases[base["content_hash"]] = {"name": f"base: {base['id']}", "method": "base", "format": "safetensors",
                                            "size_bytes": base["size_bytes"], "verdict": "-", "created": "",
-                                           "run_dir": "", **figures("baseline")}
+                                           "run_dir": "", **_figures(reports, "baseline", headline)}
     newest: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row["name"] not in newest or row["created"] > newest[row["name"]]["created"]:
             newest[row["name"]] = row
     return list(bases.values()) + sorted(newest.values(), key=lambda r: r["name"])
+
+
+def _figures(reports: Any, who: str, headline: str | None) -> dict[str, Any]:
+    """Headline accuracy, latency and cost of one model from a run's stored reports."""
+    acc_path, bench_path = reports / f"{who}-accuracy.json", reports / f"{who}-bench.json"
+    out: dict[str, Any] = {}
+    if acc_path.exists():
+        acc = AccuracyReport.load(acc_path)
+        name = headline or next(f"{t}/{m}" for t, r in acc.tasks.items() for m in r.metrics)
+        out["metric"], out["accuracy"] = name, acc.metric(name).value
+    if bench_path.exists():
+        bench = BenchReport.load(bench_path)
+        b = bench.headline()
+        out.update(latency_p50_s=b.e2e.p50, cost_per_mtok=b.cost_per_mtok_usd, batch=b.batch_size,
+                   peak_memory=bench.peak_memory_bytes)
+    return out
 
 
 def pareto(rows: list[dict[str, Any]], cost_key: str) -> list[dict[str, Any]]:

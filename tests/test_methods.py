@@ -49,9 +49,13 @@ def reload_check(path):
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_scheme_from_flags_reloads_in_plain_transformers(scheme, tmp_path, runs_dir):
     out = tmp_path / scheme
+    work = tmp_path / "work"
+    work.mkdir()
     p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "--out", str(out),
-                "--set", "calibration.num_samples=16", "--json")
+                "--set", "calibration.num_samples=16", "--json", cwd=work)
     assert p.returncode == 0, p.stderr[-3000:]
+    # Back ends leave nothing in the user's working directory (GPTQModel writes `logs/` there).
+    assert not list(work.iterdir()), list(work.iterdir())
     result = json.loads(p.stdout)  # stdout is clean JSON even with llm-compressor's logging
     manifest = result["manifest"]
     assert manifest == json.loads((out / "manifest.json").read_text())

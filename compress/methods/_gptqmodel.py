@@ -4,8 +4,11 @@ Artifacts load in transformers (with optimum and gptqmodel installed), TGI and v
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from compress.data import load_texts
@@ -17,19 +20,37 @@ EXTRA = "gptq"
 
 
 def run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
-    with stdout_to_stderr():
-        return _run(ctx, timer)
-
-
-def _run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
-    # GPTQModel sizes its CPU worker pools from this variable; its model loader alone asks for
-    # two workers, so below two it refuses to start ("requests 2 workers but parent 'cpu' only
-    # has 1"), which is what it picks by itself on a 2-core machine.
+    # GPTQModel sizes its CPU worker pools from this variable when it is imported; its model
+    # loader alone asks for two workers, so below two it refuses to start ("requests 2 workers
+    # but parent 'cpu' only has 1"), which is what it picks by itself on a 2-core machine.
     try:
         workers = int(os.environ.get("GPTQMODEL_CPU_WORKERS", "0"))
     except ValueError:
         workers = 0
     os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(2, workers or min(4, os.cpu_count() or 2)))
+    with stdout_to_stderr(), _log_dir_outside_cwd():
+        return _run(ctx, timer)
+
+
+@contextlib.contextmanager
+def _log_dir_outside_cwd():
+    """GPTQModel writes a per-layer log file under `logs/` in the current directory (from a
+    background thread, so the directory must outlive the call); keep the user's working
+    directory untouched by pointing it at one under the system temporary directory."""
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:  # not installed: `require` names the extra to install
+        yield
+        return
+    saved = loop_processor._PROJECT_LOG_DIR
+    loop_processor._PROJECT_LOG_DIR = Path(tempfile.gettempdir()) / "compress-gptqmodel-logs"
+    try:
+        yield
+    finally:
+        loop_processor._PROJECT_LOG_DIR = saved
+
+
+def _run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
     gptqmodel = require("gptqmodel", "gptqmodel", EXTRA, "GPTQ in the Hugging Face format")
     from logbar import LogBar
 
@@ -63,7 +84,7 @@ def _run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
                                              trust_remote_code=spec.trust_remote_code)
         except (TypeError, ValueError, KeyError, NotImplementedError) as e:
             raise QuantizationError(f"GPTQModel cannot load this model: {str(e).splitlines()[0]}",
-                                    hint="use algorithm: gptq (llm-compressor) for architectures GPTQModel lacks")
+                                    hint="use algorithm: gptq (llm-compressor) for architectures GPTQModel lacks") from None
     with timer("quantize"):
         model.quantize(texts, batch_size=min(8, len(texts)))
     with timer("save"):
