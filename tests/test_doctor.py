@@ -1,0 +1,64 @@
+"""`compress doctor` reports what this machine really has, and what follows from it."""
+import json
+from importlib.metadata import version
+from types import SimpleNamespace
+
+import torch
+
+from compress import doctor
+from compress.env import BACKENDS, device_info
+from conftest import run_cli
+
+
+def test_doctor_json_matches_the_installed_environment():
+    p = run_cli("doctor", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    info = json.loads(p.stdout)
+    assert info["torch"] == version("torch")
+    assert info["device"]["cuda"] == torch.cuda.is_available()
+    assert info["device"]["torch_threads"] >= 1
+    if not torch.cuda.is_available():
+        assert info["device"]["fp8_native"] is False and "gpu" not in info["device"]
+    assert set(info["backends"]) == set(BACKENDS)
+    # The test install has every back end but vLLM (GPU only); versions are the installed ones.
+    for dist in ("llmcompressor", "compressed-tensors", "bitsandbytes", "gptqmodel", "optimum", "lm-eval", "matplotlib"):
+        assert info["backends"][dist]["installed"], dist
+        assert info["backends"][dist]["version"] == version(dist), dist
+    assert info["builtin_models"]["tiny-llama"] is True
+
+
+def test_doctor_table_names_versions_and_consequences():
+    p = run_cli("doctor")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert version("torch") in p.stdout and version("llmcompressor") in p.stdout
+    assert "native FP8" in p.stdout
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in p.stdout
+
+
+def _fake_torch(capability, name="Fake GPU"):
+    cuda = SimpleNamespace(is_available=lambda: capability is not None, get_device_capability=lambda i: capability,
+                           get_device_name=lambda i: name, device_count=lambda: 2,
+                           get_device_properties=lambda i: SimpleNamespace(total_memory=80 * 2**30))
+    return SimpleNamespace(cuda=cuda, version=SimpleNamespace(cuda="12.8"), get_num_threads=lambda: 4)
+
+
+def test_native_fp8_needs_compute_capability_8_9():
+    assert device_info(_fake_torch((9, 0)))["fp8_native"] is True       # H100
+    assert device_info(_fake_torch((8, 9)))["fp8_native"] is True       # L40S, RTX 4090
+    a100 = device_info(_fake_torch((8, 0), "A100"))
+    assert a100["fp8_native"] is False and a100["gpu"] == "A100" and a100["compute_capability"] == "8.0"
+    assert a100["gpu_count"] == 2 and a100["gpu_memory_gib"] == 80.0
+    assert device_info(_fake_torch(None))["fp8_native"] is False
+
+
+def test_notes_say_what_is_missing_and_how_to_fix_it():
+    info = {"torch": "2.13.0", "device": device_info(_fake_torch((8, 0), "A100")),
+            "backends": {"gptqmodel": {"installed": False, "version": None, "extra": "gptq", "for": "GPTQ"},
+                         "vllm": {"installed": False, "version": None, "extra": "vllm", "for": "vLLM"},
+                         "bitsandbytes": {"installed": True, "version": "0.50.2", "extra": "bnb", "for": "NF4"}}}
+    lines = doctor.notes(info)
+    assert any("A100" in line and "no native FP8" in line for line in lines)
+    assert any("gptqmodel missing" in line and "pip install 'compress[gptq]'" in line for line in lines)
+    assert not any("vllm" in line or "bitsandbytes" in line for line in lines)
+    assert doctor.notes({**info, "torch": None})[0].startswith("torch is not installed")
