@@ -141,3 +141,31 @@ def test_group_size_minus_one_means_per_channel(tmp_path):
     f.write_text("model: {id: builtin:tiny-llama}\nmethod: {kind: int4, group_size: -1}\n")
     assert load_recipe(f).method.group_size is None
     assert load_recipe(f).name == "r"
+
+
+def test_recipes_list_describes_each_recipe_and_flags_invalid_ones(tmp_path):
+    import json
+    import shutil
+
+    from compress.methods import SCHEMES
+
+    p = run_cli("recipes", "list", str(ROOT / "recipes"), "--json")
+    assert p.returncode == 0, p.stderr
+    listed = json.loads(p.stdout)
+    rows = {r["file"]: r for r in listed["recipes"]}
+    assert set(rows) == {str(f) for f in (ROOT / "recipes").glob("*.yaml")}
+    for row in rows.values():
+        assert row["valid"] and row["purpose"] and "Run:" not in row["purpose"], row
+    assert rows[str(ROOT / "recipes" / "tiny-llama-int4-gptq.yaml")]["model"] == "builtin:tiny-llama"
+    assert set(listed["schemes"]) == set(SCHEMES)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(ROOT / "recipes" / "tiny-llama-int4-gptq.yaml", mine / "good.yaml")
+    (mine / "bad.yaml").write_text(BAD)
+    p = run_cli("recipes", "list", str(mine))
+    assert p.returncode == 0, p.stderr
+    assert "INVALID" in p.stdout and "tiny-llama-int4-gptq" in p.stdout
+
+    p = run_cli("recipes", "list", str(tmp_path / "nowhere"))
+    assert p.returncode == 2 and "no recipe directory" in p.stderr and len(p.stderr.strip().splitlines()) <= 2
