@@ -18,7 +18,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.st
 
 
 def _numeric(text: str) -> bool:
-    return bool(text) and (text[0].isdigit() or text[0] in "+-$." or text == "-")
+    return bool(text) and (text[0].isdigit() or text[0] in "+-$.")
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:

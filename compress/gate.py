@@ -20,6 +20,8 @@ from compress.stats import FAIL, INCONCLUSIVE, PASS, decide, mcnemar_interval, p
 
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
+# Efficiency metrics that are not candidate / baseline ratios, and how to show their values.
+ABSOLUTE_EFFICIENCY = {"peak_memory_mb": "{:.1f} MiB", "cost_per_mtok": "${:.4g}"}
 
 
 class CheckResult(BaseModel):
@@ -115,9 +117,9 @@ def efficiency_check(check: GateCheck, values: dict[str, float]) -> CheckResult:
     ok = (check.min is None or value >= check.min) and (check.max is None or value <= check.max)
     bounds = " and ".join(b for b in [f">= {check.min:g}" if check.min is not None else "",
                                       f"<= {check.max:g}" if check.max is not None else ""] if b)
-    bounds += "" if check.metric in ("peak_memory_mb", "cost_per_mtok") else "x"
-    shown = f"{value:.1f} MiB" if check.metric == "peak_memory_mb" else (
-        f"${value:.4g}" if check.metric == "cost_per_mtok" else f"{value:.3g}x")
+    absolute = ABSOLUTE_EFFICIENCY.get(check.metric)
+    bounds += "" if absolute else "x"
+    shown = absolute.format(value) if absolute else f"{value:.3g}x"
     return CheckResult(metric=check.metric, kind="efficiency", verdict=PASS if ok else FAIL, measured=value,
                        shown=shown, threshold=bounds, note=EFFICIENCY_METRICS[check.metric][0])
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from compress.artifact import (
     FORMAT_VERSION, MANIFEST, RECIPE_FILE, atomic_dir, content_hash, dir_size, file_hashes, read_json,
-    weights_size, write_json,
+    sha256_file, weights_size, write_json,
 )
 from compress.env import environment, library_versions
 from compress.methods import METHODS, describe_method
-from compress.models import ModelRef, check_weights, resolve_model
+from compress.models import ModelRef, check_weights
 from compress.recipe import Recipe, dump_recipe
 
 # Sections whose content decides an artifact's bytes (and so its cache key).
@@ -44,12 +44,7 @@ def data_fingerprint(dataset: str) -> str:
     path = BUILTIN_DATASETS.get(dataset.split(":", 1)[1]) if dataset.startswith("builtin:") else Path(dataset)
     if path is None or not path.exists():
         return dataset
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    return content_hash(file_hashes(path)) if path.is_dir() else sha256_file(path)
 
 
 def artifact_key(recipe: Recipe, base_hash: str) -> str:
@@ -80,10 +75,11 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: str = "auto",
-                   log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-                   base: ModelRef | None = None, base_hash: str | None = None) -> dict[str, Any] | None:
-    """Run the recipe's method and write a complete artifact to ``out``.
+def build_artifact(recipe: Recipe, out: Path, *, base: ModelRef, base_hash: str, key: str, force: bool = False,
+                   device: str = "auto", log: Callable[[str], None] = print,
+                   warn: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Run the recipe's method on ``base`` (content hash ``base_hash``, artifact key ``key``, as
+    ``runs.build`` resolved them) and write a complete artifact to ``out``.
 
     The directory appears only when complete (built under a temporary name, then renamed);
     an existing ``out`` is an error unless ``force``.
@@ -91,17 +87,13 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
     Returns:
         The manifest; None in the non-main processes of a multi-process launch.
     """
-    from compress.evals.cache import model_content_hash
     from compress.methods.base import MethodContext
     from compress.models import pick_device
 
     start = time.time()
-    base = base or resolve_model(recipe.model.id, recipe.model.revision)
     check_weights(base.path, recipe.model.allow_pickle)
-    base_hash = base_hash or model_content_hash(base.path)
     apply = METHODS.load(recipe.method.kind)
     device = pick_device(device)
-    key = artifact_key(recipe, base_hash)
     work = work_dir(out)
     if process_rank() > 0:
         # Under `accelerate launch`, every process takes part in the method (training is
@@ -118,7 +110,7 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
         hashes = file_hashes(tmp)
         import torch
 
-        base_weights = weights_size(base.path)
+        base_weights, weights = weights_size(base.path), weights_size(tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -131,8 +123,8 @@ def build_artifact(recipe: Recipe, out: Path, *, force: bool = False, device: st
             "recipe_hash": recipe.section_hash(),
             "files": hashes,
             "content_hash": content_hash(hashes),
-            "size": {"bytes": dir_size(tmp), "weights_bytes": weights_size(tmp), "base_weights_bytes": base_weights,
-                     "ratio": round(weights_size(tmp) / base_weights, 4) if base_weights else None},
+            "size": {"bytes": dir_size(tmp), "weights_bytes": weights, "base_weights_bytes": base_weights,
+                     "ratio": round(weights / base_weights, 4) if base_weights else None},
             "environment": environment(torch),
             "timings": {**result.timings, "total_s": round(time.time() - start, 3)},
             "warnings": result.warnings,

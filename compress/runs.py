@@ -53,8 +53,8 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
         log(f"{target} already holds this artifact (same base, method and calibration); reusing it")
         return manifest, True, target
     log(f"{recipe.method.kind}: {recipe.model.id} -> {target}")
-    manifest = build_artifact(recipe, target, force=force, device=device, log=log, warn=warn, base=base,
-                              base_hash=base_hash)
+    manifest = build_artifact(recipe, target, base=base, base_hash=base_hash, key=key, force=force, device=device,
+                              log=log, warn=warn)
     if out is None and manifest is not None:
         mark_latest(recipe, key)
     return manifest, False, target

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from compress import runs
-from compress.evals.accuracy import evaluate_model, run_eval, to_report
+from compress.data import load_texts
+from compress.evals.accuracy import evaluate_model, model_info, run_eval, to_report
 from compress.evals.bench import run_bench
 from compress.methods.distill import batches
 from compress.models import load_model, load_tokenizer, resolve_model
@@ -63,15 +64,11 @@ def main() -> None:
     path = resolve_model(recipe.model.id).path
     teacher, tok = load_model(path), load_tokenizer(path)
     cal = recipe.calibration
-    from compress.data import load_texts
-
     held_out = batches(load_texts(cal.dataset, num_samples=cal.num_samples, seed=cal.seed), tok, cal.max_seq_length)
     importance = layer_importance(teacher, held_out)
     keep = choose_layers(importance, round(teacher.config.num_hidden_layers * recipe.method.student.depth_ratio),
                          recipe.method.student.importance)
     pruned = prune_depth(teacher, keep)
-    from compress.evals.accuracy import model_info
-
     info = model_info(path, "pruned")
     rows["pruned, no training"] = scores(to_report(evaluate_model(pruned, tok, recipe.evals), info, {}, "", 0.0))
     print(json.dumps({"kept_layers": keep, "importance": importance, **rows}), flush=True)

@@ -31,6 +31,7 @@ import torch
 
 from compress import runs
 from compress.evals.accuracy import run_eval
+from compress.kd import forward_kl
 from compress.methods import scheme_method
 from compress.models import load_model, load_tokenizer, resolve_model
 from compress.recipe import EvalSpec, validate_document
@@ -52,11 +53,11 @@ def agreement(base, cand, tok, texts: list[str]) -> dict[str, float]:
     for i in range(0, len(texts), 16):
         enc = tok(texts[i:i + 16], return_tensors="pt", padding=True)
         mask = enc["attention_mask"].bool()
-        lb = torch.log_softmax(base(**enc).logits.float(), -1)
-        lc = torch.log_softmax(cand(**enc).logits.float(), -1)
+        lb, lc = base(**enc).logits, cand(**enc).logits
+        tokens = mask.sum().item()
         agree += ((lb.argmax(-1) == lc.argmax(-1)) & mask).sum().item()
-        kl += ((lb.exp() * (lb - lc)).sum(-1) * mask).sum().item()
-        n += mask.sum().item()
+        kl += forward_kl(lc, lb, mask=mask).item() * tokens  # KL(base || cand), masked mean
+        n += tokens
     return {"top1_agreement": agree / n, "kl": kl / n, "tokens": int(n)}
 
 

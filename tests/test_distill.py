@@ -95,11 +95,11 @@ def test_pruned_student_loads_in_plain_transformers_and_generates(tmp_path):
     assert p.stdout.split() == ["2", "2", "True", "17", "False"]
 
 
-def _distill(tmp_path, *extra, env=None):
+def _distill(tmp_path, *extra):
     return run_cli("distill", str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
                    "--set", "method.training.max_steps=30", "--set", "method.training.batch_size=8",
                    "--set", "method.training.logging_steps=10", "--set", "calibration.num_samples=32",
-                   *extra, "--json", env=env)
+                   *extra, "--json")
 
 
 def test_short_distillation_lowers_kl_to_the_teacher(tmp_path, runs_dir):
@@ -117,7 +117,6 @@ def test_short_distillation_lowers_kl_to_the_teacher(tmp_path, runs_dir):
 
 
 def test_student_with_another_vocabulary_is_refused(tmp_path, runs_dir):
-    sys.path.insert(0, str(ROOT / "tests"))
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other"
@@ -132,13 +131,12 @@ def test_student_with_another_vocabulary_is_refused(tmp_path, runs_dir):
     assert not (tmp_path / "student").exists()
 
 
-def test_interrupted_distillation_resumes_from_its_checkpoint(tmp_path):
-    env = dict(os.environ, COMPRESS_RUNS_DIR=str(tmp_path / "runs"), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+def test_interrupted_distillation_resumes_from_its_checkpoint(tmp_path, runs_dir):
     args = [sys.executable, "-m", "compress", "distill", str(ROOT / "recipes" / "tiny-llama-distill.yaml"),
             "--out", str(tmp_path / "student"), "--set", "method.training.max_steps=40",
             "--set", "method.training.save_steps=10", "--set", "method.training.batch_size=8",
             "--set", "calibration.num_samples=16", "--json"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     checkpoints = tmp_path / ".student.work" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(checkpoints.glob("checkpoint-20")):
@@ -147,29 +145,28 @@ def test_interrupted_distillation_resumes_from_its_checkpoint(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "student").exists()  # nothing half-written where the artifact goes
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from the last checkpoint" in again.stderr
     d = json.loads(again.stdout)["manifest"]["method"]["details"]
     assert d["training"]["resumed"] is True and d["training"]["steps"] == 40
 
 
-def test_distilled_student_is_gated_and_can_be_quantized_by_another_recipe(tmp_path):
+def test_distilled_student_is_gated_and_can_be_quantized_by_another_recipe(tmp_path, runs_dir):
     """`compress run` on the distill recipe gates the student like any artifact; a second recipe
     names that run's output as its model (`run:tiny-llama-distill`) and quantizes it."""
-    env = {"COMPRESS_RUNS_DIR": str(tmp_path / "runs"), "COMPRESS_CACHE_DIR": str(tmp_path / "cache")}
     fast = ["--set", "bench.repeats=3", "--set", "bench.batch_sizes=[4]", "--set", "bench.output_tokens=16",
             "--set", "calibration.num_samples=16"]
     p = run_cli("run", str(ROOT / "recipes" / "tiny-llama-distill.yaml"), *fast,
                 "--set", "method.training.max_steps=60", "--set", "method.training.batch_size=8",
-                "--export-to", str(tmp_path / "dist" / "student"), "--json", env=env, cwd=tmp_path)
+                "--export-to", str(tmp_path / "dist" / "student"), "--json", cwd=tmp_path)
     assert p.returncode in (0, 1, 3), p.stderr[-3000:]  # gated like any artifact, whatever the verdict
     out = json.loads(p.stdout)
     checks = {c["metric"]: c for c in out["gate"]["checks"]}
     assert set(checks) == {"tiny_facts_mc/acc", "throughput_speedup"}
     assert checks["throughput_speedup"]["measured"] > 1.1  # half the layers, clearly faster
     q = run_cli("run", str(ROOT / "recipes" / "demo" / "tiny-llama-distill-int4.yaml"), *fast, "--no-export",
-                "--json", env=env, cwd=tmp_path)
+                "--json", cwd=tmp_path)
     assert q.returncode in (0, 1, 3), q.stderr[-3000:]
     run_dir = json.loads(q.stdout)["run_dir"]  # absolute: COMPRESS_RUNS_DIR is
     m = json.loads(open(f"{run_dir}/model/manifest.json").read())
@@ -179,16 +176,15 @@ def test_distilled_student_is_gated_and_can_be_quantized_by_another_recipe(tmp_p
         assert "has not passed its own gate" in q.stderr
 
 
-def test_data_parallel_training_over_two_processes_writes_one_artifact(tmp_path):
+def test_data_parallel_training_over_two_processes_writes_one_artifact(tmp_path, runs_dir):
     """`torchrun` (or `accelerate launch`) spreads training with no new code; only the main
     process writes the artifact and prints the result."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = dict(os.environ, COMPRESS_RUNS_DIR=str(tmp_path / "runs"), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
     p = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "compress", "distill",
                         str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
                         "--set", "method.training.max_steps=10", "--set", "method.training.batch_size=4",
                         "--set", "calibration.num_samples=16", "--json"],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     training = json.loads(p.stdout)["manifest"]["method"]["details"]["training"]  # one JSON document
     assert training["processes"] == 2 and training["global_batch"] == 8 and training["steps"] == 10

@@ -155,20 +155,19 @@ def test_report_table_and_pareto_plot(flow, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path):
-    env = dict(os.environ, COMPRESS_RUNS_DIR=str(tmp_path / "runs"), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path, runs_dir):
     args = [sys.executable, "-m", "compress", "run", str(GOOD), *FAST, "--no-export", "--json"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    latest = tmp_path / "runs" / "tiny-llama-int4-rtn" / "LATEST"
+    latest = runs_dir / "tiny-llama-int4-rtn" / "LATEST"
     deadline = time.time() + 300
     while not latest.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert latest.exists(), "the artifact stage never finished"
     os.killpg(proc.pid, signal.SIGKILL)  # crash somewhere after the artifact was built
     proc.wait()
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     stages = {s["stage"]: s["reused"] for s in json.loads(again.stdout)["stages"]}
     assert stages["artifact"] is True
-    assert not list((tmp_path / "runs" / "tiny-llama-int4-rtn").glob("*/.model.tmp-*"))
+    assert not list((runs_dir / "tiny-llama-int4-rtn").glob("*/.model.tmp-*"))

@@ -13,7 +13,6 @@ from typing import Any
 
 from compress.data import load_texts
 from compress.errors import QuantizationError
-from compress.console import stdout_to_stderr
 from compress.methods.base import MethodContext, Timer, meta_model, output_embedding_name, require, resolve_ignore
 
 EXTRA = "gptq"
@@ -28,7 +27,7 @@ def run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
     except ValueError:
         workers = 0
     os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(2, workers or min(4, os.cpu_count() or 2)))
-    with stdout_to_stderr(), _log_dir_outside_cwd():
+    with _log_dir_outside_cwd():
         return _run(ctx, timer)
 
 

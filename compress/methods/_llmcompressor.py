@@ -175,7 +175,7 @@ def norm_consumers(model: Any, ignore: list[str]) -> list[tuple[str, list[str]]]
     skip = set(ignore)
 
     def is_norm(module: Any) -> bool:
-        return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm", "Norm"))
+        return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
 
     for name, module in model.named_modules():
         if is_norm(module) and not isinstance(module, torch.nn.Linear):

@@ -25,9 +25,9 @@ class MethodContext:
     recipe: Recipe
     base: ModelRef
     out_dir: Path
+    work_dir: Path  # persists across attempts (checkpoints); removed once the artifact is complete
+    artifact_key: str  # the work directory belongs to this artifact only
     device: str = "cpu"
-    work_dir: Path | None = None  # persists across attempts (checkpoints); removed once the artifact is complete
-    artifact_key: str = ""
     log: Callable[[str], None] = print
     warn: Callable[[str], None] = print
 
@@ -144,7 +144,7 @@ def claim_work_dir(ctx: MethodContext) -> Path:
     """
     import shutil
 
-    work = ctx.work_dir or (ctx.out_dir.parent / ".work")
+    work = ctx.work_dir
     stamp = work / "KEY"
     if work.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.artifact_key):
         shutil.rmtree(work, ignore_errors=True)
