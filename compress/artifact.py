@@ -7,23 +7,33 @@ recipe) and ``manifest.json``. The manifest lists the sha256 of every other file
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compress.errors import IntegrityError, UsageError
+from compress.faults import armed_for, fault_point
 
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.yaml"
 MODEL_CARD = "README.md"
+# A signed in-toto statement over every other file of an export (compress export --sign).
+PROVENANCE = "provenance.intoto.json"
+# The reports and gate decision an export carries (compress.evidence).
+EVIDENCE_DIR = "evidence"
 # Files describing an artifact rather than being the model; left out of its content hash.
-DESCRIPTIVE = {MANIFEST, RECIPE_FILE, MODEL_CARD}
+DESCRIPTIVE = {MANIFEST, RECIPE_FILE, MODEL_CARD, PROVENANCE}
 FORMAT_VERSION = 1
 
 
@@ -42,7 +52,7 @@ def model_files(root: Path) -> list[Path]:
         rel = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
-        if rel.as_posix() in DESCRIPTIVE:
+        if rel.as_posix() in DESCRIPTIVE or rel.parts[0] == EVIDENCE_DIR:
             continue
         files.append(path)
     return files
@@ -78,25 +88,161 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def share(root: Path) -> None:
+    """Give every file and folder under ``root`` the user's usual permissions (umask applied).
+
+    Libraries and ``mkstemp``/``mkdtemp`` create 0600/0700 entries; an artifact is meant to be
+    read by a server that may run as another user.
+    """
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+# Temporaries are named ``.<final name>.tmp-<pid>-<random>`` (``.old-`` for a replaced
+# directory), in the final path's folder, and their writer holds an flock on them. Whoever
+# writes next to them later removes the ones whose writer is gone (kill -9, power cut).
+_TEMP = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+STALE_AFTER_S = 600  # a temporary whose pid looks alive is still stale when unlocked this long
+
+
+def _temp_name(final: Path, kind: str = "tmp") -> str:
+    return f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlocked(path: Path) -> bool:
+    """True when nobody holds an flock on ``path`` (its writer has exited or died)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's own lock
+
+
+def sweep_stale(directory: Path) -> list[Path]:
+    """Remove the temporaries that dead writers left in ``directory``; return what was removed.
+
+    A replaced directory whose writer died between its two renames (the final path missing,
+    ``.NAME.old-*`` present) is put back, so an interrupted ``--force`` leaves the old version.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if not m or not _unlocked(entry):
+            continue
+        try:
+            young = time.time() - entry.lstat().st_mtime < STALE_AFTER_S
+        except OSError:
+            continue
+        if _pid_alive(int(m["pid"])) and young:
+            continue
+        final = entry.with_name(m["final"])
+        try:
+            if m["kind"] == "old" and entry.is_dir() and not final.exists():
+                os.replace(entry, final)
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass  # someone else cleaned it, or we may not: it stays for the next sweep
+    return removed
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, fault: str = "write") -> None:
+    """Write a file atomically and durably: a reader (or a crash) sees the old file or the new
+    one, never half of one. The data is fsynced before the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path.parent)
+    tmp = path.with_name(_temp_name(path))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            half = len(data) // 2 if armed_for(f"{fault}.mid") else 0
+            if half:  # the crash tests kill here, with half of the file on disk
+                f.write(data[:half])
+                f.flush()
+                fault_point(f"{fault}.mid")
+            f.write(data[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point(f"{fault}.before-rename")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any, *, fault: str = "write_json") -> None:
+    """Write JSON atomically (see ``write_bytes_atomic``)."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), fault=fault)
 
 
 def read_json(path: Path) -> Any:
     with path.open() as f:
         return json.load(f)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where unsupported."""
+    if not sys.platform.startswith("linux") or armed_for("atomic_dir.between-renames"):
+        return False  # (the crash tests arm that point to exercise the two-rename path)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # a file system without RENAME_EXCHANGE: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextlib.contextmanager
@@ -105,8 +251,8 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
 
     Args:
         final: where the directory should end up.
-        overwrite: replace an existing directory (the old one is removed only after the new
-            one is complete). Without it an existing directory is an error.
+        overwrite: replace an existing directory. The old one is swapped out in one atomic
+            step, so at every moment ``final`` is the old directory or the new one.
 
     Yields:
         The temporary directory to write into (on the same file system as ``final``).
@@ -115,19 +261,28 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise UsageError(f"{final} already exists", hint="choose another --out or pass --force to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the artifact is meant to be shared
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{int(time.time())}")
+    sweep_stale(final.parent)
+    tmp = final.with_name(_temp_name(final))
+    tmp.mkdir()
+    with _flocked(tmp):
+        try:
+            yield tmp
+            share(tmp)
+            fault_point("atomic_dir.before-rename")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not final.exists():
+            os.rename(tmp, final)
+            return
+        if _exchange(tmp, final):
+            fault_point("atomic_dir.after-swap")
+            shutil.rmtree(tmp, ignore_errors=True)  # the old version, now under the temporary name
+            return
+        old = final.with_name(_temp_name(final, "old"))
         os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
+        fault_point("atomic_dir.between-renames")
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -5,26 +5,29 @@ Heavy libraries (torch, transformers, lm_eval) are imported inside command bodie
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.markup import escape
 
 from compress import console
-from compress.errors import EXIT_RUNTIME, EXIT_USAGE, CompressError, RecipeError, UsageError
-from compress.options import Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides
+from compress.errors import (
+    EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, CompressError, InputError, RecipeError, UsageError,
+)
+from compress.options import Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides, SignKey
 
 app = typer.Typer(
     name="compress",
     help="Make models cheaper to serve without making them worse: quantize or distill, "
     "then gate every artifact on accuracy, speed, size and cost before it can be exported.",
-    epilog="Exit codes: 0 pass, 1 gate failed, 2 bad usage or invalid recipe, 3 inconclusive, "
-    "4 runtime failure. Set COMPRESS_DEBUG=1 for tracebacks.",
+    epilog="Exit codes: 0 pass, 1 gate failed, 2 bad usage, invalid recipe or bad input, 3 inconclusive, "
+    "4 runtime failure, 130 interrupted. Set COMPRESS_DEBUG=1 for tracebacks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -150,7 +153,7 @@ def _log(msg: str) -> None:
 
 
 def _warn(msg: str) -> None:
-    console.err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+    console.warn(msg)
 
 
 QUANTIZE_EPILOG = """Examples:
@@ -178,11 +181,13 @@ def quantize(
 ) -> None:
     """Quantize a model into a servable, self-describing artifact (model, tokenizer, recipe, manifest)."""
     from compress import runs
+    from compress.inputs import check_recipe
     from compress.recipe import build_recipe
 
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
         raise UsageError("this recipe distills", hint="use `compress distill` or `compress run`")
+    check_recipe(r)  # bad inputs fail here, before any compute or write
     with console.stdout_to_stderr():
         manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
@@ -209,11 +214,13 @@ def distill(
 ) -> None:
     """Train a smaller student on the teacher's outputs (pruned teacher or given student); resumes from checkpoints."""
     from compress import runs
+    from compress.inputs import check_recipe
     from compress.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     if r.method.kind != "distill":
         raise UsageError(f"{recipe} is a {r.method.kind} recipe", hint="use `compress quantize` for it")
+    check_recipe(r)  # bad inputs fail here, before any compute or write
     with console.stdout_to_stderr():
         manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=_log, warn=_warn)
     _artifact_summary(manifest, reused, path, json_)
@@ -298,13 +305,16 @@ def eval_(
     json_: JsonOut = False,
 ) -> None:
     """Accuracy with lm-evaluation-harness, per-sample results kept; cached by model bytes and settings."""
-    from compress.evals.accuracy import run_eval
+    from compress.evals.accuracy import check_eval_settings, run_eval
+    from compress.inputs import check_model
     from compress.recipe import EvalSpec
 
     flags = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "num_fewshot": num_fewshot,
              "limit": limit, "batch_size": batch_size, "seed": seed, "backend": backend, "device": device}
     r = _load_optional(recipe)
     settings = _settings(EvalSpec, r, "evals", flags)
+    check_eval_settings(settings)  # bad inputs fail here, before any compute or write
+    check_model(model)
     with console.err.status(f"Evaluating {model} on {', '.join(settings.tasks)}"), console.stdout_to_stderr():
         report, cached = run_eval(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun)
     from compress.report import accuracy_table
@@ -341,6 +351,7 @@ def bench(
 ) -> None:
     """Generation benchmark: TTFT, inter-token and end-to-end latency (p50/p90/p99), tok/s, memory, $/1M tokens."""
     from compress.evals.bench import run_bench
+    from compress.inputs import check_model
     from compress.recipe import BenchSpec
 
     sizes = None
@@ -354,6 +365,7 @@ def bench(
              "repeats": repeats, "price_per_hour": price_per_hour, "device": device}
     r = _load_optional(recipe)
     settings = _settings(BenchSpec, r, "bench", flags)
+    check_model(model)  # a bad model fails here, before any compute or write
     with console.err.status(f"Benchmarking {model} (batch sizes {', '.join(map(str, settings.batch_sizes))})"), \
             console.stdout_to_stderr():
         report, cached = run_bench(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun)
@@ -386,9 +398,12 @@ def compare(
     from compress.compare import accuracy_rows, speed_rows
     from compress.evals.accuracy import run_eval
     from compress.evals.bench import run_bench
+    from compress.inputs import check_model
     from compress.recipe import BenchSpec, EvalSpec
 
     r = _load_optional(recipe)
+    check_model(baseline)  # bad models fail here, before any compute or write
+    check_model(candidate)
     dtype = _model_dtype(r, None)
     result: dict = {}
     if not no_eval:
@@ -444,7 +459,7 @@ def gate(
 
     if not (run_dir / "reports").is_dir():
         raise UsageError(f"{run_dir} has no reports/", hint="run `compress run RECIPE` first")
-    result = gate_run(run_dir, _run_recipe(run_dir, recipe))
+    result = gate_run(run_dir, _run_recipe(run_dir, recipe), policy_source=str(recipe) if recipe else "recipe")
     if json_:
         console.print_json(result.model_dump(mode="json"))
     else:
@@ -457,29 +472,83 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A gated run directory (runs/NAME/KEY).")],
     to: Annotated[Path, typer.Option("--to", help="Where to write the exported artifact.")],
     force: Force = False,
+    sign: SignKey = None,
 ) -> None:
     """Export an artifact that passed its gate, with manifest and model card; refuses anything else."""
+    from compress.export import check_exportable, export_run, own_policy, policy_line
+    from compress.gate import policy_hash
     from compress.pipeline import load_reports
-    from compress.export import check_exportable, export_run
-    from compress.gate import GateResult
+    from compress.provenance import choose_signer
     from compress.report import model_card
 
+    if not (run_dir / "model").is_dir():
+        raise InputError(f"{run_dir} is not a run directory (it has no model/)",
+                         hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")
     recipe = _run_recipe(run_dir, None)
-    manifest, gate_data = check_exportable(run_dir)
-    card = model_card(recipe, manifest, GateResult.model_validate(gate_data), load_reports(run_dir)) \
-        if recipe.export.model_card else None
-    export_run(run_dir, to, model_card=card, force=force)
-    console.out.print(f"[green]Exported[/green] {run_dir} -> {to} (verify with: compress verify {to})")
+    signer = choose_signer(sign, recipe.export.sign_key)  # a bad key fails here, before any work
+    manifest, gate_result = check_exportable(run_dir)
+    own = policy_hash(recipe.gate)
+    (_log if own_policy(gate_result, own) else console.warn)(policy_line(gate_result, own))
+    card = model_card(recipe, manifest, gate_result, load_reports(run_dir)) if recipe.export.model_card else None
+    export_run(run_dir, to, model_card=card, force=force, signer=signer)
+    signed = f", signed by key {signer.keyid[:16]}" if signer else ""
+    key_flag = " --key PUB" if signer else ""
+    console.out.print(f"[green]Exported[/green] {run_dir} -> {to}{signed} (verify with: compress verify {to}{key_flag})")
 
 
-@app.command(epilog="Examples:  compress verify dist/tiny-llama-int4-gptq", rich_help_panel="Release")
-def verify(path: Annotated[Path, typer.Argument(help="An exported artifact directory.")]) -> None:
+@app.command(epilog="Examples:  compress verify dist/tiny-llama-int4-gptq   ·   "
+                    "compress verify dist/tiny-llama-int4-gptq --key keys/compress-signing.pub",
+             rich_help_panel="Release")
+def verify(
+    path: Annotated[Path, typer.Argument(help="An exported artifact directory.")],
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", metavar="PUB", help="Also check the signed provenance with this Ed25519 public key "
+        "(compress-signing.pub): signed by it, and exactly the signed files.")] = None,
+) -> None:
     """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
+    from compress import provenance
     from compress.export import verify as verify_artifact
 
-    manifest = verify_artifact(path)
-    console.out.print(f"[green]OK[/green] {path}: {len(manifest['files'])} files match their sha256; "
-                      f"gate PASS for content {manifest['content_hash'][:16]}…")
+    checked = verify_artifact(path)
+    console.out.print(f"[green]OK[/green] {path}: all {checked['files']} files match their sha256, nothing added "
+                      f"or missing; the gate PASS follows from the evidence it carries, for content "
+                      f"{checked['manifest']['content_hash'][:16]}…")
+    console.out.print(f"  {escape(checked['policy'])}")
+    if key is not None:
+        statement = provenance.verify_signature(path, key)
+        console.out.print(f"[green]signature OK[/green] (key {provenance.keyid(provenance.load_public_key(key))}): "
+                          f"{len(statement['subject'])} signed files, nothing added or missing")
+    elif keyids := provenance.signed_by(path):
+        console.out.print(f"signed by {escape(', '.join(keyids))} (not checked: pass --key PUB)")
+
+
+KEYGEN_EPILOG = """Examples:
+
+  compress keygen --out keys
+
+  compress keygen --out ~/.compress --force     # replace the pair (old signatures then fail to verify)
+"""
+
+
+@app.command(epilog=KEYGEN_EPILOG, rich_help_panel="Release")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for compress-signing.key and .pub.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
+    json_: JsonOut = False,
+) -> None:
+    """Make an Ed25519 key pair for signing exports (private key 0600; public key for `verify --key`)."""
+    from compress.provenance import ENV_KEY, generate_keypair
+
+    private, public, kid = generate_keypair(out, force=force)
+    if json_:
+        console.print_json({"keyid": kid, "private_key": str(private), "public_key": str(public)})
+        return
+    console.out.print(f"[green]Wrote[/green] {escape(str(private))} (private, mode 0600) and "
+                      f"{escape(str(public))} (public); key id {kid}")
+    console.out.print(f"• sign:   compress export RUN --to DIR --sign {escape(str(private))}   "
+                      f"(in CI: store the text of {private.name} as the secret {ENV_KEY}; never commit it)")
+    console.out.print(f"• verify: compress verify DIR --key {escape(str(public))}   "
+                      f"(commit the public key, e.g. as keys/{public.name})")
 
 
 RUN_EPILOG = """Examples:
@@ -504,22 +573,31 @@ def run_(
     summary: Annotated[Optional[Path], typer.Option("--summary", help="Write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY).")] = None,
     rerun: Rerun = False,
     force: Force = False,
+    sign: SignKey = None,
     device: Device = "auto",
     json_: JsonOut = False,
 ) -> None:
     """The whole flow: quantize or distill, evaluate, benchmark, gate, export; cached and resumable."""
     from compress import pipeline
+    from compress.inputs import check_inside_tree, check_recipe
+    from compress.provenance import choose_signer
     from compress.recipe import load_recipe
     from compress.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, set_ or [])
+    if export_to is None and not no_export and r.export.to:
+        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
+    if sign is not None and no_export:
+        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
+    signer = None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UsageError("`compress run` evaluates and benchmarks in one process",
                          hint="train with `accelerate launch -m compress distill RECIPE`, then "
                               "`compress run RECIPE` reuses the artifact")
+    check_recipe(r, evals=True)  # bad inputs fail here, before any compute or write
     with console.stdout_to_stderr():
         result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
-                              device=device, log=_log, warn=_warn, model_card=model_card)
+                              device=device, log=_log, warn=_warn, model_card=model_card, signer=signer)
     md = run_summary_markdown(result)
     if summary:
         summary.parent.mkdir(parents=True, exist_ok=True)
@@ -568,49 +646,149 @@ def report(
 
 # ------------------------------------------------------------------------------ entry
 
+# errno -> what the user can do about a refused write (beside writing somewhere else).
+_WRITE_ERRNOS = {
+    errno.EROFS: None,
+    errno.EACCES: "make it writable for this user",
+    errno.EPERM: "make it writable for this user",
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some disk space (quota)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
+# Temporaries next to a final path (artifact.py): `.NAME.tmp-…`, `.NAME.old-…`, `.NAME.work`.
+_TEMP_PART = re.compile(r"^\.(?P<name>.+?)\.(?:(?:tmp|old)-[\w-]+|work)$")
+
+
+def _shown_path(path: str | os.PathLike) -> str:
+    """The path a user asked for, not the temporary it was being built under:
+    ``out/.q.tmp-123-ab12/model.safetensors`` -> ``out/q/model.safetensors``."""
+    parts = Path(path).parts
+    return str(Path(*[m["name"] if (m := _TEMP_PART.match(p)) else p for p in parts])) if parts else str(path)
+
+
+def _path_in_traceback(tb) -> str | None:
+    """The file a library was writing when it failed without naming it (safetensors' Rust I/O
+    errors): the innermost frame's ``filename``/``save_directory`` local."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in ("filename", "file_path", "save_directory"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                return os.fspath(value)
+    return None
+
+
+def _os_error_line(err_no: int | None, strerror: str, path: str | None) -> tuple[str, int] | None:
+    """One line for an error from the OS, or None when it is not one that names a file.
+
+    A refused write (read-only file system, permissions, disk full, file too large) is a
+    runtime failure (exit 4) whose fix is on this machine, not in the recipe.
+    """
+    if err_no is None:
+        return None
+    shown = _shown_path(path) if path else None
+    if err_no in _WRITE_ERRNOS:
+        if shown and err_no in (errno.EACCES, errno.EPERM) and os.path.exists(path) \
+                and not os.access(path, os.R_OK):
+            return f"cannot read {shown}: {strerror} (make it readable for this user)", EXIT_RUNTIME
+        elsewhere = "choose another output path"
+        if shown:
+            from compress.models import runs_root
+
+            target = Path(os.path.abspath(shown))
+            cache = Path(os.path.abspath(os.environ.get("COMPRESS_CACHE_DIR") or runs_root() / ".cache"))
+            if target.is_relative_to(cache):
+                elsewhere = "set COMPRESS_CACHE_DIR to a writable directory"
+            elif target.is_relative_to(Path(os.path.abspath(runs_root()))):
+                elsewhere = "set COMPRESS_RUNS_DIR to a writable directory"
+        action = _WRITE_ERRNOS[err_no]
+        fix = f"{action}, or {elsewhere}" if action else elsewhere
+        return f"cannot write {shown or 'a file'}: {strerror} ({fix})", EXIT_RUNTIME
+    if shown:
+        return f"{shown}: {strerror} (rerun with COMPRESS_DEBUG=1 for a traceback)", EXIT_RUNTIME
+    return None
+
+
+def _error(line: str) -> None:
+    console.err.print(f"[red]Error:[/red] {escape(' '.join(line.split()))}", soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code instead of raising."""
+    """Run the CLI; return the exit code instead of raising.
+
+    Every failure ends here as one line on stderr starting with ``Error:`` (a recipe with
+    several problems adds one indented line per problem) and an exit code: 2 for bad usage,
+    recipes and input, 4 for runtime failures, 130 for Ctrl-C. A traceback only with
+    COMPRESS_DEBUG=1.
+    """
     debug = os.environ.get("COMPRESS_DEBUG") == "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        # Without standalone mode, click returns the code of a typer.Exit instead of raising it.
+        # Without standalone mode, typer returns the code of a typer.Exit instead of raising it,
+        # and a Ctrl-C inside a command comes back as 130 (typer turns it into Exit(130)).
         code = app(args=argv, standalone_mode=False, prog_name="compress")
-        return code if isinstance(code, int) else 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        console.err.print("Aborted.")
-        return 130
-    except click.ClickException as e:
-        e.show()
+        code = code if isinstance(code, int) else 0
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        code = EXIT_INTERRUPTED
+    except typer.TyperException as e:
+        # Usage errors from the command line parser (typer bundles its own click, so these are
+        # not click.ClickException): no such option or command, a missing or invalid value.
+        if debug:
+            traceback.print_exc()
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "compress --help"
+        message = e.format_message().strip()
+        if type(e).__name__ == "NoArgsIsHelpError" or not message:
+            message = "missing command"  # the help has been printed on stdout
+        _error(f"{message} (see '{where}')")
         return EXIT_USAGE
     except RecipeError as e:
         if debug:
             traceback.print_exc()
-        console.err.print(f"[red]Error:[/red] {e.source}: {len(e.problems)} problem(s)")
-        for p in e.problems:
-            console.err.print(f"    {p}", markup=False)
+        if len(e.problems) == 1:
+            _error(str(e))
+        else:
+            console.err.print(f"[red]Error:[/red] {escape(e.source)}: {len(e.problems)} problems "
+                              f"({escape(e.hint or '')})", soft_wrap=True)
+            for p in e.problems:
+                console.err.print(f"    {p}", markup=False)
         return e.exit_code
     except CompressError as e:
         if debug:
             traceback.print_exc()
-        console.err.print(f"[red]Error:[/red] {escape(str(e))}", soft_wrap=True)
+        _error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
-        console.err.print("Interrupted.")
-        return 130
+        code = EXIT_INTERRUPTED
     except MemoryError:
         if debug:
             traceback.print_exc()
-        console.err.print("[red]Error:[/red] out of memory (use a smaller batch size or model, or a larger machine)")
+        _error("out of memory (use a smaller batch size or model, or a larger machine)")
         return EXIT_RUNTIME
     except Exception as e:  # noqa: BLE001 - the last resort keeps the exit-code contract
         if debug:
             traceback.print_exc()
+        line = None
+        if isinstance(e, OSError):
+            line = _os_error_line(e.errno, e.strerror or str(e), e.filename2 or e.filename)
+        elif m := re.search(r"\((?:os error|errno) (\d+)\)", str(e), flags=re.IGNORECASE):
+            # Rust and C++ back ends (safetensors, tokenizers) report OS errors as text.
+            n = int(m[1])
+            line = _os_error_line(n, os.strerror(n), _path_in_traceback(e.__traceback__))
+        if line is not None:
+            _error(line[0])
+            return line[1]
         first = str(e).splitlines()[0] if str(e) else ""
-        console.err.print(f"[red]Error:[/red] {type(e).__name__}: {escape(first)} "
-                          "(unexpected; rerun with COMPRESS_DEBUG=1 for a traceback)", soft_wrap=True)
+        _error(f"{type(e).__name__}: {first} (unexpected; rerun with COMPRESS_DEBUG=1 for a traceback)")
         return EXIT_RUNTIME
+    if code == EXIT_INTERRUPTED:
+        console.err.print("Interrupted.")
+    return code
 
 
 def entrypoint() -> None:

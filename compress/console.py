@@ -33,6 +33,13 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table
     return t
 
 
+def warn(msg: str) -> None:
+    """One warning line on stderr."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 

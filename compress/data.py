@@ -11,33 +11,52 @@ import random
 from pathlib import Path
 from typing import Any
 
-from compress.errors import UsageError
+from compress.errors import InputError, UsageError
 from compress.models import BUILTIN_DATASETS
 from compress.registry import suggest
+
+
+DATA_HINT = "give a UTF-8 text file: .jsonl (one JSON object per line), .json (a list) or .txt (paragraphs)"
+
+
+def read_text_file(path: Path) -> str:
+    """The text of a data file; an empty, binary or non-UTF-8 file is a one-line InputError."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{path} is empty: it holds no text", hint=DATA_HINT)
+    if b"\0" in data:
+        raise InputError(f"{path} is a binary file (it holds NUL bytes), not text", hint=DATA_HINT)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})",
+                         hint="convert it to UTF-8, e.g. iconv -t utf-8") from None
 
 
 def _records(path: Path) -> list[Any]:
     if path.suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(read_text_file(path).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+                    raise InputError(f"{path}, line {n}: not valid JSON ({e.msg})",
+                                     hint="a .jsonl file holds one JSON object per line") from None
         return rows
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_text_file(path))
         except json.JSONDecodeError as e:
-            raise UsageError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            raise InputError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})",
+                             hint="a .json file holds a list of records, or {\"data\": [...]}") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise UsageError(f"{path}: expected a list of records (or {{\"data\": [...]}})")
+            raise InputError(f"{path}: expected a list of records (or {{\"data\": [...]}})", hint=DATA_HINT)
         return data
     if path.suffix in (".txt", ".md", ""):
-        return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+        return [p.strip() for p in read_text_file(path).split("\n\n") if p.strip()]
     raise UsageError(f"{path}: unsupported data file type '{path.suffix}'", hint="use .jsonl, .json or .txt")
 
 
@@ -53,7 +72,8 @@ def _texts_from_records(records: list[Any], field: str, source: str) -> list[str
                                  hint="set text_field to the field that holds the text")
             texts.append(str(r[field]))
         else:
-            raise UsageError(f"{source}: record {i} is neither text nor an object")
+            raise InputError(f"{source}: record {i} is neither text nor an object",
+                             hint="each record is a string or an object with the text field")
     return [t for t in texts if t.strip()]
 
 
@@ -74,6 +94,14 @@ def _hub_texts(dataset: str, split: str, config_name: str | None, field: str) ->
     return [t for t in ds[field] if isinstance(t, str) and t.strip()]
 
 
+def is_local(dataset: str) -> bool:
+    """Whether ``load_texts`` reads this reference from this machine (built-in set or a path),
+    rather than from the hub."""
+    path = Path(dataset).expanduser()
+    return (dataset.startswith(("builtin:", ".", "/", "~")) or path.exists()
+            or path.suffix in (".jsonl", ".json", ".txt"))
+
+
 def load_texts(dataset: str, *, split: str = "train", config_name: str | None = None,
                text_field: str = "text", num_samples: int | None = None, seed: int = 0) -> list[str]:
     """Read texts from a built-in set, a local file or directory, or a hub dataset.
@@ -83,7 +111,8 @@ def load_texts(dataset: str, *, split: str = "train", config_name: str | None = 
         num_samples: take this many texts, chosen with ``seed`` (all of them when None).
 
     Raises:
-        UsageError: unknown built-in, missing or malformed file, missing field, no texts.
+        UsageError: unknown built-in, missing, empty, binary or malformed file, missing field,
+            no texts (``InputError`` for a bad file).
     """
     if dataset.startswith("builtin:"):
         name = dataset.split(":", 1)[1]
@@ -95,16 +124,18 @@ def load_texts(dataset: str, *, split: str = "train", config_name: str | None = 
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".txt"))
             if not files:
-                raise UsageError(f"{path} holds no .jsonl, .json or .txt files")
+                raise InputError(f"{path} holds no .jsonl, .json or .txt files", hint=DATA_HINT)
             texts = [t for f in files for t in _texts_from_records(_records(f), text_field, str(f))]
         elif path.is_file():
             texts = _texts_from_records(_records(path), text_field, str(path))
         elif path.suffix in (".jsonl", ".json", ".txt") or dataset.startswith((".", "/", "~")):
-            raise UsageError(f"data file not found: {dataset}")
+            raise InputError(f"data file not found: {dataset}",
+                             hint="check the path (relative to the working directory), or use builtin:tiny-calibration")
         else:
             texts = _hub_texts(dataset, split, config_name, text_field)
     if not texts:
-        raise UsageError(f"{dataset}: no texts found")
+        raise InputError(f"{dataset}: no texts found (every record is empty)",
+                         hint="check text_field, or give a file that holds text")
     if num_samples is not None and num_samples < len(texts):
         rng = random.Random(seed)
         texts = rng.sample(texts, num_samples)

@@ -2,7 +2,10 @@
 
 Exit codes are a CI contract (see README, "Exit codes"):
 
-    0 pass · 1 gate failed · 2 bad usage or invalid recipe · 3 inconclusive · 4 runtime failure
+    0 pass · 1 gate failed · 2 bad usage, invalid recipe or bad input · 3 inconclusive ·
+    4 runtime failure (including the OS refusing a write: read-only, permissions, disk full)
+
+Ctrl-C exits 130.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
 EXIT_RUNTIME = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class CompressError(Exception):
@@ -51,8 +55,23 @@ class RecipeError(UsageError):
         )
 
 
+class InputError(UsageError):
+    """A file or directory handed in (a model, a data file, a path) is missing, malformed or
+    refused. Bad input, like bad usage, exits 2: the fix is on the user's side."""
+
+
 class ModelLoadError(CompressError):
     """A model or tokenizer cannot be found or loaded."""
+
+
+class ModelInputError(InputError, ModelLoadError):
+    """A model directory that is missing, malformed or refused before anything loads it
+    (no config.json, corrupt or truncated safetensors, NaN weights, no tokenizer, remote code
+    not allowed, pickled weights not allowed, a link out of the directory): exit 2.
+
+    It is still a ``ModelLoadError``, so code that catches those keeps working; a well-formed
+    directory that transformers then fails to load stays a plain ``ModelLoadError`` (exit 4).
+    """
 
 
 class BackendMissingError(CompressError):

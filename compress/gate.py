@@ -7,6 +7,8 @@ it inconclusive; otherwise it passes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -47,6 +49,12 @@ class GateResult(ReportModel):
     candidate_hash: str
     baseline_hash: str
     created: str
+    # The policy that was applied, so that export and verify can decide again from the reports,
+    # and a policy other than the artifact's own recipe's is visible.
+    policy: dict[str, Any] | None = None
+    policy_hash: str | None = None
+    policy_source: str | None = None  # "recipe" (the artifact's own) or the file given to `compress gate --recipe`
+    reports: dict[str, str] = {}  # report file name -> sha256 of the file the decision was made on
 
     def summary(self) -> str:
         counts = {v: sum(c.verdict == v for c in self.checks) for v in (PASS, FAIL, INCONCLUSIVE)}
@@ -147,4 +155,10 @@ def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: Accura
     base_model = (base_acc or base_bench).model
     return GateResult(verdict=verdict, exit_code=EXIT_CODES[verdict], confidence=policy.confidence, test=policy.test,
                       checks=results, candidate_hash=cand_model.content_hash, baseline_hash=base_model.content_hash,
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
+
+
+def policy_hash(policy: GateSpec) -> str:
+    """sha256 of a gate policy's canonical JSON (defaults filled in)."""
+    return hashlib.sha256(json.dumps(policy.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -3,16 +3,22 @@
 All four go through one path: a reference is resolved to a local directory (downloading a
 hub snapshot when the hub is reachable), its weights are checked, and transformers loads it.
 Torch and transformers are imported inside functions, never at module import.
+
+``check_model_dir`` refuses a bad model directory before any compute (exit 2, with the file
+and the fix): no config.json, remote code that the recipe did not allow, no tokenizer, a link
+out of the directory, a truncated or corrupt safetensors file, weights holding NaN or inf.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import ModelLoadError, UsageError
+from compress.errors import ModelInputError, ModelLoadError, UsageError
 from compress.registry import suggest
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -22,6 +28,11 @@ BUILTIN_DATASETS = {
     "tiny-train": ASSETS / "data" / "train.jsonl",
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Any one of these makes a directory loadable by AutoTokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+# What a hub snapshot downloads; "*.py" (remote code) only when the recipe trusts it.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.bin"]
+REDOWNLOAD = "re-download it, or re-export it from its source"
 
 
 @dataclass
@@ -44,16 +55,20 @@ def runs_root() -> Path:
     return Path(os.environ.get("COMPRESS_RUNS_DIR", "runs"))
 
 
-def resolve_model(spec: str, revision: str | None = None) -> ModelRef:
+def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: bool = False) -> ModelRef:
     """Turn a model reference into a local directory.
 
     Args:
         spec: ``builtin:NAME``, a local directory, ``run:NAME`` or a hub id (``org/name``).
         revision: a hub revision (branch, tag or commit); ignored for local directories.
+        trust_remote_code: a hub download fetches the model's Python files (``*.py``) only
+            when this is set.
 
     Raises:
         UsageError: an unknown built-in name or run.
-        ModelLoadError: a path that does not exist, or a hub id that cannot be fetched.
+        ModelInputError: a path that does not exist, is not a directory or has no config.json;
+            a hub id that does not exist (exit 2).
+        ModelLoadError: a hub id that cannot be fetched (exit 4).
     """
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
@@ -68,13 +83,16 @@ def resolve_model(spec: str, revision: str | None = None) -> ModelRef:
         return _resolve_run(spec)
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        if not path.exists():
+            raise ModelInputError(f"model path {spec} does not exist",
+                                  hint="give a directory with config.json, a hub id, or builtin:tiny-llama")
         if not path.is_dir():
-            raise ModelLoadError(f"model path {spec} does not exist or is not a directory",
-                                 hint="give a directory with config.json, a hub id, or builtin:tiny-llama")
+            raise ModelInputError(f"model path {spec} is not a directory",
+                                  hint="give the directory that holds config.json and the weights")
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{spec} has no config.json", hint="point at a Hugging Face model directory")
+            raise ModelInputError(f"{spec} has no config.json", hint="point at a Hugging Face model directory")
         return ModelRef(spec, path.resolve(), "local")
-    return _resolve_hub(spec, revision)
+    return _resolve_hub(spec, revision, trust_remote_code)
 
 
 def _resolve_run(spec: str) -> ModelRef:
@@ -87,26 +105,30 @@ def _resolve_run(spec: str) -> ModelRef:
     key = latest.read_text().strip()
     model_dir = run_dir / key / "model"
     if not (model_dir / "config.json").exists():
-        raise ModelLoadError(f"run '{name}' has no model at {model_dir}", hint="rerun its recipe")
+        raise ModelInputError(f"run '{name}' has no model at {model_dir}", hint="rerun its recipe")
     gate = run_dir / key / "gate.json"
     verdict = json.loads(gate.read_text()).get("verdict") if gate.exists() else None
     return ModelRef(spec, model_dir.resolve(), "run", extra={"run_key": key, "gate_verdict": verdict})
 
 
-def _resolve_hub(spec: str, revision: str | None) -> ModelRef:
+def _resolve_hub(spec: str, revision: str | None, trust_remote_code: bool = False) -> ModelRef:
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import (
+            HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+        )
     except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
         raise ModelLoadError(f"cannot fetch hub model {spec}: {e}") from None
+    # A model's own Python files run only under trust_remote_code; without it, never fetch them.
+    patterns = HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
     try:
-        path = snapshot_download(
-            spec, revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken", "*.bin"],
-        )
+        path = snapshot_download(spec, revision=revision, allow_patterns=patterns)
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"hub model {spec} not found",
-                             hint="check the id, or give a local directory or builtin:tiny-llama") from None
+        raise ModelInputError(f"hub model {spec} not found",
+                              hint="check the id, or give a local directory or builtin:tiny-llama") from None
+    except HFValidationError:
+        raise ModelInputError(f"model '{spec}' is neither a local directory nor a hub id",
+                              hint="give ./DIR for a local directory, ORG/NAME for the hub, or builtin:tiny-llama") from None
     except LocalEntryNotFoundError:
         raise ModelLoadError(f"hub model {spec} is not in the local cache and the hub cannot be reached",
                              hint="download it where the hub is reachable, or give a local directory") from None
@@ -116,20 +138,231 @@ def _resolve_hub(spec: str, revision: str | None) -> ModelRef:
     return ModelRef(spec, Path(path), "hub", revision=revision, extra={"commit": Path(path).name})
 
 
+def check_model_dir(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> list[Path]:
+    """Refuse a model directory that cannot be used, before any compute; return its weight files.
+
+    Checks config.json, remote code (``auto_map``) against ``trust_remote_code``, that a
+    tokenizer is there, then everything ``check_weights`` checks.
+
+    Raises:
+        ModelInputError: naming the file and the fix (exit 2).
+    """
+    path = Path(path)
+    config = _read_json_object(path / "config.json")
+    if not trust_remote_code:
+        tokenizer_config = _read_json_object(path / "tokenizer_config.json", optional=True)
+        custom = [f"{name} ({', '.join(sorted(data['auto_map']))})"
+                  for name, data in (("config.json", config), ("tokenizer_config.json", tokenizer_config))
+                  if isinstance(data.get("auto_map"), dict) and data["auto_map"]]
+        if custom:
+            raise ModelInputError(
+                f"{path} needs remote code: its {' and '.join(custom)} name Python classes shipped with the model",
+                hint="that code would run on this machine; if you trust its source, set "
+                     "model.trust_remote_code: true in the recipe, or --set model.trust_remote_code=true")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelInputError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
+                              hint="copy the tokenizer files of the base model into it, or " + REDOWNLOAD)
+    return check_weights(path, allow_pickle)
+
+
+def _read_json_object(path: Path, optional: bool = False) -> dict[str, Any]:
+    if not path.is_file():
+        if optional:
+            return {}
+        raise ModelInputError(f"{path.parent} has no {path.name}", hint="point at a Hugging Face model directory")
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelInputError(f"{path} is not valid JSON ({e})".splitlines()[0], hint=REDOWNLOAD) from None
+    if not isinstance(data, dict):
+        raise ModelInputError(f"{path} is not a JSON object", hint=REDOWNLOAD)
+    return data
+
+
 def check_weights(path: Path, allow_pickle: bool = False) -> list[Path]:
-    """Return the weight files of a model directory; refuse pickled weights unless allowed."""
+    """Return the weight files of a model directory, refusing what cannot be loaded safely.
+
+    Before any compute: no link may lead out of the directory, every ``*.safetensors`` file
+    must be complete (header and data), and every floating-point tensor finite. Pickled
+    weights are refused unless allowed.
+
+    Raises:
+        ModelInputError: naming the file (and tensor) and the fix (exit 2).
+    """
+    path = Path(path)
+    check_links(path)
     safetensors = sorted(path.glob("*.safetensors"))
     if safetensors:
+        _check_shards(path)
+        for f in safetensors:
+            check_safetensors(f)
+        for f in safetensors:
+            check_finite(f)
         return safetensors
     pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled and not allow_pickle:
-        raise ModelLoadError(
+        raise ModelInputError(
             f"{path} has only pickled weights ({pickled[0].name}); loading them can run arbitrary code",
             hint="convert them to safetensors, or set model.allow_pickle: true if you trust the source",
         )
     if not pickled:
-        raise ModelLoadError(f"{path} has no weight files (*.safetensors)", hint="is the download complete?")
+        raise ModelInputError(f"{path} has no weight files (*.safetensors)", hint="is the download complete?")
     return pickled
+
+
+def _link_root(path: Path) -> Path:
+    """The directory that links in ``path`` may point into: the model directory itself, or for a
+    Hugging Face cache snapshot (``models--ORG--NAME/snapshots/SHA``) the whole repo folder,
+    whose snapshot files are links into ``../../blobs``."""
+    if path.parent.name == "snapshots" and path.parents[1].name.startswith(("models--", "datasets--")):
+        return path.parents[1].resolve()
+    return path.resolve()
+
+
+def check_links(path: Path) -> None:
+    """Refuse a model directory with a link that leads outside it (or nowhere).
+
+    A link out would make the content hash, the artifact and an export read files the
+    directory does not hold.
+    """
+    root = _link_root(Path(path))
+    for dirpath, dirnames, filenames in os.walk(path):  # links to folders are listed, not followed
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            if name.startswith(".") or not entry.is_symlink():
+                continue
+            target = Path(os.path.realpath(entry))
+            if not target.exists():
+                raise ModelInputError(f"{entry} is a broken link (to {os.readlink(entry)})",
+                                      hint="copy the real file into the model directory, or " + REDOWNLOAD)
+            if not target.is_relative_to(root):
+                raise ModelInputError(f"{entry} is a link to {target}, outside the model directory {path}",
+                                      hint="copy the file into the directory (cp -L) instead of linking to it")
+
+
+# Bytes per element of each safetensors dtype (sub-byte and unknown dtypes are not size-checked).
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+                "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+# Only floating-point tensors can hold NaN or inf; integer and packed ones are not scanned.
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+
+
+def check_safetensors(path: Path) -> dict[str, Any]:
+    """Validate a safetensors file without loading it: the 8-byte little-endian header length,
+    the JSON header, and that every tensor's ``data_offsets`` fit its shape and end within the
+    file. Return the header.
+
+    Raises:
+        ModelInputError: the file is truncated or its header is corrupt (exit 2).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(problem: str) -> ModelInputError:
+        return ModelInputError(f"{path} is {problem}", hint=REDOWNLOAD)
+
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"truncated ({size} bytes, less than a safetensors header)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise bad(f"truncated or corrupt: its header length says {n} bytes, the file has {size}")
+        if n < 2 or n > _MAX_HEADER:
+            raise bad(f"corrupt: a safetensors header length of {n} bytes is impossible")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise bad("corrupt: its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise bad("corrupt: its header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise bad(f"corrupt: tensor '{name}' has no valid data_offsets")
+        itemsize = _DTYPE_BYTES.get(entry.get("dtype"))
+        if itemsize and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+            if offsets[1] - offsets[0] != math.prod(shape) * itemsize:
+                raise bad(f"corrupt: tensor '{name}' ({entry['dtype']} {shape}) does not fit its data_offsets")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise bad(f"truncated: {size} bytes, but its header describes {8 + n + end}")
+    return header
+
+
+def check_finite(path: Path) -> None:
+    """Refuse a safetensors file whose floating-point tensors hold NaN or inf.
+
+    The scan reads the file once per process: its result is memoised on the file's identity
+    (path, size, mtime, inode, ctime), so evaluating a base that was just quantized does not
+    read it again.
+
+    Raises:
+        ModelInputError: naming the first bad tensor (exit 2).
+    """
+    path = Path(path)
+    st = path.stat()
+    bad = _first_nonfinite(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if bad is not None:
+        name, what = bad
+        raise ModelInputError(f"{path}: tensor '{name}' holds {what} values",
+                              hint="the weights are broken, e.g. by a training run that diverged; "
+                                   "re-download the model, or re-export it from its source")
+
+
+_SCAN_ELEMENTS = 1 << 26  # elements read at a time, so a huge tensor is scanned in slices
+
+
+@functools.lru_cache(maxsize=256)
+def _first_nonfinite(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> tuple[str, str] | None:
+    """(tensor name, "NaN" or "infinite") of the first non-finite tensor, or None."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                part = f.get_slice(name)
+                if part.get_dtype() not in _FLOAT_DTYPES:
+                    continue
+                shape = part.get_shape()
+                rows = max(1, _SCAN_ELEMENTS // max(1, math.prod(shape[1:]))) if shape else 0
+                chunks = (f.get_tensor(name),) if not shape else (part[i:i + rows] for i in range(0, shape[0], rows))
+                for t in chunks:
+                    if t.element_size() == 1:
+                        t = t.float()  # float8: isfinite has no kernel for it
+                    if not bool(torch.isfinite(t).all()):
+                        return name, "NaN" if bool(torch.isnan(t).any()) else "infinite"
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad files
+        if isinstance(e, (MemoryError, KeyboardInterrupt)):
+            raise
+        raise ModelInputError(f"{path} cannot be read as safetensors ({str(e).splitlines()[0]})",
+                              hint=REDOWNLOAD) from None
+    return None
+
+
+def _check_shards(path: Path) -> None:
+    """A sharded checkpoint must hold every shard its index names."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    weight_map = _read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelInputError(f"{index} has no weight_map", hint=REDOWNLOAD)
+    missing = sorted({str(v) for v in weight_map.values()} - {p.name for p in path.glob("*.safetensors")})
+    if missing:
+        raise ModelInputError(f"{path} is missing {len(missing)} weight shard(s) named in {index.name}: "
+                              f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}",
+                              hint="is the download complete? " + REDOWNLOAD)
 
 
 def torch_dtype(name: str):

@@ -24,3 +24,10 @@ CacheDir = Annotated[
 Rerun = Annotated[bool, typer.Option("--rerun", help="Ignore cached results and measure again.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Take settings from this recipe.")]
+SignKey = Annotated[
+    Optional[Path],
+    typer.Option("--sign", metavar="KEY",
+                 help="Sign the export with this Ed25519 private key (compress keygen): writes "
+                      "provenance.intoto.json. Default: the recipe's export.sign_key, then $COMPRESS_SIGN_KEY "
+                      "(a path or the key text)."),
+]

@@ -15,18 +15,14 @@ from typing import Any
 from compress import runs
 from compress.artifact import MANIFEST, read_json, write_json
 from compress.errors import UsageError
-from compress.evals.reports import AccuracyReport, BenchReport
-from compress.export import GATE_FILE, export_run
+from compress.evidence import GATE_FILE, REPORT_FILES, report_hashes
+from compress.evidence import load_reports as _load_folder
+from compress.export import export_run
+from compress.faults import fault_point
 from compress.gate import GateResult, evaluate
+from compress.locks import locked
 from compress.recipe import Recipe
 from compress.stats import PASS
-
-REPORT_FILES = {
-    ("baseline", "accuracy"): "baseline-accuracy.json",
-    ("candidate", "accuracy"): "candidate-accuracy.json",
-    ("baseline", "bench"): "baseline-bench.json",
-    ("candidate", "bench"): "candidate-bench.json",
-}
 
 
 @dataclass
@@ -51,38 +47,58 @@ def needs(recipe: Recipe) -> tuple[bool, bool]:
 
 def load_reports(run_dir: Path) -> dict[tuple[str, str], Any]:
     """The reports stored in a run directory (missing ones left out)."""
-    out: dict[tuple[str, str], Any] = {}
-    for (who, kind), name in REPORT_FILES.items():
-        path = run_dir / "reports" / name
-        if path.exists():
-            out[(who, kind)] = (AccuracyReport if kind == "accuracy" else BenchReport).load(path)
-    return out
+    return _load_folder(run_dir / "reports")
 
 
-def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] | None = None) -> GateResult:
-    """Evaluate the recipe's gate on a run's reports (read from the run directory unless given);
-    write gate.json and record the decision in the artifact's manifest."""
-    reports = load_reports(run_dir) if reports is None else reports
-    result = evaluate(recipe.gate, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                      reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
-    result.save(run_dir / GATE_FILE)
-    manifest_path = run_dir / "model" / MANIFEST
-    manifest = read_json(manifest_path)
-    manifest["gate"] = result.model_dump(mode="json")
-    write_json(manifest_path, manifest)
+def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] | None = None,
+             policy_source: str = "recipe") -> GateResult:
+    """Evaluate the recipe's gate on a run's stored reports; write gate.json (with the policy and
+    the sha256 of each report it was decided on) and record the decision in the manifest.
+
+    Args:
+        reports: the reports as already loaded (they must be the ones stored in the run).
+        policy_source: "recipe" for the artifact's own recipe, else the file the policy came from.
+    """
+    with locked(run_dir.parent, f"runs of {recipe.name}"):
+        reports = load_reports(run_dir) if reports is None else reports
+        result = evaluate(recipe.gate, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
+                          reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
+        hashes = report_hashes(run_dir / "reports")
+        used = {REPORT_FILES[k] for k in reports}
+        result.reports = {name: digest for name, digest in hashes.items() if name in used}
+        result.policy_source = policy_source
+        result.save(run_dir / GATE_FILE)
+        fault_point("gate.before-manifest")
+        manifest_path = run_dir / "model" / MANIFEST
+        manifest = read_json(manifest_path)
+        manifest["gate"] = result.model_dump(mode="json")
+        write_json(manifest_path, manifest)
     return result
 
 
 def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, export: bool = True,
         export_to: Path | None = None, device: str = "auto", log: Callable[[str], None] = print,
-        warn: Callable[[str], None] = print, model_card: Callable[..., str] | None = None) -> RunResult:
-    """The whole flow for one recipe. See the module docstring for what each stage reuses."""
-    from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_bench
+        warn: Callable[[str], None] = print, model_card: Callable[..., str] | None = None,
+        signer: Callable[[Path], None] | None = None) -> RunResult:
+    """The whole flow for one recipe. See the module docstring for what each stage reuses.
 
+    The recipe's runs folder is locked for the whole run: a second `compress run` of the same
+    recipe waits for this one (COMPRESS_LOCK_WAIT) instead of writing beside it.
+    """
     if not recipe.gate.checks:
         raise UsageError(f"recipe {recipe.name} has no gate checks, so nothing could be exported",
                          hint="add gate.checks, e.g. - {metric: tiny_facts_mc/acc, max_regression: 0.02}")
+    with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=log):
+        return _run(recipe, force=force, rerun_reports=rerun_reports, export=export, export_to=export_to,
+                    device=device, log=log, warn=warn, model_card=model_card, signer=signer)
+
+
+def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, export_to: Path | None, device: str,
+         log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
+         signer: Callable[[Path], None] | None) -> RunResult:
+    from compress.evals.accuracy import run_eval
+    from compress.evals.bench import run_bench
+
     start = time.time()
     stages: list[dict[str, Any]] = []
 
@@ -92,6 +108,7 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
         entry = {"stage": name, "seconds": round(time.time() - t, 2), "reused": bool(reused(value))}
         stages.append(entry)
         log(f"{name}: {'reused' if entry['reused'] else 'done'} ({entry['seconds']:.1f} s)")
+        fault_point(f"run.after-{name.replace(' ', '-')}")
         return value
 
     _, _, model_dir = stage(
@@ -121,7 +138,7 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
         to = export_to or Path(recipe.export.to or f"dist/{recipe.name}")
         card = model_card(recipe, manifest, gate, reports) if (model_card and recipe.export.model_card) else None
         before = (to / MANIFEST).exists() and read_json(to / MANIFEST).get("content_hash")
-        stage("export", lambda: export_run(run_dir, to, model_card=card, force=force),
+        stage("export", lambda: export_run(run_dir, to, model_card=card, force=force, signer=signer),
               lambda m: before == m.get("content_hash"))
         exported = to
     result = RunResult(recipe=recipe, run_dir=run_dir, manifest=manifest, gate=gate, reports=reports,

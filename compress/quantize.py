@@ -21,6 +21,7 @@ from compress.artifact import (
     sha256_file, weights_size, write_json,
 )
 from compress.env import environment, library_versions
+from compress.faults import fault_point
 from compress.methods import METHODS, describe_method
 from compress.models import ModelRef, check_weights
 from compress.recipe import Recipe, dump_recipe
@@ -106,6 +107,7 @@ def build_artifact(recipe: Recipe, out: Path, *, base: ModelRef, base_hash: str,
         ctx = MethodContext(recipe=recipe, base=base, out_dir=tmp, device=device, log=log, warn=warn, work_dir=work,
                             artifact_key=key)
         result = apply(ctx)
+        fault_point("build.after-method")
         (tmp / RECIPE_FILE).write_text(recipe_header(recipe) + dump_recipe(recipe))
         hashes = file_hashes(tmp)
         import torch
@@ -119,7 +121,9 @@ def build_artifact(recipe: Recipe, out: Path, *, base: ModelRef, base_hash: str,
             "method": {"kind": recipe.method.kind, "name": describe_method(recipe.effective()["method"]),
                        "scheme": result.scheme, "format": result.format, "details": result.details,
                        "config": recipe.effective()["method"]},
-            "base_model": {**base.describe(), "content_hash": base_hash, "size_bytes": base_weights},
+            # The reference as given, never the builder's absolute path.
+            "base_model": {**{k: v for k, v in base.describe().items() if k != "path"},
+                           "content_hash": base_hash, "size_bytes": base_weights},
             "recipe_hash": recipe.section_hash(),
             "files": hashes,
             "content_hash": content_hash(hashes),
@@ -130,7 +134,7 @@ def build_artifact(recipe: Recipe, out: Path, *, base: ModelRef, base_hash: str,
             "warnings": result.warnings,
             "gate": None,
         }
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest, fault="build.manifest")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 

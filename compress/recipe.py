@@ -286,6 +286,21 @@ class GateSpec(Strict):
 class ExportSpec(Strict):
     to: str | None = Field(default=None, description="export directory; default dist/<name>")
     model_card: bool = True
+    sign_key: str | None = Field(
+        default=None,
+        description="path of an Ed25519 private key (compress keygen) to sign the export with; "
+        "`--sign` overrides it, and COMPRESS_SIGN_KEY is used when neither is set",
+    )
+
+    @field_validator("sign_key")
+    @classmethod
+    def _a_path_not_a_key(cls, v: str | None) -> str | None:
+        # The effective recipe is written into every artifact: key text here would be published.
+        if v is not None and ("-----BEGIN" in v or "PRIVATE KEY" in v or "\n" in v):
+            raise ValueError("holds key material, not a path; the recipe is copied into every artifact, so "
+                             "give the path of a key file, or put the key in the COMPRESS_SIGN_KEY "
+                             "environment variable (e.g. a CI secret)")
+        return v or None
 
 
 # ---------------------------------------------------------------------------- recipe
@@ -436,8 +451,12 @@ def read_document(path: Path) -> tuple[dict[str, Any], str]:
     if not path.exists():
         raise UsageError(f"recipe file not found: {path}", hint="check the path; recipes live in recipes/")
     if path.is_dir():
-        raise UsageError(f"{path} is a directory, not a recipe file")
-    text = path.read_text()
+        raise UsageError(f"{path} is a directory, not a recipe file",
+                         hint=f"pass one of its .yaml files, e.g. {path}/NAME.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not a text file (not UTF-8): a recipe is a YAML file"]) from None
     try:
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as e:

@@ -123,6 +123,13 @@ LOAD_SNIPPETS = {
 }
 
 
+def _policy_sentence(recipe: Any, gate: Any) -> str:
+    from compress.export import policy_line
+    from compress.gate import policy_hash
+
+    return policy_line(gate, policy_hash(recipe.gate))
+
+
 def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) -> str:
     """README.md for an exported artifact: what it is, how it was made, what it was measured to do."""
     from compress.recipe import dump_recipe
@@ -145,7 +152,8 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) 
         "",
         "## Gate",
         "",
-        f"Verdict: **{gate.verdict}**",
+        f"Verdict: **{gate.verdict}**, decided by the {_policy_sentence(recipe, gate)}. `compress verify DIR` "
+        f"decides again from the reports in `evidence/`.",
         "",
         checks_markdown(gate),
     ]

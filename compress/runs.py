@@ -11,24 +11,28 @@ rerun of an unchanged recipe finds its artifact, and a changed recipe never reus
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compress.artifact import sweep_stale, write_bytes_atomic
+from compress.faults import fault_point
+from compress.locks import locked
 from compress.models import resolve_model, runs_root
 from compress.recipe import Recipe
 
 
+def recipe_dir(recipe: Recipe) -> Path:
+    return runs_root() / recipe.name
+
+
 def run_dir(recipe: Recipe, key: str) -> Path:
-    return runs_root() / recipe.name / key
+    return recipe_dir(recipe) / key
 
 
 def mark_latest(recipe: Recipe, key: str) -> None:
-    latest = runs_root() / recipe.name / "LATEST"
-    latest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(key + "\n")
-    tmp.replace(latest)
+    write_bytes_atomic(recipe_dir(recipe) / "LATEST", (key + "\n").encode(), fault="latest")
 
 
 def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, device: str = "auto",
@@ -40,7 +44,7 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
         of a multi-process launch, which take part in training but write nothing.
     """
     from compress.evals.cache import model_content_hash
-    from compress.quantize import artifact_key, build_artifact, existing_artifact
+    from compress.quantize import artifact_key, build_artifact, existing_artifact, process_rank
 
     base = resolve_model(recipe.model.id, recipe.model.revision)
     if base.source == "run" and base.extra.get("gate_verdict") != "PASS":
@@ -49,12 +53,23 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
     base_hash = model_content_hash(base.path)
     key = artifact_key(recipe, base_hash)
     target = out if out is not None else run_dir(recipe, key) / "model"
-    if not force and (manifest := existing_artifact(target, key)) is not None:
-        log(f"{target} already holds this artifact (same base, method and calibration); reusing it")
-        return manifest, True, target
-    log(f"{recipe.method.kind}: {recipe.model.id} -> {target}")
-    manifest = build_artifact(recipe, target, base=base, base_hash=base_hash, key=key, force=force, device=device,
-                              log=log, warn=warn)
-    if out is None and manifest is not None:
-        mark_latest(recipe, key)
+    # Runs of one recipe share a lock; an artifact written elsewhere locks the folder it goes in.
+    folder = recipe_dir(recipe) if out is None else Path(out).absolute().parent
+    # Only the main process of a multi-process launch writes, so only it locks (the others
+    # must not wait for it: they train alongside it).
+    lock = locked(folder, f"runs of {recipe.name}" if out is None else str(folder), log=log) \
+        if process_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        sweep_stale(target.parent)  # temporaries of an earlier build that was killed
+        if not force and (manifest := existing_artifact(target, key)) is not None:
+            log(f"{target} already holds this artifact (same base, method and calibration); reusing it")
+            if out is None:
+                mark_latest(recipe, key)
+            return manifest, True, target
+        log(f"{recipe.method.kind}: {recipe.model.id} -> {target}")
+        manifest = build_artifact(recipe, target, base=base, base_hash=base_hash, key=key, force=force,
+                                  device=device, log=log, warn=warn)
+        fault_point("build.before-latest")
+        if out is None and manifest is not None:
+            mark_latest(recipe, key)
     return manifest, False, target

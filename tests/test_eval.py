@@ -83,7 +83,7 @@ def test_unknown_task_suggests_close_names():
     (["eval", "builtin:tiny-llama", "--limit", "0"], 2, "--limit"),
     (["eval", "builtin:tiny-llama", "--batch-size", "-3"], 2, "--batch-size"),
     (["eval", "builtin:tiny-llama", "--tasks", "tiny_facts_mcx", "--limit", "5"], 2, "did you mean"),
-    (["eval", "./no/such/model"], 4, "does not exist"),
+    (["eval", "./no/such/model"], 2, "does not exist"),  # bad input, like a missing recipe
     (["bench", "builtin:tiny-llama", "--batch-sizes", "1,x"], 2, "--batch-sizes"),
     (["bench", "builtin:tiny-llama", "--output-tokens", "0"], 2, "--output-tokens"),
     # A batch that cannot fit: one clear error, no retry loop, no report.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
@@ -171,3 +172,143 @@ def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path, runs_dir):
     stages = {s["stage"]: s["reused"] for s in json.loads(again.stdout)["stages"]}
     assert stages["artifact"] is True
     assert not list((runs_dir / "tiny-llama-int4-rtn").glob("*/.model.tmp-*"))
+
+
+# ------------------------------------------------------------ the gate is a promise
+
+def _copy_run(flow, which: str, tmp_path):
+    """A private copy of a run directory, gated again under its own recipe (other tests re-gate
+    the shared one with other policies)."""
+    run_dir = json.loads(flow[which].stdout)["run_dir"]
+    copy = tmp_path / "runs" / "r" / "key"
+    shutil.copytree(run_dir, copy)
+    g = run_cli("gate", str(copy), env=flow["env"])
+    assert g.returncode in (0, 1), g.stderr[-2000:]
+    return copy
+
+
+def test_forged_gate_verdict_is_refused(flow, tmp_path):
+    copy = _copy_run(flow, "bad", tmp_path)
+    gate = json.loads((copy / "gate.json").read_text())
+    assert gate["verdict"] == "FAIL"
+    gate["verdict"], gate["exit_code"] = "PASS", 0
+    for check in gate["checks"]:
+        check["verdict"] = "PASS"
+    (copy / "gate.json").write_text(json.dumps(gate))
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1, e.stderr
+    assert "does not follow from its reports" in e.stderr and "verdict: recorded PASS, the reports give FAIL" in e.stderr
+    assert not (tmp_path / "out").exists()
+    # A gentler policy written into gate.json without its hash is caught too.
+    gate["policy"]["checks"][0]["max_regression"] = 0.9
+    (copy / "gate.json").write_text(json.dumps(gate))
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1 and "policy does not match its own hash" in e.stderr
+
+
+def test_forged_accuracy_report_is_refused(flow, tmp_path):
+    import hashlib
+
+    copy = _copy_run(flow, "good", tmp_path)
+    report_path = copy / "reports" / "candidate-accuracy.json"
+    report = json.loads(report_path.read_text())
+    report["tasks"]["tiny_facts_mc"]["metrics"]["acc"]["value"] = 0.99  # a better headline for the model card
+    report_path.write_text(json.dumps(report))
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1 and "candidate-accuracy.json: differs from the report the decision was made on" in e.stderr
+    # Recording the forged report's hash in gate.json does not help: the figure disagrees with its documents.
+    gate = json.loads((copy / "gate.json").read_text())
+    gate["reports"]["candidate-accuracy.json"] = hashlib.sha256(report_path.read_bytes()).hexdigest()
+    (copy / "gate.json").write_text(json.dumps(gate))
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1 and "tiny_facts_mc/acc is 0.99 but its documents give" in e.stderr, e.stderr
+    # A report about other bytes than the candidate's (the base model's, relabelled) is refused too.
+    shutil.copyfile(copy / "reports" / "baseline-accuracy.json", report_path)
+    g = run_cli("gate", str(copy), env=flow["env"])
+    assert g.returncode == 0, g.stdout
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 1 and "the PASS was given to different bytes than the ones on disk" in e.stderr, e.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_edit_to_an_exported_file_fails_verify(flow, tmp_path):
+    dist = flow["root"] / "dist" / "good"
+    files = sorted(p.relative_to(dist) for p in dist.rglob("*") if p.is_file())
+    assert {"README.md", "recipe.yaml", "manifest.json", "evidence/gate.json", "evidence/candidate-accuracy.json",
+            "model.safetensors", "tokenizer.json"} <= {f.as_posix() for f in files}
+    for rel in files:
+        copy = tmp_path / rel.as_posix().replace("/", "_")
+        shutil.copytree(dist, copy)
+        data = bytearray((copy / rel).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / rel).write_bytes(bytes(data))
+        v = run_cli("verify", str(copy))
+        assert v.returncode != 0, f"an edit to {rel} verified OK"
+        assert "Traceback" not in v.stderr and len(v.stderr.strip().splitlines()) == 1, v.stderr
+        shutil.rmtree(copy)
+    # The two edits that used to slip through, an added file and a missing one.
+    for name, change in [("README.md", lambda p: p.write_text(p.read_text() + "\nBest model ever.\n")),
+                         ("recipe.yaml", lambda p: p.write_text(p.read_text().replace("bits: 4", "bits: 2"))),
+                         ("extra.txt", lambda p: p.write_text("hello")),
+                         ("tokenizer_config.json", lambda p: p.unlink())]:
+        copy = tmp_path / f"c-{name}"
+        shutil.copytree(dist, copy)
+        change(copy / name)
+        v = run_cli("verify", str(copy))
+        assert v.returncode == 4 and name in v.stderr, (name, v.stderr)
+
+
+def test_a_lax_policy_is_visible_in_export_model_card_and_verify(flow, tmp_path):
+    copy = _copy_run(flow, "bad", tmp_path)
+    lax = yaml.safe_load(BAD.read_text())
+    lax["gate"]["checks"] = [{"metric": "tiny_facts_mc/acc", "max_regression": 0.5},
+                             {"metric": "size_ratio", "max": 0.5}]
+    (tmp_path / "lax.yaml").write_text(yaml.safe_dump(lax))
+    g = run_cli("gate", str(copy), "--recipe", str(tmp_path / "lax.yaml"), env=flow["env"])
+    assert g.returncode == 0, g.stdout + g.stderr
+    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    assert e.returncode == 0, e.stderr
+    assert "warning:" in e.stderr and "lax.yaml, NOT the artifact's own recipe" in e.stderr
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "NOT the artifact's own recipe" in card and "max_regression" not in card.split("## Gate")[0]
+    v = run_cli("verify", str(tmp_path / "out"))
+    assert v.returncode == 0 and "NOT the artifact's own recipe" in v.stdout, v.stdout + v.stderr
+    own = run_cli("verify", str(flow["root"] / "dist" / "good"))
+    assert "from the artifact's own recipe" in own.stdout
+
+
+def test_exported_files_are_readable_by_others_and_manifests_hold_no_builder_paths(flow):
+    dist = flow["root"] / "dist" / "good"
+    for p in dist.rglob("*"):
+        mode = p.stat().st_mode & 0o777
+        assert mode & 0o044 == 0o044, f"{p.name}: mode {mode:o}"
+    run_dir = json.loads(flow["good"].stdout)["run_dir"]
+    for manifest in [dist / "manifest.json", Path(run_dir) / "model" / "manifest.json"]:
+        text = manifest.read_text()
+        assert str(flow["root"]) not in text and str(ROOT) not in text, manifest
+
+
+def test_a_second_run_of_the_same_recipe_waits_or_exits_2(flow, tmp_path):
+    import threading
+
+    from compress.locks import locked
+
+    held = flow["root"] / "runs" / "tiny-llama-int4-rtn"
+    args = ["run", str(GOOD), *FAST, "--no-export", "--json"]
+    with locked(held, "test"):
+        p = run_cli(*args, env={**flow["env"], "COMPRESS_LOCK_WAIT": "0"}, cwd=flow["root"])
+    assert p.returncode == 2 and "another compress process is writing runs of tiny-llama-int4-rtn" in p.stderr
+    release = threading.Event()
+
+    def hold():
+        with locked(held, "test"):
+            release.wait(8)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.5)
+    threading.Timer(4, release.set).start()
+    p = run_cli(*args, env={**flow["env"], "COMPRESS_LOCK_WAIT": "120"}, cwd=flow["root"])
+    t.join()
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "waiting up to 120 s" in p.stderr

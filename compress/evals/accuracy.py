@@ -62,7 +62,7 @@ def model_info(path: Path, spec: str) -> ModelInfo:
         qc = json.loads(config.read_text()).get("quantization_config")
         if isinstance(qc, dict):
             quant = qc.get("quant_method") or qc.get("format") or "unknown"
-    return ModelInfo(spec=spec, path=str(path), content_hash=cache.model_content_hash(path),
+    return ModelInfo(spec=spec, content_hash=cache.model_content_hash(path),
                      size_bytes=weights_size(Path(path)), quantization=quant)
 
 
@@ -73,8 +73,24 @@ def _task_manager():
     return TaskManager(include_path=str(bundled_tasks_dir()))
 
 
+@functools.lru_cache(maxsize=1)
+def bundled_task_names() -> frozenset[str]:
+    """The names of the bundled tasks, read from their YAML files (no lm-eval import)."""
+    import re
+
+    names = set()
+    for p in bundled_tasks_dir().glob("*.yaml"):
+        names.update(re.findall(r"^task:\s*([\w.-]+)\s*$", p.read_text(), flags=re.MULTILINE))
+    return frozenset(names)
+
+
 def check_tasks(tasks: list[str]) -> None:
-    """Raise a UsageError for unknown task names, suggesting close ones."""
+    """Raise a UsageError for unknown task names, suggesting close ones.
+
+    Bundled tasks are known without lm-eval's task index (which takes seconds to build).
+    """
+    if set(tasks) <= bundled_task_names():
+        return
     known = set(_task_manager().all_tasks)
     for task in tasks:
         if task not in known:
@@ -82,6 +98,21 @@ def check_tasks(tasks: list[str]) -> None:
             hint = f"did you mean: {', '.join(close)}?" if close else \
                 "bundled tasks: tiny_facts_mc, tiny_bios_ppl; `lm-eval ls tasks` lists the rest"
             raise UsageError(f"unknown eval task '{task}'", hint=hint)
+
+
+def check_eval_settings(settings: EvalSpec) -> None:
+    """Refuse settings that cannot produce a report, before any model is loaded or hashed:
+    unknown tasks, and a limit that leaves no documents.
+
+    Raises:
+        UsageError: naming the task or the limit (exit 2).
+    """
+    if not settings.tasks:
+        raise UsageError("no eval tasks given", hint="e.g. --tasks tiny_facts_mc,tiny_bios_ppl")
+    if settings.limit is not None and settings.limit < 1:
+        raise UsageError(f"--limit {settings.limit} leaves no documents to evaluate",
+                         hint="give --limit N with N >= 1 (evals.limit in a recipe), or leave it out for every document")
+    check_tasks(list(settings.tasks))
 
 
 def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
@@ -105,6 +136,7 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "float32", revision:
     Returns:
         (report, whether it came from the cache)
     """
+    check_eval_settings(settings)  # before the model is fetched, hashed or loaded
     ref = resolve_model(spec, revision)
     info = model_info(ref.path, spec)
     config = eval_settings(settings, dtype)

@@ -6,6 +6,7 @@ same settings reuses the same baseline report.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 from compress.artifact import content_hash, model_files, read_json, sha256_file, write_json
 from compress.env import library_versions
+from compress.faults import fault_point
 from compress.models import runs_root
 
 T = TypeVar("T")
@@ -24,19 +26,59 @@ def cache_root() -> Path:
     return Path(env) if env else runs_root() / ".cache"
 
 
+CACHE_FORMAT = "compress-cache/1"
+
+
+def _checksum(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_entry(path: Path, data: Any) -> None:
+    """Write a cache entry atomically, with a checksum of its content."""
+    write_json(path, {"format": CACHE_FORMAT, "sha256": _checksum(data), "data": data}, fault="cache")
+
+
+def read_entry(path: Path, what: str) -> Any | None:
+    """A cache entry's content; None (with a one-line warning) when it is damaged or of an
+    older format, in which case the entry is removed and its value is measured again."""
+    if not path.exists():
+        return None
+    try:
+        envelope = read_json(path)
+        ok = (isinstance(envelope, dict) and envelope.get("format") == CACHE_FORMAT
+              and envelope.get("sha256") == _checksum(envelope.get("data")))
+    except (OSError, ValueError, UnicodeDecodeError):
+        ok = False
+    if ok:
+        return envelope["data"]
+    from compress import console
+
+    console.warn(f"cache entry {path} is damaged or from an older compress; {what} again")
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return None
+
+
 def model_content_hash(path: Path) -> str:
-    """Content hash of a model directory, memoised on (path, size, mtime) of each file."""
+    """Content hash of a model directory.
+
+    Memoised on each file's path, size, inode, mtime and ctime: any write to a file changes its
+    ctime (which no user call can set back), so an edit that keeps the size and mtime is still
+    hashed again.
+    """
     path = Path(path).resolve()
     files = model_files(path)
-    stamp = hashlib.sha256(json.dumps(
-        [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()
+    stats = [(str(p), st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
+             for p in files for st in [p.stat()]]
+    stamp = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
     memo = cache_root() / "hashes" / f"{stamp}.json"
-    if memo.exists():
-        return read_json(memo)["content_hash"]
+    hit = read_entry(memo, "hashing the model")
+    if isinstance(hit, dict) and isinstance(hit.get("content_hash"), str):
+        return hit["content_hash"]
     hashes = {p.relative_to(path).as_posix(): {"sha256": sha256_file(p)} for p in files}
     digest = content_hash(hashes)
     try:
-        write_json(memo, {"path": str(path), "content_hash": digest})
+        write_entry(memo, {"content_hash": digest})
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return digest
@@ -53,16 +95,17 @@ def report_path(kind: str, key: str) -> Path:
 
 
 def load_cached(kind: str, key: str, cls: type[T]) -> T | None:
-    path = report_path(kind, key)
-    if not path.exists():
+    data = read_entry(report_path(kind, key), f"measuring the {kind} report")
+    if data is None:
         return None
     try:
-        return cls.load(path)  # type: ignore[attr-defined]
-    except (ValueError, OSError):
-        return None  # a stale or damaged entry is measured again
+        return cls.model_validate(data)  # type: ignore[attr-defined]
+    except ValueError:
+        return None  # written by another version of the report schema: measured again
 
 
 def store(kind: str, key: str, report: Any) -> Path:
     path = report_path(kind, key)
-    write_json(path, report.model_dump(mode="json"))
+    fault_point("cache.before-store")
+    write_entry(path, report.model_dump(mode="json"))
     return path

@@ -26,10 +26,11 @@ class ReportModel(BaseModel):
 
 
 class ModelInfo(ReportModel):
-    """What was measured: the reference as given, where it was read from, its content hash."""
+    """What was measured: the reference as given and its content hash (no local paths: reports
+    travel inside exports as evidence)."""
 
     spec: str
-    path: str
+    path: str | None = None  # older reports recorded where the model was read from
     content_hash: str
     size_bytes: int
     quantization: str | None = None

@@ -144,12 +144,14 @@ def claim_work_dir(ctx: MethodContext) -> Path:
     """
     import shutil
 
+    from compress.artifact import write_bytes_atomic
+
     work = ctx.work_dir
     stamp = work / "KEY"
     if work.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.artifact_key):
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(ctx.artifact_key + "\n")
+    write_bytes_atomic(stamp, (ctx.artifact_key + "\n").encode())
     return work
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.data import load_texts
-from compress.errors import UsageError
+from compress.errors import CompressError, UsageError
+from compress.faults import fault_point
 from compress.methods.base import MethodContext, MethodResult, Timer, claim_work_dir, save_tokenizer
 from compress.models import load_model, load_tokenizer, resolve_model
 
@@ -116,6 +117,12 @@ def _progress_callback(log, max_steps: int, terms):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            fault_point("distill.step")
+
+        def on_save(self, args, state, control, **kwargs):
+            fault_point("distill.after-checkpoint")
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 extra = " ".join(f"{k} {v:.4f}" for k, v in terms().items())
@@ -159,10 +166,36 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     # Progress goes through ctx.log (stderr); the Trainer's own printer would write dicts to stdout.
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(ctx.log, t.max_steps, lambda: trainer.last_terms))
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return {"steps": int(output.global_step), "train_loss": round(float(output.training_loss), 5),
+    if resume and int(resume.name.rpartition("-")[2]) >= t.max_steps:
+        # Killed after its last checkpoint: that checkpoint is the trained student (the Trainer,
+        # asked to resume at max_steps, would take one more step).
+        steps, loss = _load_final_checkpoint(student, resume)
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        steps, loss = int(output.global_step), float(output.training_loss)
+    return {"steps": steps, "train_loss": round(loss, 5),
             "resumed": bool(resume), "blocks": len(data), "texts": len(texts), "processes": args.world_size,
             "global_batch": t.batch_size * t.gradient_accumulation * args.world_size}
+
+
+def _load_final_checkpoint(student: Any, checkpoint: Path) -> tuple[int, float]:
+    """Load a finished training's last checkpoint into ``student``; return its step and mean loss."""
+    import json
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    loaded = student.load_state_dict(state, strict=False)
+    missing = [k for k in loaded.missing_keys if not k.startswith("lm_head")]  # lm_head may be tied
+    if missing or loaded.unexpected_keys:
+        raise CompressError(f"checkpoint {checkpoint} does not match the student "
+                            f"({len(missing)} missing, {len(loaded.unexpected_keys)} unexpected tensors)",
+                            hint=f"remove {checkpoint.parent} and train again")
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in trainer_state.get("log_history", []) if "loss" in e]
+    return int(trainer_state["global_step"]), (sum(losses) / len(losses) if losses else float("nan"))
 
 
 def apply(ctx: MethodContext) -> MethodResult:

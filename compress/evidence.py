@@ -1,0 +1,134 @@
+"""The evidence behind a gate decision, and deciding again from it.
+
+A run directory keeps its reports under ``reports/`` and the decision in ``gate.json``; an
+export carries copies of both under ``evidence/``. ``compress export`` and ``compress verify``
+never trust a stored verdict: they check that each report file is the one the decision was
+made on (sha256), that the reports measured exactly the candidate's and the baseline's bytes,
+that each report's figures agree with its own per-document results, and then apply the
+recorded policy again. Any disagreement is named.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from compress.artifact import EVIDENCE_DIR, sha256_file
+from compress.evals.reports import AccuracyReport, BenchReport
+
+REPORT_FILES = {
+    ("baseline", "accuracy"): "baseline-accuracy.json",
+    ("candidate", "accuracy"): "candidate-accuracy.json",
+    ("baseline", "bench"): "baseline-bench.json",
+    ("candidate", "bench"): "candidate-bench.json",
+}
+GATE_FILE = "gate.json"
+__all__ = ["EVIDENCE_DIR", "GATE_FILE", "REPORT_FILES", "check_evidence", "differences", "load_reports",
+           "report_hashes"]
+# Aggregations that compress can recompute from per-document values (compress.evals.accuracy).
+_RECOMPUTABLE = {"mean", "weighted_perplexity", "bits_per_byte", "perplexity"}
+
+
+def load_reports(folder: Path) -> dict[tuple[str, str], Any]:
+    """The reports stored in a folder (missing ones left out)."""
+    out: dict[tuple[str, str], Any] = {}
+    for (who, kind), name in REPORT_FILES.items():
+        path = Path(folder) / name
+        if path.exists():
+            out[(who, kind)] = (AccuracyReport if kind == "accuracy" else BenchReport).load(path)
+    return out
+
+
+def report_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every report file present in ``folder``."""
+    return {name: sha256_file(Path(folder) / name) for name in REPORT_FILES.values() if (Path(folder) / name).exists()}
+
+
+def _self_consistency(report: AccuracyReport, name: str) -> list[str]:
+    """Each figure of an accuracy report must be what its own per-document values give."""
+    from compress.evals.accuracy import aggregate
+
+    problems = []
+    for task, result in report.tasks.items():
+        if result.n_samples != len(result.samples):
+            problems.append(f"{name}: {task} says {result.n_samples} documents but holds {len(result.samples)}")
+        for metric_name, metric in result.metrics.items():
+            if metric.aggregation not in _RECOMPUTABLE:
+                continue
+            values = [s.values[metric_name] for s in result.samples if metric_name in s.values]
+            if len(values) != len(result.samples) or not values:
+                continue
+            try:
+                again = aggregate(metric, values)
+            except (TypeError, ValueError, ZeroDivisionError, IndexError):
+                problems.append(f"{name}: {task}/{metric_name} has per-document values it cannot be computed from")
+                continue
+            if not math.isclose(again, metric.value, rel_tol=1e-6, abs_tol=1e-9):
+                problems.append(f"{name}: {task}/{metric_name} is {metric.value:.6g} but its documents give {again:.6g}")
+    return problems
+
+
+def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: str) -> list[str]:
+    """Every reason the decision in ``gate`` (a GateResult) cannot be trusted; empty when sound.
+
+    Args:
+        folder: where the report files are.
+        gate: the recorded decision, with the policy and the report hashes it was made on.
+        candidate_hash, baseline_hash: content hashes of the bytes that were supposedly measured.
+    """
+    from compress.gate import evaluate, policy_hash
+    from compress.recipe import GateSpec
+
+    if not gate.policy or not gate.reports:
+        return ["the decision records no policy or report hashes (made by an older compress); "
+                "decide again with `compress gate RUN_DIR`"]
+    problems = []
+    for name, digest in gate.reports.items():
+        path = Path(folder) / name
+        if not path.exists():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name}: differs from the report the decision was made on")
+    if problems:
+        return problems
+    reports = {k: v for k, v in load_reports(folder).items() if REPORT_FILES[k] in gate.reports}
+    for (who, kind), report in reports.items():
+        expected = candidate_hash if who == "candidate" else baseline_hash
+        if report.model.content_hash != expected:
+            problems.append(f"{REPORT_FILES[(who, kind)]}: measured model {report.model.content_hash[:12]}, "
+                            f"not the {who}'s bytes ({expected[:12]})")
+        if kind == "accuracy":
+            problems += _self_consistency(report, REPORT_FILES[(who, kind)])
+    policy = GateSpec.model_validate(gate.policy)
+    if policy_hash(policy) != gate.policy_hash:
+        problems.append("the recorded policy does not match its own hash")
+    if problems:
+        return problems
+    try:
+        fresh = evaluate(policy, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
+                         reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
+    except Exception as e:  # noqa: BLE001 - a malformed report is a reason, not a crash
+        return [f"the reports cannot be gated again: {e}"]
+    return differences(gate, fresh)
+
+
+def differences(recorded: Any, fresh: Any) -> list[str]:
+    """What a recorded decision says that deciding again from the same reports does not."""
+    problems = []
+    if recorded.verdict != fresh.verdict:
+        problems.append(f"verdict: recorded {recorded.verdict}, the reports give {fresh.verdict}")
+    for field in ("candidate_hash", "baseline_hash"):
+        if getattr(recorded, field) != getattr(fresh, field):
+            problems.append(f"{field}: recorded {getattr(recorded, field)[:12]}, the reports measured "
+                            f"{getattr(fresh, field)[:12]}")
+    old = {c.metric: c for c in recorded.checks}
+    new = {c.metric: c for c in fresh.checks}
+    if old.keys() != new.keys():
+        problems.append(f"checks: recorded {sorted(old)}, the policy gives {sorted(new)}")
+    for metric in old.keys() & new.keys():
+        a, b = old[metric], new[metric]
+        if a.verdict != b.verdict:
+            problems.append(f"{metric}: recorded {a.verdict}, the reports give {b.verdict}")
+        elif not math.isclose(a.measured, b.measured, rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"{metric}: recorded {a.measured:.6g}, the reports give {b.measured:.6g}")
+    return problems

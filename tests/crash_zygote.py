@@ -1,0 +1,11 @@
+"""Imported once by the crash tests' fork server: everything a compress command loads before it
+starts working (no torch operation runs here, so forking afterwards is safe)."""
+import compress.cli  # noqa: F401
+import compress.pipeline  # noqa: F401
+import llmcompressor  # noqa: F401
+import lm_eval  # noqa: F401
+import torch  # noqa: F401
+import transformers  # noqa: F401
+from compress.evals.accuracy import _task_manager
+
+_task_manager()  # lm-eval indexes every task it knows once per process: do it before forking
