@@ -5,9 +5,11 @@ Heavy libraries (torch, transformers, lm_eval) are imported inside command bodie
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -726,6 +728,41 @@ def main(argv: list[str] | None = None) -> int:
     """
     debug = os.environ.get("COMPRESS_DEBUG") == "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with _ctrl_c() as interrupted:
+        code = _main(argv, debug)
+    if interrupted() and code != EXIT_INTERRUPTED:
+        # A library swallowed the KeyboardInterrupt (a bare `except:` somewhere) and the command
+        # went on; the user still asked it to stop, and its result is not to be relied on.
+        console.err.print("Interrupted.")
+        return EXIT_INTERRUPTED
+    return code
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt, so that servers are stopped and temporaries removed on
+    the way out; a second Ctrl-C, or one that a library swallowed, still ends with exit 130."""
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            console.err.print("Interrupted.")
+            os._exit(EXIT_INTERRUPTED)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (an embedding program): leave its handler alone
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None, debug: bool) -> int:
     try:
         # Without standalone mode, typer returns the code of a typer.Exit instead of raising it,
         # and a Ctrl-C inside a command comes back as 130 (typer turns it into Exit(130)).

@@ -547,23 +547,34 @@ def test_full_disk_leaves_no_partial_artifact(place):
 
 
 def test_ctrl_c_prints_interrupted_and_exits_130(place):
+    import threading
+
     place.cache.mkdir()
     env = dict(os.environ, COMPRESS_RUNS_DIR=str(place.runs), COMPRESS_CACHE_DIR=str(place.cache))
     env.pop("COMPRESS_DEBUG", None)
     proc = subprocess.Popen([sys.executable, "-m", "compress", "eval", "builtin:tiny-llama"], cwd=place.work,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+    evaluating = threading.Event()
+
+    def read() -> None:  # stderr as it comes; tqdm redraws with \r, so read bytes, not lines
+        while chunk := proc.stderr.read1(4096):
+            chunks.append(chunk)
+            if b"Running loglikelihood requests" in b"".join(chunks[-2:]):
+                evaluating.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        # Mid-way: the model has been hashed (the memo is in the cache), the eval is starting.
-        deadline = time.monotonic() + 120
-        while not any(place.cache.rglob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        time.sleep(1.0)
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        # Mid-way through the work: lm-eval is scoring the documents.
+        assert evaluating.wait(180) and proc.poll() is None, b"".join(chunks).decode()[-3000:]
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    reader.join(10)
+    err = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "Interrupted.", err[-3000:]
