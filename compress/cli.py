@@ -144,6 +144,12 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
     console.out.print(console.table(
         "Back ends", ["package", "version", "extra", "for"],
         [[d, b["version"] or "[red]missing[/red]", b["extra"], b["for"]] for d, b in info["backends"].items()]))
+    eng = info["engine"]
+    if eng["installed"]:
+        console.out.print(console.table(
+            f"Serving engine: {eng['package']} {eng['version']} ({eng['device']}, {eng['path']})",
+            ["scheme", "kernel, or why it is refused"],
+            [[k, v] for k, v in eng["serves"].items()] + [[k, f"[red]{v}[/red]"] for k, v in eng["refuses"].items()]))
     for note in doc.notes(info):
         console.out.print(f"• {note}")
 

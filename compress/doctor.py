@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from compress import env
+from compress.engines.vllm import engine_info
 from compress.models import BUILTIN_MODELS
 
 
@@ -22,6 +23,7 @@ def collect() -> dict[str, Any]:
         for dist, (extra, purpose) in env.BACKENDS.items()
     }
     info["builtin_models"] = {name: (path / "config.json").exists() for name, path in BUILTIN_MODELS.items()}
+    info["engine"] = engine_info()
     return info
 
 
@@ -37,6 +39,9 @@ def notes(info: dict[str, Any]) -> list[str]:
     elif not dev.get("fp8_native"):
         lines.append(f"{dev.get('gpu')} (compute {dev.get('compute_capability')}) has no native FP8: "
                      "FP8 artifacts run through weight-only fallbacks in vLLM")
+    engine = info.get("engine")
+    if engine is not None and not engine["installed"]:
+        lines.append(f"no serving engine at {engine['path']}: server-mode benchmarks unavailable; run `make engine`")
     for dist, b in info["backends"].items():
         if not b["installed"] and dist != "vllm":
             fix = "reinstall compress" if b["extra"] == "core" else f"pip install 'compress[{b['extra']}]'"

@@ -100,3 +100,9 @@ class ExportRefused(CompressError):
     """An export was asked for something without a PASS for exactly these bytes."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class EngineError(CompressError):
+    """A serving engine (vLLM) is missing, does not start, or fails while it is measured."""
+
+    exit_code = EXIT_RUNTIME

@@ -140,6 +140,32 @@ class Request(ReportModel):
         return [b - a for a, b in zip(t, t[1:])]
 
 
+class ServedRequest(ReportModel):
+    """One streamed request to a serving engine (OpenAI-compatible ``/v1/completions``).
+
+    Times are seconds; ``started_s`` is from the start of its load run, the others from when
+    this request was sent. ``token_times_s`` has one entry per output token (tokens that came
+    in one chunk share its arrival time).
+    """
+
+    index: int
+    concurrency: int
+    prompt_tokens: int
+    output_tokens: int
+    started_s: float
+    ttft_s: float
+    e2e_s: float
+    token_times_s: list[float]
+    chunks: int
+    text: str = ""
+    finish_reason: str | None = None
+
+    @property
+    def inter_token_s(self) -> list[float]:
+        t = self.token_times_s
+        return [b - a for a, b in zip(t, t[1:])]
+
+
 class BatchResult(ReportModel):
     batch_size: int
     prompt_tokens: int

