@@ -10,7 +10,9 @@ out of the directory, a truncated or corrupt safetensors file, weights holding N
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -302,21 +304,49 @@ def check_safetensors(path: Path) -> dict[str, Any]:
 def check_finite(path: Path) -> None:
     """Refuse a safetensors file whose floating-point tensors hold NaN or inf.
 
-    The scan reads the file once per process: its result is memoised on the file's identity
-    (path, size, mtime, inode, ctime), so evaluating a base that was just quantized does not
-    read it again.
+    The scan reads a file once: its result is memoised on the file's identity (path, size,
+    inode, mtime, ctime) in this process and, for files found clean, in the cache
+    (``finite/``, written by ``remember_clean_scans`` once the command starts its work), so a
+    rerun served from the cache reads no weights and imports no torch.
+    Any write to the file changes its ctime, so an edited file is scanned again.
 
     Raises:
         ModelInputError: naming the first bad tensor (exit 2).
     """
+    from compress.evals import cache
+
     path = Path(path)
     st = path.stat()
-    bad = _first_nonfinite(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    identity = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    memo = cache.cache_root() / "finite" / (hashlib.sha256(json.dumps([*identity, st.st_dev]).encode())
+                                            .hexdigest() + ".json")
+    if cache.read_entry(memo, "scanning the weights") == {"finite": True}:
+        return
+    bad = _first_nonfinite(*identity)
+    if bad is None:
+        _clean_scans[identity] = memo  # written to the cache once the command gets to work
     if bad is not None:
         name, what = bad
         raise ModelInputError(f"{path}: tensor '{name}' holds {what} values",
                               hint="the weights are broken, e.g. by a training run that diverged; "
                                    "re-download the model, or re-export it from its source")
+
+
+# Files this process scanned and found finite, with their cache memo path. The memo is written
+# by ``remember_clean_scans`` when a command starts its work, so that a command refused for bad
+# input writes nothing.
+_clean_scans: dict[tuple, Path] = {}
+
+
+def remember_clean_scans() -> None:
+    """Record in the cache every weight file this process found finite (see ``check_finite``)."""
+    from compress.evals import cache
+
+    for memo in _clean_scans.values():
+        if not memo.exists():
+            with contextlib.suppress(OSError):  # a read-only cache only costs a scan next time
+                cache.write_entry(memo, {"finite": True})
+    _clean_scans.clear()
 
 
 _SCAN_ELEMENTS = 1 << 26  # elements read at a time, so a huge tensor is scanned in slices

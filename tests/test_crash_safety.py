@@ -161,7 +161,7 @@ def _kill_chain(root: Path, argv: list[str], faults: list[str], check_rerun) -> 
 
 # The kill points of `compress run`, in the order one run reaches them.
 RUN_FAULTS = [
-    "cache.mid",                    # the model-hash memo, half written
+    "cache.mid",                    # the first cache entry (a weight-scan or hash memo), half written
     "build.after-method",           # model written into the temporary artifact folder
     "build.manifest.mid",           # the artifact's manifest, half written
     "atomic_dir.before-rename",     # a complete artifact, not yet at its final path
@@ -171,7 +171,7 @@ RUN_FAULTS = [
     "cache.before-store",           # the baseline's report measured, not yet cached
     "run.after-eval-baseline",
     "write_json.mid",               # a report in the run folder, half written
-    "cache.mid#2",                  # the candidate's report half cached
+    "cache.mid#2",                  # a second cache entry of that process (the candidate's), half written
     "run.after-eval-candidate",
     "write_json.before-rename#3",   # gate.json complete, not yet renamed
     "gate.before-manifest",         # gate.json written, manifest not yet updated

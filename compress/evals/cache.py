@@ -66,6 +66,9 @@ def model_content_hash(path: Path) -> str:
     ctime (which no user call can set back), so an edit that keeps the size and mtime is still
     hashed again.
     """
+    from compress.models import remember_clean_scans
+
+    remember_clean_scans()  # hashing is where a command's work starts: its inputs were good
     path = Path(path).resolve()
     files = model_files(path)
     stats = [(str(p), st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
