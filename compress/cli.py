@@ -483,8 +483,8 @@ def export(
     sign: SignKey = None,
 ) -> None:
     """Export an artifact that passed its gate, with manifest and model card; refuses anything else."""
-    from compress.export import check_exportable, export_run, own_policy, policy_line
-    from compress.gate import policy_hash
+    from compress.export import export_run, own_policy, policy_line
+    from compress.gate import GateResult, policy_hash
     from compress.pipeline import load_reports
     from compress.provenance import choose_signer
     from compress.report import model_card
@@ -494,11 +494,10 @@ def export(
                          hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")
     recipe = _run_recipe(run_dir, None)
     signer = choose_signer(sign, recipe.export.sign_key)  # a bad key fails here, before any work
-    manifest, gate_result = check_exportable(run_dir)
-    own = policy_hash(recipe.gate)
+    card = (lambda m, g: model_card(recipe, m, g, load_reports(run_dir))) if recipe.export.model_card else None
+    exported = export_run(run_dir, to, model_card=card, force=force, signer=signer)
+    gate_result, own = GateResult.model_validate(exported["gate"]), policy_hash(recipe.gate)
     (_log if own_policy(gate_result, own) else console.warn)(policy_line(gate_result, own))
-    card = model_card(recipe, manifest, gate_result, load_reports(run_dir)) if recipe.export.model_card else None
-    export_run(run_dir, to, model_card=card, force=force, signer=signer)
     signed = f", signed by key {signer.keyid[:16]}" if signer else ""
     key_flag = " --key PUB" if signer else ""
     console.out.print(f"[green]Exported[/green] {run_dir} -> {to}{signed} (verify with: compress verify {to}{key_flag})")
@@ -739,9 +738,14 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted() and code != EXIT_INTERRUPTED:
         # A library swallowed the KeyboardInterrupt (a bare `except:` somewhere) and the command
         # went on; the user still asked it to stop, and its result is not to be relied on.
-        console.err.print("Interrupted.")
+        _say_interrupted()
         return EXIT_INTERRUPTED
     return code
+
+
+def _say_interrupted() -> None:
+    # On a line of its own: a progress bar (or the terminal's ^C echo) may hold the cursor mid-line.
+    console.err.print("\nInterrupted.")
 
 
 @contextlib.contextmanager
@@ -753,7 +757,7 @@ def _ctrl_c():
     def handler(signum, frame):
         hits.append(signum)
         if len(hits) > 1:
-            console.err.print("Interrupted.")
+            _say_interrupted()
             os._exit(EXIT_INTERRUPTED)
         raise KeyboardInterrupt
 
@@ -830,7 +834,7 @@ def _main(argv: list[str] | None, debug: bool) -> int:
         _error(f"{type(e).__name__}: {first} (unexpected; rerun with COMPRESS_DEBUG=1 for a traceback)")
         return EXIT_RUNTIME
     if code == EXIT_INTERRUPTED:
-        console.err.print("Interrupted.")
+        _say_interrupted()
     return code
 
 

@@ -103,9 +103,11 @@ def check_exportable(run_dir: Path) -> tuple[dict[str, Any], Any]:
     return manifest, gate
 
 
-def export_run(run_dir: Path, to: Path, *, model_card: str | None, force: bool = False,
-               signer: Callable[[Path], None] | None = None) -> dict[str, Any]:
+def export_run(run_dir: Path, to: Path, *, model_card: Callable[[dict[str, Any], Any], str] | None,
+               force: bool = False, signer: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Copy a gated artifact to ``to`` with its evidence, manifest and model card.
+
+    ``model_card(manifest, gate)`` writes the card from the decision as checked here (None: no card).
 
     An identical earlier export at ``to`` is left as it is; anything else there needs ``force``,
     and is then replaced in one atomic step (``to`` is the old export or the new one, never
@@ -121,7 +123,7 @@ def export_run(run_dir: Path, to: Path, *, model_card: str | None, force: bool =
             raise UsageError(f"{to} already exists and holds something else",
                              hint="choose another --to or pass --force")
         with atomic_dir(to, overwrite=force) as tmp:
-            _copy_tree(run_dir, tmp, manifest, model_card)
+            _copy_tree(run_dir, tmp, manifest, gate, model_card(manifest, gate) if model_card else None)
             fault_point("export.before-manifest")
             export_files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
                             for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix()
@@ -156,7 +158,7 @@ def _same_export(to: Path, manifest: dict[str, Any], gate: Any,
     return previous["manifest"] if same else None
 
 
-def _copy_tree(run_dir: Path, tmp: Path, manifest: dict[str, Any], model_card: str | None) -> None:
+def _copy_tree(run_dir: Path, tmp: Path, manifest: dict[str, Any], gate: Any, model_card: str | None) -> None:
     for name in manifest["files"]:
         dest = tmp / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +167,7 @@ def _copy_tree(run_dir: Path, tmp: Path, manifest: dict[str, Any], model_card: s
     shutil.copyfile(run_dir / "model" / RECIPE_FILE, tmp / RECIPE_FILE)
     evidence = tmp / EVIDENCE_DIR
     evidence.mkdir()
-    gate = read_json(run_dir / GATE_FILE)
-    for name in gate.get("reports", {}):
+    for name in gate.reports:
         shutil.copyfile(run_dir / "reports" / name, evidence / name)
     shutil.copyfile(run_dir / GATE_FILE, evidence / GATE_FILE)
     problems = check_hashes(tmp, manifest["files"])
@@ -198,10 +199,10 @@ def verify(path: Path) -> dict[str, Any]:
     actual -= {MANIFEST, PROVENANCE}
     problems = [f"{name}: missing" for name in sorted(expected.keys() - actual)]
     problems += [f"{name}: not in the manifest (file added)" for name in sorted(actual - expected.keys())]
-    for name in sorted(expected.keys() & actual):
+    for name in sorted(expected.keys() & actual):  # verify_dir has hashed the model files already
         if (path / name).is_symlink():
             problems.append(f"{name}: is a symbolic link")
-        elif sha256_file(path / name) != expected[name]["sha256"]:
+        elif name not in manifest["files"] and sha256_file(path / name) != expected[name]["sha256"]:
             problems.append(f"{name}: sha256 differs from the recorded one (file changed)")
     if problems:
         raise IntegrityError(f"{path}: " + "; ".join(problems),

@@ -136,7 +136,7 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     exported = None
     if gate.verdict == PASS and export:
         to = export_to or Path(recipe.export.to or f"dist/{recipe.name}")
-        card = model_card(recipe, manifest, gate, reports) if (model_card and recipe.export.model_card) else None
+        card = (lambda m, g: model_card(recipe, m, g, reports)) if (model_card and recipe.export.model_card) else None
         before = (to / MANIFEST).exists() and read_json(to / MANIFEST).get("content_hash")
         stage("export", lambda: export_run(run_dir, to, model_card=card, force=force, signer=signer),
               lambda m: before == m.get("content_hash"))
