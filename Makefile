@@ -58,7 +58,9 @@ test-engine: engine
 
 # The main job on the embedded model: quantize, evaluate, benchmark, gate, export, verify.
 # Then a recipe that is too aggressive (2-bit): the gate must FAIL it (exit 1) and export nothing.
-demo: setup
+# Last, where the cost falls: a 1B-shaped model (random weights, generated once into the cache)
+# quantized to int4 and served by vLLM beside its bf16 base, in alternating rounds.
+demo: setup engine
 	$(BIN)/compress recipes validate recipes/*.yaml recipes/demo/*.yaml
 	$(BIN)/compress run recipes/tiny-llama-int4-gptq.yaml --summary runs/demo-summary.md
 	$(BIN)/compress verify dist/tiny-llama-int4-gptq
@@ -67,8 +69,11 @@ demo: setup
 	  else echo "demo: expected the 2-bit recipe to FAIL its gate (exit 1), got exit $$code"; exit 1; fi
 	@test ! -e dist/tiny-llama-int2-rtn || { echo "demo: a failed artifact was exported"; exit 1; }
 	$(BIN)/compress report runs --plot runs/report.png
+	$(BIN)/compress run recipes/speed/llama-1b-int4-rtn.yaml --summary runs/speed-summary.md
 
-test: setup
+# The default suite includes one real engine test (a vLLM server started, serving an artifact,
+# stopped), so it builds the engine environment too.
+test: setup engine
 	$(BIN)/python -m pytest -m "not slow and not gpu and not engine" -q
 
 test-slow: setup

@@ -293,6 +293,8 @@ EVAL_EPILOG = """Examples:
   compress eval runs/tiny-llama-int4-gptq/KEY/model --tasks tiny_facts_mc --limit 200
 
   compress eval ./my-model --tasks hellaswag,arc_easy --num-fewshot 0 --batch-size 8 --out acc.json
+
+  compress eval dist/tiny-llama-int4-rtn --engine vllm --dtype bfloat16
 """
 
 
@@ -304,7 +306,9 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Documents per task (default: all).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling and few-shot choice.")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="hf, or vllm where installed.")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        "--engine", "--backend", help="hf (transformers) or vllm (lm-eval against a vLLM server from `make engine`; "
+        "int4 needs --dtype bfloat16).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
     recipe: RecipeFile = None,
@@ -338,17 +342,29 @@ BENCH_EPILOG = """Examples:
   compress bench runs/tiny-llama-int4-gptq/KEY/model --batch-sizes 1,8 --prompt-tokens 128 --output-tokens 64
 
   compress bench ./my-model --price-per-hour 2.50 --out bench.json
+
+  compress bench dist/tiny-llama-int4-rtn --engine vllm --concurrency 1,4,16 --rounds 3
+
+  compress bench ./my-model --endpoint http://127.0.0.1:8000 --concurrency 1,8
 """
 
 
 @app.command(epilog=BENCH_EPILOG, rich_help_panel="Measure")
 def bench(
     model: Annotated[str, typer.Argument(help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
-    batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        "--engine", help="hf (transformers generate) or vllm (a vLLM server from `make engine`).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        "--endpoint", help="Benchmark an OpenAI-compatible server already running at this URL (MODEL gives "
+        "the tokenizer and the hash recorded).")] = None,
+    batch_sizes: Annotated[Optional[str], typer.Option(
+        "--batch-sizes", "--concurrency", help="Comma-separated batch sizes (hf) or concurrency levels (vllm).")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds; figures carry their spread over them.")] = None,
     prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="Prompt length in tokens.")] = None,
     output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="Tokens generated per request.")] = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed calls per batch size.")] = None,
-    repeats: Annotated[Optional[int], typer.Option("--repeats", help="Timed calls per batch size.")] = None,
+    repeats: Annotated[Optional[int], typer.Option(
+        "--repeats", help="Timed calls per batch size (hf), requests per level (vllm), per round.")] = None,
     price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="USD per hour of this machine.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
@@ -369,19 +385,25 @@ def bench(
         except ValueError:
             raise UsageError(f"--batch-sizes: '{batch_sizes}' is not a list of integers",
                              hint="e.g. --batch-sizes 1,4,8") from None
-    flags = {"batch_sizes": sizes, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens, "warmup": warmup,
-             "repeats": repeats, "price_per_hour": price_per_hour, "device": device}
+    flags = {"engine": engine, "batch_sizes": sizes, "rounds": rounds, "prompt_tokens": prompt_tokens,
+             "output_tokens": output_tokens, "warmup": warmup, "repeats": repeats, "price_per_hour": price_per_hour,
+             "device": device}
     r = _load_optional(recipe)
     settings = _settings(BenchSpec, r, "bench", flags)
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint: '{endpoint}' is not an http(s) URL", hint="e.g. --endpoint http://127.0.0.1:8000")
     check_model(model)  # a bad model fails here, before any compute or write
-    with console.err.status(f"Benchmarking {model} (batch sizes {', '.join(map(str, settings.batch_sizes))})"), \
-            console.stdout_to_stderr():
-        report, cached = run_bench(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun)
+    where = f"at {endpoint}" if endpoint else f"with {settings.engine}"
+    with console.err.status(f"Benchmarking {model} {where} (levels {', '.join(map(str, settings.batch_sizes))}, "
+                            f"{settings.rounds} rounds)"), console.stdout_to_stderr():
+        report, cached = run_bench(model, settings, dtype=_model_dtype(r, dtype), rerun=rerun, endpoint=endpoint)
     from compress.report import bench_table
 
     if _emit(report, cached, out, json_, bench_table):
-        console.out.print(f"{model}: peak memory {console.fmt_bytes(report.peak_memory_bytes)} ({report.memory_kind}), "
-                          f"size {console.fmt_bytes(report.size_bytes)}, device {report.device}")
+        m = report.measured
+        console.out.print(f"{model}: peak memory {console.fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind}), "
+                          f"size {console.fmt_bytes(m.size_bytes)}, device {m.device}"
+                          + (f", kernels {', '.join(m.runtime.kernels)}" if m.runtime.kernels else ""))
 
 
 COMPARE_EPILOG = """Examples:
@@ -405,7 +427,7 @@ def compare(
     """Baseline and candidate side by side, with deltas, for accuracy and speed (reports cached)."""
     from compress.compare import accuracy_rows, speed_rows
     from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_bench
+    from compress.evals.bench import run_speed
     from compress.inputs import check_model
     from compress.recipe import BenchSpec, EvalSpec
 
@@ -422,17 +444,39 @@ def compare(
         result["accuracy"] = accuracy_rows(a, b)
     if not no_bench:
         settings = _settings(BenchSpec, r, "bench", {})
-        with console.err.status("Benchmarking both models"), console.stdout_to_stderr():
-            a, _ = run_bench(baseline, settings, dtype=dtype, rerun=rerun)
-            b, _ = run_bench(candidate, settings, dtype=dtype, rerun=rerun)
-        result["speed"] = speed_rows(a, b)
+        with console.err.status(f"Benchmarking both models together ({settings.engine}, {settings.rounds} "
+                                "alternating rounds)"), console.stdout_to_stderr():
+            speed, _ = run_speed(baseline, candidate, settings, dtype=dtype, rerun=rerun)
+        from compress.compare import efficiency_metrics
+
+        result["speed"] = speed_rows(speed, efficiency_metrics(speed))
+        from compress.report import speed_heading
+
+        result["speed_measured_with"] = speed_heading(speed)
     if json_:
-        console.print_json(result)
+        console.print_json(_plain(result))
         return
     from compress.report import compare_tables
 
     for t in compare_tables(result):
         console.out.print(t)
+
+
+def _plain(data):
+    """Rows holding intervals and spreads, as plain JSON data."""
+    from dataclasses import asdict, is_dataclass
+
+    from pydantic import BaseModel
+
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if is_dataclass(data):
+        return asdict(data)
+    return data
 
 
 # ------------------------------------------------------------------ gate, export, run

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.evals.reports import AccuracyReport, BenchReport
+import numpy as np
+
+from compress.evals.reports import AccuracyReport, BenchReport, LevelRun, Measured, SpeedReport
+from compress.stats import Interval
 
 
 def accuracy_rows(base: AccuracyReport, cand: AccuracyReport) -> list[dict[str, Any]]:
@@ -24,7 +27,8 @@ def accuracy_rows(base: AccuracyReport, cand: AccuracyReport) -> list[dict[str, 
 
 
 SPEED_FIGURES = [
-    # (label, getter on a BatchResult or report, unit, higher is better)
+    # (label, getter on a BatchResult, unit, higher is better)
+    ("output tok/s", lambda b: b.output_tokens_per_s, "tok/s", True),
     ("TTFT p50", lambda b: b.ttft.p50, "s", False),
     ("TTFT p99", lambda b: b.ttft.p99, "s", False),
     ("inter-token p50", lambda b: b.itl.p50, "s", False),
@@ -32,53 +36,158 @@ SPEED_FIGURES = [
     ("end-to-end p50", lambda b: b.e2e.p50, "s", False),
     ("end-to-end p90", lambda b: b.e2e.p90, "s", False),
     ("end-to-end p99", lambda b: b.e2e.p99, "s", False),
-    ("prefill tok/s", lambda b: b.prefill_tokens_per_s, "tok/s", True),
-    ("decode tok/s", lambda b: b.decode_tokens_per_s, "tok/s", True),
     ("$ / 1M output tokens", lambda b: b.cost_per_mtok_usd, "USD", False),
 ]
 
 
-def speed_rows(base: BenchReport, cand: BenchReport) -> list[dict[str, Any]]:
-    """Rows per shared batch size, plus memory and size; ``ratio`` is candidate / baseline."""
+def level_word(report: SpeedReport | BenchReport) -> str:
+    """What a level is in this report: a batch size (hf) or a concurrency (served)."""
+    return "batch" if report.settings.get("engine", "hf") == "hf" and not report.settings.get("endpoint") else "concurrency"
+
+
+def speed_rows(report: SpeedReport, intervals: dict[str, Interval] | None = None) -> list[dict[str, Any]]:
+    """Rows per shared level, plus memory and size; ``ratio`` is candidate / baseline.
+
+    The headline level's throughput, latency and cost rows carry the ratio's interval over
+    rounds (``interval``) when ``intervals`` (from :func:`efficiency_metrics`) is given.
+    """
+    base, cand = report.baseline, report.candidate
+    word = level_word(report)
     rows = []
-    cand_batches = {b.batch_size: b for b in cand.batches}
+    cand_levels = {b.batch_size: b for b in cand.batches}
+    headline = max(set(cand_levels) & {b.batch_size for b in base.batches})
+    at_headline = {"output tok/s": "throughput_speedup", "end-to-end p50": "latency_p50_ratio",
+                   "end-to-end p99": "latency_p99_ratio", "TTFT p99": "ttft_p99_ratio",
+                   "$ / 1M output tokens": "cost_ratio"}
     for b in base.batches:
-        c = cand_batches.get(b.batch_size)
+        c = cand_levels.get(b.batch_size)
         if c is None:
             continue
         for label, get, unit, hib in SPEED_FIGURES:
             bv, cv = get(b), get(c)
-            rows.append({"figure": f"{label} (batch {b.batch_size})", "baseline": bv, "candidate": cv,
-                         "ratio": cv / bv if bv else None, "unit": unit, "higher_is_better": hib})
+            row = {"figure": f"{label} ({word} {b.batch_size})", "baseline": bv, "candidate": cv,
+                   "ratio": cv / bv if bv else None, "unit": unit, "higher_is_better": hib}
+            if label == "output tok/s":
+                row["baseline_spread"] = b.output_tokens_per_s_spread
+                row["candidate_spread"] = c.output_tokens_per_s_spread
+            if intervals and b.batch_size == headline and label in at_headline:
+                row["interval"] = intervals[at_headline[label]]
+            rows.append(row)
+    if base.slo_output_tokens_per_s is not None and cand.slo_output_tokens_per_s is not None:
+        bv, cv = base.slo_output_tokens_per_s, cand.slo_output_tokens_per_s
+        rows.append({"figure": "output tok/s within the SLO", "baseline": bv, "candidate": cv,
+                     "ratio": cv / bv if bv else None, "unit": "tok/s", "higher_is_better": True,
+                     **({"interval": intervals["slo_throughput_speedup"]} if intervals else {})})
     memory = [("peak memory", base.peak_memory_bytes, cand.peak_memory_bytes)]
     if base.model_memory_bytes and cand.model_memory_bytes:
-        memory.append(("memory taken by loading the model", base.model_memory_bytes, cand.model_memory_bytes))
+        memory.append(("memory taken by the weights", base.model_memory_bytes, cand.model_memory_bytes))
     for label, bv, cv in memory + [("size on disk", base.size_bytes, cand.size_bytes)]:
         rows.append({"figure": label, "baseline": bv, "candidate": cv, "ratio": cv / bv if bv else None,
                      "unit": "bytes", "higher_is_better": False})
     return rows
 
 
-def efficiency_metrics(base: BenchReport, cand: BenchReport) -> dict[str, float]:
-    """The efficiency metrics a gate can check (see ``recipe.EFFICIENCY_METRICS``).
+class _Run:
+    """One level of one round as arrays (built once: a gate resamples rounds thousands of times)."""
 
-    Ratios are read at the largest batch size both reports share.
+    def __init__(self, run: LevelRun):
+        self.tokens = run.output_tokens
+        self.wall = run.wall_s
+        self.e2e = np.array([q.e2e_s for q in run.requests], dtype=float)
+        self.ttft = np.array([q.ttft_s for q in run.requests], dtype=float)
+        self.itl = np.array([d for q in run.requests for d in q.inter_token_s], dtype=float)
+
+
+def _pooled(runs: list[_Run], field: str) -> np.ndarray:
+    return np.concatenate([getattr(r, field) for r in runs])
+
+
+def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confidence: float = 0.95,
+                       resamples: int = 2000, seed: int = 0) -> dict[str, Interval]:
+    """The efficiency metrics a gate can check (see ``recipe.EFFICIENCY_METRICS``), each with an interval.
+
+    Ratios are read at ``level`` (the largest level both models ran by default). Rounds are the
+    unit of resampling:
+    each bootstrap resample draws rounds with replacement, the same rounds for both models
+    (a round measured both, in the same minute), pools their requests and recomputes every
+    figure. Size and memory are measured once and carry no spread.
     """
+    base, cand = report.baseline, report.candidate
     shared = sorted({b.batch_size for b in base.batches} & {b.batch_size for b in cand.batches})
     if not shared:
-        raise ValueError("the two bench reports share no batch size")
-    bs = shared[-1]
-    b = next(x for x in base.batches if x.batch_size == bs)
-    c = next(x for x in cand.batches if x.batch_size == bs)
-    return {
-        "size_ratio": cand.size_bytes / base.size_bytes,
-        "peak_memory_ratio": cand.peak_memory_bytes / base.peak_memory_bytes,
-        "peak_memory_mb": cand.peak_memory_bytes / 2**20,
-        "throughput_speedup": c.decode_tokens_per_s / b.decode_tokens_per_s,
-        "prefill_speedup": c.prefill_tokens_per_s / b.prefill_tokens_per_s,
-        "latency_p50_ratio": c.e2e.p50 / b.e2e.p50,
-        "latency_p99_ratio": c.e2e.p99 / b.e2e.p99,
-        "ttft_p99_ratio": c.ttft.p99 / b.ttft.p99,
-        "cost_ratio": c.cost_per_mtok_usd / b.cost_per_mtok_usd,
-        "cost_per_mtok": c.cost_per_mtok_usd,
-    }
+        raise ValueError("the two sides of the speed report share no level")
+    if level is not None and level not in shared:
+        from compress.errors import UsageError
+
+        raise UsageError(f"no level {level} in the speed report (measured: {', '.join(map(str, shared))})",
+                         hint="set the check's 'at' to a level in bench.batch_sizes")
+    level = shared[-1] if level is None else level
+    rounds = sorted({r.round for r in base.runs} & {r.round for r in cand.runs})
+    if not rounds:
+        raise ValueError("the speed report holds no round that measured both models")
+    price = float(report.settings.get("price_per_hour", 1.0))
+    slo = report.settings.get("slo")
+
+    def per_round(side: Measured, lvl: int) -> list[_Run]:
+        by_round = {r.round: r for r in side.runs if r.level == lvl}
+        return [_Run(by_round[i]) for i in rounds]
+
+    sides = {name: {lvl: per_round(side, lvl) for lvl in shared} for name, side in (("b", base), ("c", cand))}
+
+    def figures(pick: list[int]) -> dict[str, float]:
+        out = {}
+        for name in ("b", "c"):
+            runs = [sides[name][level][i] for i in pick]
+            tokens = sum(r.tokens for r in runs)
+            wall = sum(r.wall for r in runs)
+            e2e, ttft = _pooled(runs, "e2e"), _pooled(runs, "ttft")
+            out[name + "tps"] = tokens / wall
+            out[name + "p50"] = float(np.percentile(e2e, 50))
+            out[name + "p99"] = float(np.percentile(e2e, 99))
+            out[name + "ttft99"] = float(np.percentile(ttft, 99))
+            out[name + "ttft"] = float(ttft.mean())
+            if slo:
+                out[name + "slo"] = _slo_throughput([sides[name][lvl] for lvl in shared], pick, slo)
+        return {
+            "throughput_speedup": out["ctps"] / out["btps"],
+            "prefill_speedup": out["bttft"] / out["cttft"],
+            "latency_p50_ratio": out["cp50"] / out["bp50"],
+            "latency_p99_ratio": out["cp99"] / out["bp99"],
+            "ttft_p99_ratio": out["cttft99"] / out["bttft99"],
+            "cost_ratio": out["btps"] / out["ctps"],
+            "cost_per_mtok": price / 3600.0 / out["ctps"] * 1e6,
+            **({"slo_throughput_speedup": (out["cslo"] / out["bslo"]) if out["bslo"] else
+                (float("inf") if out["cslo"] else 1.0)} if slo else {}),
+        }
+
+    n = len(rounds)
+    point = figures(list(range(n)))
+    rng = np.random.default_rng(seed)
+    draws = [figures(list(rng.integers(0, n, size=n))) for _ in range(resamples)]
+    alpha = (1 - confidence) / 2
+    method = f"paired bootstrap over {n} interleaved rounds"
+    out: dict[str, Interval] = {}
+    for name, value in point.items():
+        lo, hi = np.quantile([d[name] for d in draws], [alpha, 1 - alpha])
+        out[name] = Interval(float(value), float(lo), float(hi), confidence, method, n)
+    for name, value in (("size_ratio", cand.size_bytes / base.size_bytes),
+                        ("peak_memory_ratio", cand.peak_memory_bytes / base.peak_memory_bytes
+                         if base.peak_memory_bytes else float("nan")),
+                        ("peak_memory_mb", cand.peak_memory_bytes / 2**20)):
+        out[name] = Interval(value, value, value, confidence, "measured once", 1)
+    return out
+
+
+def _slo_throughput(levels: list[list[_Run]], pick: list[int], slo: dict[str, Any]) -> float:
+    """The highest output tok/s among the levels whose pooled p99 TTFT and inter-token latency meet the SLO."""
+    best = 0.0
+    for runs_by_round in levels:
+        runs = [runs_by_round[i] for i in pick]
+        ttft = _pooled(runs, "ttft")
+        itl = _pooled(runs, "itl")
+        itl = itl if itl.size else np.zeros(1)
+        ok = (slo.get("ttft_p99_ms") is None or np.percentile(ttft, 99) * 1e3 <= slo["ttft_p99_ms"]) and \
+             (slo.get("itl_p99_ms") is None or np.percentile(itl, 99) * 1e3 <= slo["itl_p99_ms"])
+        if ok:
+            best = max(best, sum(r.tokens for r in runs) / sum(r.wall for r in runs))
+    return best

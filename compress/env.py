@@ -28,7 +28,6 @@ BACKENDS = {
     "gptqmodel": ("gptq", "INT4 GPTQ in the Hugging Face GPTQ format"),
     "optimum": ("gptq", "loading GPTQ checkpoints in transformers"),
     "lm-eval": ("core", "accuracy with lm-evaluation-harness (a core dependency)"),
-    "vllm": ("vllm", "the vLLM model type for lm-eval (GPU)"),
     "matplotlib": ("plot", "the accuracy/size/cost plot of `compress report`"),
 }
 

@@ -9,19 +9,22 @@ recorded policy again. Any disagreement is named.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from compress.artifact import EVIDENCE_DIR, sha256_file
-from compress.evals.reports import AccuracyReport, BenchReport
+from compress.evals.reports import AccuracyReport, ServableReport, SpeedReport
 
 REPORT_FILES = {
     ("baseline", "accuracy"): "baseline-accuracy.json",
     ("candidate", "accuracy"): "candidate-accuracy.json",
-    ("baseline", "bench"): "baseline-bench.json",
-    ("candidate", "bench"): "candidate-bench.json",
+    ("both", "speed"): "speed.json",
+    ("candidate", "servable"): "servable.json",
 }
+_CLASSES = {"accuracy": AccuracyReport, "speed": SpeedReport, "servable": ServableReport}
 GATE_FILE = "gate.json"
 __all__ = ["EVIDENCE_DIR", "GATE_FILE", "REPORT_FILES", "check_evidence", "differences", "load_reports",
            "report_hashes"]
@@ -35,7 +38,7 @@ def load_reports(folder: Path) -> dict[tuple[str, str], Any]:
     for (who, kind), name in REPORT_FILES.items():
         path = Path(folder) / name
         if path.exists():
-            out[(who, kind)] = (AccuracyReport if kind == "accuracy" else BenchReport).load(path)
+            out[(who, kind)] = _CLASSES[kind].load(path)
     return out
 
 
@@ -76,7 +79,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         gate: the recorded decision, with the policy and the report hashes it was made on.
         candidate_hash, baseline_hash: content hashes of the bytes that were supposedly measured.
     """
-    from compress.gate import evaluate, policy_hash
+    from compress.gate import evaluate
     from compress.recipe import GateSpec
 
     if not gate.policy or not gate.reports:
@@ -93,20 +96,25 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         return problems
     reports = {k: v for k, v in load_reports(folder).items() if REPORT_FILES[k] in gate.reports}
     for (who, kind), report in reports.items():
-        expected = candidate_hash if who == "candidate" else baseline_hash
-        if report.model.content_hash != expected:
-            problems.append(f"{REPORT_FILES[(who, kind)]}: measured model {report.model.content_hash[:12]}, "
-                            f"not the {who}'s bytes ({expected[:12]})")
+        measured = [("baseline", report.baseline.model), ("candidate", report.candidate.model)] \
+            if kind == "speed" else [(who, report.model)]
+        for side, model in measured:
+            expected = candidate_hash if side == "candidate" else baseline_hash
+            if model.content_hash != expected:
+                problems.append(f"{REPORT_FILES[(who, kind)]}: measured model {model.content_hash[:12]}, "
+                                f"not the {side}'s bytes ({expected[:12]})")
         if kind == "accuracy":
             problems += _self_consistency(report, REPORT_FILES[(who, kind)])
     policy = GateSpec.model_validate(gate.policy)
-    if policy_hash(policy) != gate.policy_hash:
+    # The hash of the policy as recorded (a newer compress fills in fields added since).
+    recorded = hashlib.sha256(json.dumps(gate.policy, sort_keys=True).encode()).hexdigest()
+    if recorded != gate.policy_hash:
         problems.append("the recorded policy does not match its own hash")
     if problems:
         return problems
     try:
         fresh = evaluate(policy, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                         reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
+                         reports.get(("both", "speed")), reports.get(("candidate", "servable")))
     except Exception as e:  # noqa: BLE001 - a malformed report is a reason, not a crash
         return [f"the reports cannot be gated again: {e}"]
     return differences(gate, fresh)

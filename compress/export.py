@@ -56,8 +56,14 @@ def _recipe_policy_hash(recipe_file: Path) -> str | None:
 
 
 def own_policy(gate: Any, recipe_hash: str | None) -> bool:
-    """Whether a decision applied the artifact's own recipe's gate policy."""
-    return recipe_hash is not None and gate.policy_hash == recipe_hash
+    """Whether a decision applied the artifact's own recipe's gate policy (both read with this
+    version's defaults, so that a field added since the decision does not tell them apart)."""
+    if recipe_hash is None or not gate.policy:
+        return False
+    from compress.gate import policy_hash
+    from compress.recipe import GateSpec
+
+    return policy_hash(GateSpec.model_validate(gate.policy)) == recipe_hash
 
 
 def policy_line(gate: Any, recipe_hash: str | None) -> str:

@@ -2,7 +2,9 @@
 
 Quality checks compare the baseline's and the candidate's per-document results on the same
 documents (paired bootstrap, or McNemar's table for right/wrong answers); efficiency checks
-compare the two benchmark reports. Any FAIL fails the gate; otherwise any INCONCLUSIVE makes
+compare baseline and candidate measured together in alternating rounds, each ratio with a
+bootstrap interval over rounds, decided like quality: PASS when the interval is within the
+bound, FAIL when it is wholly outside, INCONCLUSIVE between. Any FAIL fails the gate; otherwise any INCONCLUSIVE makes
 it inconclusive; otherwise it passes.
 """
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from compress.compare import efficiency_metrics
+from compress.compare import efficiency_metrics, level_word
 from compress.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_PASS, UsageError
-from compress.evals.reports import AccuracyReport, BenchReport, ReportModel
-from compress.recipe import EFFICIENCY_METRICS, GateCheck, GateSpec
-from compress.stats import FAIL, INCONCLUSIVE, PASS, decide, mcnemar_interval, paired_bootstrap, samples_to_decide
+from compress.evals.reports import AccuracyReport, ReportModel, ServableReport, SpeedReport
+from compress.recipe import EFFICIENCY_METRICS, GateCheck, GateSpec, ServableSpec
+from compress.stats import FAIL, INCONCLUSIVE, PASS, Interval, decide, mcnemar_interval, paired_bootstrap, samples_to_decide
 
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
@@ -28,7 +30,7 @@ ABSOLUTE_EFFICIENCY = {"peak_memory_mb": "{:.1f} MiB", "cost_per_mtok": "${:.4g}
 
 class CheckResult(BaseModel):
     metric: str
-    kind: Literal["quality", "efficiency"]
+    kind: Literal["quality", "efficiency", "servable"]
     verdict: Verdict
     measured: float
     shown: str = ""  # the measured value as people read it ("+0.90 pts", "0.25x")
@@ -120,41 +122,90 @@ def _fmt(x: float, relative: bool, unit: str, sign: bool = True) -> str:
     return f"{x:{'+' if sign else ''}.4g}"
 
 
-def efficiency_check(check: GateCheck, values: dict[str, float]) -> CheckResult:
-    value = values[check.metric]
-    ok = (check.min is None or value >= check.min) and (check.max is None or value <= check.max)
+def decide_bounds(iv: Interval, low: float | None, high: float | None) -> str:
+    """A figure that must stay within [low, high]: PASS when its whole interval does, FAIL when its
+    whole interval lies outside, INCONCLUSIVE when the interval straddles a bound."""
+    if (low is not None and iv.upper < low) or (high is not None and iv.lower > high):
+        return FAIL
+    if (low is None or iv.lower >= low) and (high is None or iv.upper <= high):
+        return PASS
+    return INCONCLUSIVE
+
+
+def efficiency_check(check: GateCheck, values: dict[str, Interval], word: str = "level") -> CheckResult:
+    if check.metric not in values:
+        raise UsageError(f"check {check.metric} needs bench.slo in the recipe",
+                         hint="add bench.slo, e.g. {ttft_p99_ms: 2000, itl_p99_ms: 200}")
+    iv = values[check.metric]
+    verdict = decide_bounds(iv, check.min, check.max)
     bounds = " and ".join(b for b in [f">= {check.min:g}" if check.min is not None else "",
                                       f"<= {check.max:g}" if check.max is not None else ""] if b)
     absolute = ABSOLUTE_EFFICIENCY.get(check.metric)
     bounds += "" if absolute else "x"
-    shown = absolute.format(value) if absolute else f"{value:.3g}x"
-    return CheckResult(metric=check.metric, kind="efficiency", verdict=PASS if ok else FAIL, measured=value,
-                       shown=shown, threshold=bounds, note=EFFICIENCY_METRICS[check.metric][0])
+    show = (lambda v: absolute.format(v)) if absolute else (lambda v: f"{v:.3g}x")
+    spread = iv.n > 1
+    shown = show(iv.estimate) + (f" [{show(iv.lower)}, {show(iv.upper)}]" if spread else "")
+    note = EFFICIENCY_METRICS[check.metric][0]
+    if check.at is not None:
+        note = note.replace("at the largest load level", f"at {word} {check.at}")
+        note += "" if f"{word} {check.at}" in note else f", at {word} {check.at}"
+    if spread:
+        note += f"; {int(100 * iv.confidence)}% interval, {iv.method}"
+        if verdict == INCONCLUSIVE:
+            note += "; more rounds (bench.rounds) or a quieter machine would narrow it"
+    return CheckResult(metric=check.key, kind="efficiency", verdict=verdict, measured=iv.estimate, shown=shown,
+                       threshold=bounds, interval=iv.as_dict() if spread else None, note=note)
+
+
+def servable_check(spec: ServableSpec, report: ServableReport) -> CheckResult:
+    """PASS when the engine loaded the candidate and enough greedy continuations match transformers'."""
+    r = report.result
+    agreement = float(r.get("agreement") or 0.0)
+    loaded = r.get("error") is None or bool(r.get("served_token_ids"))
+    ok = loaded and bool(r.get("served_token_ids")) and agreement >= spec.min_agreement
+    n = len(r.get("matching_prefix") or [])
+    where = f"{spec.engine} {r.get('engine_version') or ''}".strip()
+    if not loaded or not r.get("served_token_ids"):
+        shown, note = "not served", f"{where}: {r.get('error') or 'no answer'}"
+    else:
+        shown = f"{round(agreement * n)}/{n} prompts agree"
+        kernels = ", ".join(r.get("kernels") or {}) or "no quantized kernel named in its log"
+        note = (f"{where} ({r.get('dtype')}; {kernels}): the first {r.get('tokens')} greedy tokens of "
+                f"{n} prompts against transformers")
+    return CheckResult(metric=f"servable:{spec.engine}", kind="servable", verdict=PASS if ok else FAIL,
+                       measured=agreement, shown=shown, threshold=f">= {spec.min_agreement:.0%} agree", note=note)
 
 
 def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: AccuracyReport | None,
-             base_bench: BenchReport | None, cand_bench: BenchReport | None) -> GateResult:
+             speed: SpeedReport | None, servable: ServableReport | None = None) -> GateResult:
     """Apply every check of a gate policy to the stored reports."""
-    if not policy.checks:
+    if not policy.checks and policy.servable is None:
         raise UsageError("the recipe's gate has no checks", hint="add gate.checks, e.g. a max_regression on accuracy")
     results = []
-    efficiency = None
+    efficiency: dict[int | None, dict[str, Interval]] = {}
     for check in policy.checks:
         if "/" in check.metric:
             if base_acc is None or cand_acc is None:
                 raise UsageError(f"check {check.metric} needs accuracy reports for both models")
             results.append(quality_check(check, policy, base_acc, cand_acc))
         else:
-            if base_bench is None or cand_bench is None:
-                raise UsageError(f"check {check.metric} needs bench reports for both models")
-            efficiency = efficiency or efficiency_metrics(base_bench, cand_bench)
-            results.append(efficiency_check(check, efficiency))
+            if speed is None:
+                raise UsageError(f"check {check.metric} needs a speed report (both models benchmarked together)")
+            if check.at not in efficiency:
+                efficiency[check.at] = efficiency_metrics(speed, level=check.at, confidence=policy.confidence,
+                                                          resamples=policy.bootstrap_resamples)
+            results.append(efficiency_check(check, efficiency[check.at], level_word(speed)))
+    if policy.servable is not None:
+        if servable is None:
+            raise UsageError(f"the servable check needs a servable report ({policy.servable.engine} on the candidate)")
+        results.append(servable_check(policy.servable, servable))
     verdicts = {r.verdict for r in results}
     verdict = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
-    cand_model = (cand_acc or cand_bench).model
-    base_model = (base_acc or base_bench).model
+    cand_model = cand_acc.model if cand_acc is not None else speed.candidate.model if speed else servable.model
+    base_model = base_acc.model if base_acc is not None else speed.baseline.model if speed else None
     return GateResult(verdict=verdict, exit_code=EXIT_CODES[verdict], confidence=policy.confidence, test=policy.test,
-                      checks=results, candidate_hash=cand_model.content_hash, baseline_hash=base_model.content_hash,
+                      checks=results, candidate_hash=cand_model.content_hash,
+                      baseline_hash=base_model.content_hash if base_model else "",
                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
 

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import ModelInputError, ModelLoadError, UsageError
+from compress.fixtures import FIXTURES, ensure_fixture
 from compress.registry import suggest
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+# Shipped with compress. Generated ones (FIXTURES, e.g. llama-1b-random) are built into the
+# cache on first use by compress/fixtures.py.
 BUILTIN_MODELS = {"tiny-llama": ASSETS / "tiny-llama"}
 BUILTIN_DATASETS = {
     "tiny-calibration": ASSETS / "data" / "calibration.jsonl",
@@ -60,6 +63,9 @@ def runs_root() -> Path:
 def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: bool = False) -> ModelRef:
     """Turn a model reference into a local directory.
 
+    ``builtin:llama-1b-random`` (random weights, for speed and memory only) is generated into
+    the cache the first time it is asked for (about 2 GB, a few seconds to a minute).
+
     Args:
         spec: ``builtin:NAME``, a local directory, ``run:NAME`` or a hub id (``org/name``).
         revision: a hub revision (branch, tag or commit); ignored for local directories.
@@ -70,12 +76,15 @@ def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: 
         UsageError: an unknown built-in name or run.
         ModelInputError: a path that does not exist, is not a directory or has no config.json;
             a hub id that does not exist (exit 2).
-        ModelLoadError: a hub id that cannot be fetched (exit 4).
+        ModelLoadError: a hub id that cannot be fetched, or a generated built-in model that
+            cannot be written into the cache (exit 4).
     """
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
+        if name in FIXTURES:
+            return ModelRef(spec, ensure_fixture(name), "builtin")
         if name not in BUILTIN_MODELS:
-            raise suggest(name, list(BUILTIN_MODELS), "built-in model")
+            raise suggest(name, [*BUILTIN_MODELS, *FIXTURES], "built-in model")
         path = BUILTIN_MODELS[name]
         if not (path / "config.json").exists():
             raise ModelLoadError(f"built-in model {name} is missing from {path}",

@@ -62,7 +62,7 @@ def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] 
     with locked(run_dir.parent, f"runs of {recipe.name}"):
         reports = load_reports(run_dir) if reports is None else reports
         result = evaluate(recipe.gate, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                          reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
+                          reports.get(("both", "speed")), reports.get(("candidate", "servable")))
         hashes = report_hashes(run_dir / "reports")
         used = {REPORT_FILES[k] for k in reports}
         result.reports = {name: digest for name, digest in hashes.items() if name in used}
@@ -76,6 +76,42 @@ def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] 
     return result
 
 
+def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Callable[[str], None],
+                    rerun: bool = False) -> tuple[Any, bool]:
+    """Serve the candidate with the engine the recipe names and compare its greedy tokens with
+    transformers'; kept in the run's reports (reused when it measured these bytes with these settings)."""
+    from compress.engines.client import make_prompts
+    from compress.engines.servable import check_servable, hf_reference
+    from compress.evals.accuracy import model_info
+    from compress.evals.reports import ServableReport
+    from compress.models import load_tokenizer
+
+    spec = recipe.gate.servable
+    path = run_dir / "reports" / REPORT_FILES[("candidate", "servable")]
+    info = model_info(model_dir, str(model_dir))
+    settings = spec.model_dump(mode="json")
+    if path.exists() and not rerun:
+        old = ServableReport.load(path)
+        if old.model.content_hash == info.content_hash and old.settings == settings:
+            return old, True
+    start = time.time()
+    tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
+    config = read_json(model_dir / "config.json")
+    vocab = int(config.get("text_config", config)["vocab_size"])
+    prompts = make_prompts(vocab, tokenizer.all_special_ids or [], spec.prompts, 16, seed=0)
+    reference = hf_reference(model_dir, spec.dtype, prompts, spec.tokens,
+                             trust_remote_code=recipe.model.trust_remote_code)
+    result = check_servable(model_dir, dtype=spec.dtype, prompts=prompts, reference=reference,
+                            log_path=run_dir / "logs" / f"servable-{spec.engine}.log", tokens=spec.tokens,
+                            min_agreement=spec.min_agreement)
+    data = result.model_dump(mode="json")
+    data.pop("log_path", None)  # reports travel inside exports: no local paths
+    report = ServableReport(model=info, settings=settings, result=data,
+                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=round(time.time() - start, 3))
+    report.save(path)
+    return report, False
+
+
 def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, export: bool = True,
         export_to: Path | None = None, device: str = "auto", log: Callable[[str], None] = print,
         warn: Callable[[str], None] = print, model_card: Callable[..., str] | None = None,
@@ -85,7 +121,7 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
     The recipe's runs folder is locked for the whole run: a second `compress run` of the same
     recipe waits for this one (COMPRESS_LOCK_WAIT) instead of writing beside it.
     """
-    if not recipe.gate.checks:
+    if not recipe.gate.checks and recipe.gate.servable is None:
         raise UsageError(f"recipe {recipe.name} has no gate checks, so nothing could be exported",
                          hint="add gate.checks, e.g. - {metric: tiny_facts_mc/acc, max_regression: 0.02}")
     with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=log):
@@ -97,7 +133,7 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
          log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
          signer: Callable[[Path], None] | None) -> RunResult:
     from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_bench
+    from compress.evals.bench import run_speed
 
     start = time.time()
     stages: list[dict[str, Any]] = []
@@ -118,19 +154,28 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     want_acc, want_bench = needs(recipe)
     spec = recipe.model
     base_spec = spec.id
-    measurers = [("accuracy", "eval", run_eval, recipe.evals, want_acc),
-                 ("bench", "bench", run_bench, recipe.bench, want_bench)]
+    common = dict(dtype=spec.dtype, rerun=rerun_reports, trust_remote_code=spec.trust_remote_code,
+                  allow_pickle=spec.allow_pickle)
     reports: dict[tuple[str, str], Any] = {}
-    for who, target in (("baseline", base_spec), ("candidate", str(model_dir))):
-        for kind, verb, measure, settings, wanted in measurers:
-            if not wanted:
-                continue
-            report, _ = stage(f"{verb} {who}", lambda t=target, f=measure, s=settings: f(
-                t, s, dtype=spec.dtype, revision=spec.revision if t == base_spec else None,
-                rerun=rerun_reports, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle),
-                lambda r: r[1])
-            report.save(run_dir / "reports" / REPORT_FILES[(who, kind)])
-            reports[(who, kind)] = report
+    if want_acc:
+        for who, target in (("baseline", base_spec), ("candidate", str(model_dir))):
+            report, _ = stage(f"eval {who}", lambda t=target: run_eval(
+                t, recipe.evals, revision=spec.revision if t == base_spec else None, **common), lambda r: r[1])
+            report.save(run_dir / "reports" / REPORT_FILES[(who, "accuracy")])
+            reports[(who, "accuracy")] = report
+    if want_bench:
+        # Both models in the same time window, alternating rounds: never a figure from another moment.
+        log(f"bench: baseline and candidate together ({recipe.bench.engine}, {recipe.bench.rounds} rounds, "
+            "alternating)")
+        report, _ = stage("bench both",
+                          lambda: run_speed(base_spec, str(model_dir), recipe.bench, revision=spec.revision,
+                                            log_dir=run_dir / "logs", log=log, **common), lambda r: r[1])
+        report.save(run_dir / "reports" / REPORT_FILES[("both", "speed")])
+        reports[("both", "speed")] = report
+    if recipe.gate.servable is not None:
+        report, _ = stage(f"servable {recipe.gate.servable.engine}", lambda: servable_report(
+            model_dir, recipe, run_dir, log=log, rerun=rerun_reports), lambda r: r[1])
+        reports[("candidate", "servable")] = report
     gate = stage("gate", lambda: gate_run(run_dir, recipe, reports), lambda _: False)
     manifest = read_json(model_dir / MANIFEST)
     exported = None

@@ -34,6 +34,8 @@ def uses_calibration(recipe: Recipe) -> bool:
     m = recipe.method
     if m.kind == "distill":
         return True  # layer importance and the held-out KL are measured on it
+    if getattr(m, "kv_cache", None):
+        return True  # the KV cache scales are measured on it, whatever the weight scheme
     return (m.kind, getattr(m, "scheme", None) or getattr(m, "algorithm", None)) in CALIBRATED
 
 

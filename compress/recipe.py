@@ -78,6 +78,10 @@ class Fp8Method(Strict):
     kind: Literal["fp8"]
     scheme: Literal["dynamic", "static"] = "dynamic"
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    kv_cache: Literal["fp8"] | None = Field(
+        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
+        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
+        "engines use them with --kv-cache-dtype fp8")
 
 
 class Int8Method(Strict):
@@ -89,6 +93,17 @@ class Int8Method(Strict):
     dampening_frac: Fraction = 0.01
     llm_int8_threshold: Annotated[float, Field(gt=0)] = 6.0
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    kv_cache: Literal["fp8"] | None = Field(
+        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
+        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
+        "engines use them with --kv-cache-dtype fp8")
+
+    @model_validator(mode="after")
+    def _kv_cache_scheme(self) -> "Int8Method":
+        if self.kv_cache is not None and self.scheme == "llm-int8":
+            raise ValueError("kv_cache works only with the llm-compressor scheme w8a8; llm-int8 (bitsandbytes) "
+                             "cannot quantize the KV cache: remove kv_cache or use scheme: w8a8")
+        return self
 
 
 class Int4Method(Strict):
@@ -110,6 +125,10 @@ class Int4Method(Strict):
     act_order: bool = False
     double_quant: bool = True
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    kv_cache: Literal["fp8"] | None = Field(
+        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
+        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
+        "engines use them with --kv-cache-dtype fp8")
 
     @field_validator("group_size")
     @classmethod
@@ -126,6 +145,9 @@ class Int4Method(Strict):
             raise ValueError("nf4 is a 4-bit format: leave bits at 4")
         if self.algorithm == "nf4" and not self.symmetric:
             raise ValueError("nf4 has no asymmetric variant: leave symmetric at true")
+        if self.kv_cache is not None and self.algorithm in ("gptq-hf", "nf4"):
+            raise ValueError(f"kv_cache works only with the llm-compressor algorithms gptq, awq and rtn; "
+                             f"{self.algorithm} cannot quantize the KV cache: remove kv_cache or pick one of those")
         return self
 
 
@@ -206,14 +228,44 @@ class EvalSpec(Strict):
     device: str = "auto"
 
 
-class BenchSpec(Strict):
-    """Generation benchmark settings."""
+class SloSpec(Strict):
+    """A service-level objective: the tail latencies a serving setup must keep, in milliseconds."""
 
+    ttft_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    itl_p99_ms: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "SloSpec":
+        if self.ttft_p99_ms is None and self.itl_p99_ms is None:
+            raise ValueError("give ttft_p99_ms and/or itl_p99_ms")
+        return self
+
+
+class BenchSpec(Strict):
+    """Generation benchmark settings.
+
+    ``engine``: ``hf`` times transformers ``generate`` in a worker process (``batch_sizes`` are
+    sequences per call); ``vllm`` serves the model with vLLM from the engine environment
+    (`make engine`) and drives it through the OpenAI-compatible streaming API (``batch_sizes``
+    are concurrency levels: requests in flight). Baseline and candidate are measured in the
+    same time window, in ``rounds`` alternating rounds.
+    """
+
+    engine: Literal["hf", "vllm"] = "hf"
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
     prompt_tokens: PositiveInt = 64
     output_tokens: PositiveInt = 32
     warmup: NonNegInt = 2
-    repeats: PositiveInt = 8
+    repeats: PositiveInt = Field(
+        default=8, description="hf: timed generate calls per batch size and round; vllm: requests per "
+        "concurrency level and round (at least the concurrency)")
+    rounds: Annotated[int, Field(ge=2)] = 4
+    slo: SloSpec | None = None
+    engine_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="vllm: the dtype the engine computes in (its CPU kernels are bf16)")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        default="auto", description="vllm: the KV cache's dtype (fp8 uses the artifact's calibrated scales)")
+    kv_cache_gib: PositiveInt = Field(default=2, description="vllm on the CPU: KV cache size in GiB (whole GiB)")
     price_per_hour: Annotated[float, Field(ge=0)] = Field(
         default=1.0, description="what the machine costs per hour, in USD"
     )
@@ -228,14 +280,19 @@ EFFICIENCY_METRICS: dict[str, tuple[str, str]] = {
     "size_ratio": ("candidate / baseline bytes on disk", "lower"),
     "peak_memory_ratio": ("candidate / baseline peak memory", "lower"),
     "peak_memory_mb": ("candidate peak memory, MiB", "lower"),
-    "throughput_speedup": ("candidate / baseline decode tokens per second", "higher"),
-    "prefill_speedup": ("candidate / baseline prefill tokens per second", "higher"),
+    "throughput_speedup": ("candidate / baseline output tokens per second, at the largest load level", "higher"),
+    "prefill_speedup": ("baseline / candidate mean time to first token", "higher"),
     "latency_p50_ratio": ("candidate / baseline end-to-end latency p50", "lower"),
     "latency_p99_ratio": ("candidate / baseline end-to-end latency p99", "lower"),
     "ttft_p99_ratio": ("candidate / baseline time to first token p99", "lower"),
-    "cost_ratio": ("candidate / baseline USD per million output tokens", "lower"),
-    "cost_per_mtok": ("candidate USD per million output tokens", "lower"),
+    "cost_ratio": ("candidate / baseline USD per million output tokens, at the largest load level", "lower"),
+    "cost_per_mtok": ("candidate USD per million output tokens, at the largest load level", "lower"),
+    "slo_throughput_speedup": ("candidate / baseline highest output tokens per second within bench.slo", "higher"),
 }
+
+
+# Efficiency metrics measured once per model rather than per load level.
+MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup"}
 
 
 class GateCheck(Strict):
@@ -253,6 +310,9 @@ class GateCheck(Strict):
     relative: bool = False
     min: float | None = None
     max: float | None = None
+    at: PositiveInt | None = Field(
+        default=None, description="speed and cost ratios: the load level (batch size, or concurrency when served) to "
+        "read them at; the largest level both models ran by default")
 
     @model_validator(mode="after")
     def _bounds(self) -> "GateCheck":
@@ -261,6 +321,8 @@ class GateCheck(Strict):
                 raise ValueError(f"quality metric '{self.metric}' needs max_regression")
             if self.min is not None or self.max is not None:
                 raise ValueError(f"quality metric '{self.metric}' takes max_regression, not min/max")
+            if self.at is not None:
+                raise ValueError(f"quality metric '{self.metric}' takes no 'at' (a load level)")
         else:
             if self.metric not in EFFICIENCY_METRICS:
                 close = difflib.get_close_matches(self.metric, list(EFFICIENCY_METRICS), n=2)
@@ -273,7 +335,27 @@ class GateCheck(Strict):
                 raise ValueError(f"efficiency metric '{self.metric}' takes min/max, not max_regression")
             if self.min is None and self.max is None:
                 raise ValueError(f"efficiency metric '{self.metric}' needs min or max")
+            if self.at is not None and self.metric in MEASURED_ONCE:
+                raise ValueError(f"'{self.metric}' is measured once, not per load level: remove 'at'")
         return self
+
+    @property
+    def key(self) -> str:
+        """The check's name in a gate decision: the metric, and the level it is read at if given."""
+        return self.metric if self.at is None else f"{self.metric}@{self.at}"
+
+
+class ServableSpec(Strict):
+    """The engine must load the artifact and say what transformers says: greedy continuations of
+    seeded prompts, compared token by token (``servable: vllm`` is short for the defaults)."""
+
+    engine: Literal["vllm"] = "vllm"
+    prompts: PositiveInt = 8
+    tokens: PositiveInt = 8
+    min_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.75, description="the fraction of prompts whose first `tokens` tokens must all match")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="what both the engine and transformers compute in")
 
 
 class GateSpec(Strict):
@@ -281,6 +363,12 @@ class GateSpec(Strict):
     test: Literal["bootstrap", "mcnemar"] = "bootstrap"
     bootstrap_resamples: Annotated[int, Field(ge=200)] = 2000
     checks: list[GateCheck] = Field(default_factory=list)
+    servable: ServableSpec | None = None
+
+    @field_validator("servable", mode="before")
+    @classmethod
+    def _engine_name(cls, v: Any) -> Any:
+        return {"engine": v} if isinstance(v, str) else v
 
 
 class ExportSpec(Strict):

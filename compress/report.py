@@ -6,7 +6,7 @@ from typing import Any
 from rich.table import Table
 
 from compress.console import fmt_bytes, fmt_seconds, table
-from compress.evals.reports import AccuracyReport, BenchReport
+from compress.evals.reports import AccuracyReport, BenchReport, SpeedReport
 
 
 def fmt_value(value: float | None, unit: str = "") -> str:
@@ -36,17 +36,40 @@ def accuracy_table(report: AccuracyReport) -> Table:
     return table(f"Accuracy: {report.model.spec}", ["metric", "value", "stderr", "samples", "shots"], rows)
 
 
+def runtime_line(settings: dict[str, Any], runtime: Any, device: str) -> str:
+    """Which runtime measured a figure, for every cost or speed heading: "vLLM 0.32.0 (bfloat16) on cpu"."""
+    if runtime.engine == "vllm":
+        where = f"vLLM {runtime.version or '?'} server ({runtime.dtype}"
+        where += f", KV cache {runtime.kv_cache_dtype})" if runtime.kv_cache_dtype not in (None, "auto") else ")"
+    elif runtime.engine == "endpoint":
+        where = f"the server at {runtime.url}"
+    else:
+        where = f"transformers {runtime.version or ''} generate ({runtime.dtype})".replace("  ", " ")
+    return (f"{where} on {device}, {settings['prompt_tokens']} prompt + {settings['output_tokens']} output tokens, "
+            f"{settings.get('rounds', 1)} rounds, ${settings['price_per_hour']}/hour")
+
+
+def fmt_rate(b: Any) -> str:
+    """Output tokens per second with its interval over rounds: "95.2 [90.1, 99.3]"."""
+    sp = b.output_tokens_per_s_spread
+    if sp is None or sp.rounds < 2:
+        return f"{b.output_tokens_per_s:,.1f}"
+    return f"{sp.value:,.1f} [{sp.lower:,.1f}, {sp.upper:,.1f}]"
+
+
 def bench_table(report: BenchReport) -> Table:
+    from compress.compare import level_word
+
+    m = report.measured
     rows = []
-    for b in report.batches:
-        rows.append([b.batch_size, fmt_seconds(b.ttft.p50), fmt_seconds(b.ttft.p99), fmt_seconds(b.itl.p50),
-                     fmt_seconds(b.itl.p99), fmt_seconds(b.e2e.p50), fmt_seconds(b.e2e.p90), fmt_seconds(b.e2e.p99),
-                     f"{b.prefill_tokens_per_s:,.0f}", f"{b.decode_tokens_per_s:,.0f}", f"${b.cost_per_mtok_usd:.4g}"])
-    s = report.settings
-    title = (f"Generation: {report.model.spec} ({s['prompt_tokens']} prompt + {s['output_tokens']} output tokens, "
-             f"{s['repeats']} repeats)")
-    return table(title, ["batch", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "E2E p50", "E2E p90", "E2E p99",
-                         "prefill tok/s", "decode tok/s", "$/1M out"], rows)
+    for b in m.batches:
+        rows.append([b.batch_size, fmt_rate(b), fmt_seconds(b.ttft.p50), fmt_seconds(b.ttft.p99),
+                     fmt_seconds(b.itl.p50), fmt_seconds(b.itl.p99), fmt_seconds(b.e2e.p50), fmt_seconds(b.e2e.p90),
+                     fmt_seconds(b.e2e.p99), f"${b.cost_per_mtok_usd:.4g}"
+                     + ("" if b.meets_slo is None else (" (SLO met)" if b.meets_slo else " (SLO missed)"))])
+    title = f"Generation: {report.model.spec}: {runtime_line(report.settings, m.runtime, m.device)}"
+    return table(title, [level_word(report), "output tok/s [95% over rounds]", "TTFT p50", "TTFT p99", "ITL p50",
+                         "ITL p99", "E2E p50", "E2E p90", "E2E p99", "$/1M out"], rows)
 
 
 def compare_tables(result: dict[str, Any]) -> list[Table]:
@@ -63,11 +86,12 @@ def compare_tables(result: dict[str, Any]) -> list[Table]:
     if "speed" in result:
         rows = []
         for r in result["speed"]:
-            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            ratio = _ratio_text(r)
             better = r["ratio"] is not None and ((r["ratio"] > 1) == r["higher_is_better"]) and r["ratio"] != 1
             rows.append([r["figure"], fmt_value(r["baseline"], r["unit"]), fmt_value(r["candidate"], r["unit"]),
                          f"[green]{ratio}[/green]" if better else ratio])
-        tables.append(table("Speed, memory, size, cost", ["figure", "baseline", "candidate", "candidate/baseline"], rows))
+        title = "Speed, memory, size, cost" + (f": {result['speed_measured_with']}" if result.get("speed_measured_with") else "")
+        tables.append(table(title, ["figure", "baseline", "candidate", "candidate/baseline [95%]"], rows))
     return tables
 
 
@@ -98,12 +122,36 @@ def accuracy_markdown(base: AccuracyReport, cand: AccuracyReport) -> str:
     return _md_table(["metric", "base", "this model", "change"], rows)
 
 
-def speed_markdown(base: BenchReport, cand: BenchReport) -> str:
-    from compress.compare import speed_rows
+def _ratio_text(row: dict[str, Any]) -> str:
+    if row["ratio"] is None:
+        return "-"
+    iv = row.get("interval")
+    if iv is not None and iv.n > 1:
+        return f"{iv.estimate:.2f}x [{iv.lower:.2f}, {iv.upper:.2f}]"
+    return f"{row['ratio']:.2f}x"
 
-    rows = [[r["figure"], fmt_value(r["baseline"], r["unit"]), fmt_value(r["candidate"], r["unit"]),
-             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"] for r in speed_rows(base, cand)]
-    return _md_table(["figure", "base", "this model", "ratio"], rows)
+
+def _side_value(row: dict[str, Any], who: str) -> str:
+    sp = row.get(f"{who}_spread")
+    if sp is not None and sp.rounds > 1:
+        return f"{sp.value:,.1f} [{sp.lower:,.1f}, {sp.upper:,.1f}]"
+    return fmt_value(row[who], row["unit"])
+
+
+def speed_markdown(report: SpeedReport, confidence: float = 0.95) -> str:
+    """Both models side by side; throughput with its interval over rounds, headline ratios with theirs."""
+    from compress.compare import efficiency_metrics, speed_rows
+
+    intervals = efficiency_metrics(report, confidence=confidence, resamples=1000)
+    rows = [[r["figure"], _side_value(r, "baseline"), _side_value(r, "candidate"), _ratio_text(r)]
+            for r in speed_rows(report, intervals)]
+    return _md_table(["figure", "base", "this model", f"ratio [{confidence:.0%} interval over rounds]"], rows)
+
+
+def speed_heading(report: SpeedReport) -> str:
+    """Which runtime measured the figures, how, and at what price."""
+    c = report.candidate
+    return runtime_line(report.settings, c.runtime, c.device) + ", baseline and candidate interleaved"
 
 
 def _environment_line(env: dict[str, Any]) -> str:
@@ -160,11 +208,10 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) 
     acc = (reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")))
     if all(acc):
         parts += ["", "## Accuracy (lm-evaluation-harness, same documents for both)", "", accuracy_markdown(*acc)]
-    bench = (reports.get(("baseline", "bench")), reports.get(("candidate", "bench")))
-    if all(bench):
-        s = bench[1].settings
-        parts += ["", f"## Speed, memory and cost ({bench[1].device}, {s['prompt_tokens']} prompt + "
-                      f"{s['output_tokens']} output tokens, ${s['price_per_hour']}/hour)", "", speed_markdown(*bench)]
+    speed = reports.get(("both", "speed"))
+    if speed is not None:
+        parts += ["", "## Speed, memory and cost", "", f"Measured with {speed_heading(speed)}.", "",
+                  speed_markdown(speed, gate.confidence)]
     snippet = LOAD_SNIPPETS.get(method["format"], LOAD_SNIPPETS["safetensors"]).format(path="PATH/TO/THIS/DIR")
     parts += [
         "", "## Use", "", snippet, "",
@@ -193,9 +240,10 @@ def run_summary_markdown(result: Any) -> str:
     acc = (result.reports.get(("baseline", "accuracy")), result.reports.get(("candidate", "accuracy")))
     if all(acc):
         lines += ["", "### Accuracy", "", accuracy_markdown(*acc)]
-    bench = (result.reports.get(("baseline", "bench")), result.reports.get(("candidate", "bench")))
-    if all(bench):
-        lines += ["", "### Speed, memory, cost", "", speed_markdown(*bench)]
+    speed = result.reports.get(("both", "speed"))
+    if speed is not None:
+        lines += ["", "### Speed, memory, cost", "", f"Measured with {speed_heading(speed)}.", "",
+                  speed_markdown(speed, gate.confidence)]
     lines += ["", f"Exported to `{result.exported_to}`." if result.exported_to else
               "Nothing exported (only a PASS can be)." , ""]
     return "\n".join(lines)
@@ -265,17 +313,17 @@ def collect_runs(runs_dir: Any) -> list[dict[str, Any]]:
 
 def _figures(reports: Any, who: str, headline: str | None) -> dict[str, Any]:
     """Headline accuracy, latency and cost of one model from a run's stored reports."""
-    acc_path, bench_path = reports / f"{who}-accuracy.json", reports / f"{who}-bench.json"
+    acc_path, speed_path = reports / f"{who}-accuracy.json", reports / "speed.json"
     out: dict[str, Any] = {}
     if acc_path.exists():
         acc = AccuracyReport.load(acc_path)
         name = headline or next(f"{t}/{m}" for t, r in acc.tasks.items() for m in r.metrics)
         out["metric"], out["accuracy"] = name, acc.metric(name).value
-    if bench_path.exists():
-        bench = BenchReport.load(bench_path)
-        b = bench.headline()
+    if speed_path.exists():
+        side = SpeedReport.load(speed_path).side(who)
+        b = max(side.batches, key=lambda x: x.batch_size)
         out.update(latency_p50_s=b.e2e.p50, cost_per_mtok=b.cost_per_mtok_usd, batch=b.batch_size,
-                   peak_memory=bench.peak_memory_bytes)
+                   peak_memory=side.peak_memory_bytes, runtime=side.runtime.engine)
     return out
 
 
@@ -296,10 +344,11 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
         acc = "-" if r.get("accuracy") is None else fmt_value(r["accuracy"], "fraction" if r["accuracy"] <= 1 else "")
         out.append([r["name"] + (" *" if r["name"] in front_size else ""), r["method"], fmt_bytes(r["size_bytes"]),
                     acc, fmt_seconds(r.get("latency_p50_s")),
-                    "-" if r.get("cost_per_mtok") is None else f"${r['cost_per_mtok']:.4g}",
+                    "-" if r.get("cost_per_mtok") is None else
+                    f"${r['cost_per_mtok']:.4g} ({r.get('runtime', 'hf')}, {r.get('batch')} at once)",
                     f"[{colour[r['verdict']]}]{r['verdict']}[/{colour[r['verdict']]}]"])
     return table("Runs (* = on the accuracy/size Pareto front)",
-                 ["run", "method", "weights", "accuracy", "latency p50", "$/1M out", "verdict"], out)
+                 ["run", "method", "weights", "accuracy", "latency p50", "$/1M out (runtime, load)", "verdict"], out)
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Any) -> None:

@@ -9,6 +9,10 @@ throughput next to bf16. No network needed; about 3-4 minutes on one H100.
 3. Each artifact is reloaded with plain `AutoModelForCausalLM.from_pretrained` on the GPU,
    checked for finite logits, and `compress bench` measures decode throughput at batch
    sizes 1 and 16 (128 prompt + 128 output tokens), next to the bf16 model.
+4. Where the engine environment exists (`make engine` installs vLLM's CUDA build on a GPU
+   machine), `compress bench --engine vllm` serves each model and measures output tokens/s
+   at concurrency 1 and 16 over 3 rounds, with intervals: the GPU column of the README's
+   served-speed table.
 
 Run on the GPU machine from the repository root (it needs compress's dependencies; on the
 lent machine, carry llmcompressor, compressed-tensors, pydantic and lm-eval as wheels, see
@@ -86,6 +90,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check is for a GPU machine")
     os.environ.setdefault("COMPRESS_RUNS_DIR", tempfile.mkdtemp(prefix="gpu-check-runs-"))
+    from compress.engines.vllm import engine_info
+
+    engine = engine_info()["installed"]
+    print("vLLM engine: " + ("found, server-mode benchmark included" if engine else
+                             "not found (`make engine`): transformers figures only"), flush=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     start = time.time()
     billions = make_base(work / "base")
@@ -103,16 +112,29 @@ def main() -> None:
         rows[label].update(finite_on_gpu(path))
         bench = compress_cli("bench", str(path), "--device", "cuda", "--dtype", "bfloat16", "--batch-sizes", "1,16",
                              "--prompt-tokens", "128", "--output-tokens", "128", "--warmup", "2", "--repeats", "5")
-        for b in bench["batches"]:
+        for b in bench["measured"]["batches"]:
             rows[label][f"decode_tok_s_b{b['batch_size']}"] = round(b["decode_tokens_per_s"], 1)
             rows[label][f"ttft_p50_ms_b{b['batch_size']}"] = round(1000 * b["ttft"]["p50"], 1)
         rows[label]["gpu"] = bench["environment"]["device"].get("gpu")
+        if engine:
+            # Where the artifact is served: vLLM (the CUDA build from `make engine`), streamed
+            # requests at concurrency 1 and 16, 3 rounds, output tok/s with its interval.
+            served = compress_cli("bench", str(path), "--engine", "vllm", "--dtype", "bfloat16", "--concurrency", "1,16",
+                                  "--prompt-tokens", "128", "--output-tokens", "128", "--repeats", "4", "--rounds", "3")
+            for b in served["measured"]["batches"]:
+                sp = b["output_tokens_per_s_spread"]
+                rows[label][f"vllm_tok_s_c{b['batch_size']}"] = [round(sp["value"], 1), round(sp["lower"], 1),
+                                                                 round(sp["upper"], 1)]
+            rows[label]["vllm_kernels"] = served["measured"]["runtime"]["kernels"]
         print(label, json.dumps(rows[label]), flush=True)
-    print("\n| model | weights vs bf16 | loads, finite logits | decode tok/s b1 | decode tok/s b16 | TTFT p50 b1 |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | weights vs bf16 | loads, finite logits | transformers decode tok/s b1 / b16 | TTFT p50 b1 "
+          "| vLLM output tok/s c1 [95%] | vLLM output tok/s c16 [95%] |")
+    print("|---|---|---|---|---|---|---|")
     for label, r in rows.items():
-        print(f"| {label} | {r['size_ratio']:.2f}x | {r['finite']} ({r['first_linear']}) | {r['decode_tok_s_b1']} | "
-              f"{r['decode_tok_s_b16']} | {r['ttft_p50_ms_b1']} ms |")
+        served = [r.get(f"vllm_tok_s_c{c}") for c in (1, 16)]
+        cells = [f"{v[0]} [{v[1]}, {v[2]}]" if v else "not run" for v in served]
+        print(f"| {label} | {r['size_ratio']:.2f}x | {r['finite']} ({r['first_linear']}) | {r['decode_tok_s_b1']} / "
+              f"{r['decode_tok_s_b16']} | {r['ttft_p50_ms_b1']} ms | {cells[0]} | {cells[1]} |")
     total = time.time() - start
     print(f"\ntotal {total:.0f} s on {rows['bf16'].get('gpu')}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,8 @@ def test_junit_and_summary_files(flow):
     assert len(cases) == 4 and not suite.findall(".//failure")
     bad = ET.parse(flow["root"] / "bad.xml").getroot()
     failures = bad.findall(".//failure")
-    assert failures and {f.get("type") for f in failures} == {"FAIL"}
+    # The quality checks FAIL; a speed guard may be INCONCLUSIVE on a busy machine, never PASS-as-failure.
+    assert failures and "FAIL" in {f.get("type") for f in failures} <= {"FAIL", "INCONCLUSIVE"}
     summary = (flow["root"] / "good.md").read_text()
     assert "PASS" in summary and "| verdict | check |" in summary
     step = (flow["root"] / "step-summary.md").read_text()
@@ -95,8 +96,8 @@ def test_rerun_of_a_passed_recipe_reuses_every_stage(flow):
     seconds = time.time() - start
     assert p.returncode == 0, p.stderr[-2000:]
     stages = {s["stage"]: s["reused"] for s in json.loads(p.stdout)["stages"]}
-    assert stages == {"artifact": True, "eval baseline": True, "bench baseline": True, "eval candidate": True,
-                      "bench candidate": True, "gate": False, "export": True}
+    assert stages == {"artifact": True, "eval baseline": True, "eval candidate": True, "bench both": True,
+                      "gate": False, "export": True}
     assert seconds < flow["first_seconds"]
 
 

@@ -80,8 +80,8 @@ def test_scheme_from_flags_reloads_in_plain_transformers(scheme, tmp_path, runs_
                 "--warmup", "0", "--repeats", "2", "--json")
     assert b.returncode == 0, b.stderr[-2000:]
     bench = json.loads(b.stdout)
-    assert bench["model"]["quantization"] and bench["batches"][0]["decode_tokens_per_s"] > 0
-    assert bench["size_bytes"] == manifest["size"]["weights_bytes"]
+    assert bench["model"]["quantization"] and bench["measured"]["batches"][0]["decode_tokens_per_s"] > 0
+    assert bench["measured"]["size_bytes"] == manifest["size"]["weights_bytes"]
 
 
 def test_recipe_form_and_reuse(tmp_path, runs_dir):

@@ -103,6 +103,15 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
     causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above", msg)]
     errors = [msg for raw, msg in lines if re.search(r"\b(ERROR|CRITICAL)\b", raw) or "Killed" in msg]
     line = (causes or exceptions or errors or [msg for _, msg in lines])[-1]
+    if re.search(r"validation errors? for \w+$", line):
+        # pydantic puts the reason on the line after its headline: vLLM refuses a bitsandbytes
+        # artifact with "ValidationError: 1 validation error for ModelConfig", then
+        # "Value error, Unknown quantization method: bitsandbytes. ...".
+        raw = text.splitlines()
+        at = max(i for i, ln in enumerate(raw) if ln.rstrip().endswith(line))
+        detail = next((ln.strip() for ln in raw[at + 1:] if ln.strip()), "").removeprefix("Value error, ")
+        line = re.sub(r"^[\w.]*\.(\w+Error)", r"\1", line)  # pydantic_core._pydantic_core.ValidationError
+        line = f"{line}: {detail}" if detail else line
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -163,6 +172,19 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def group_rss(pgid: int) -> int:
+    """Resident memory of every live process in process group ``pgid``, in bytes."""
+    import psutil
+
+    total = 0
+    for pid in group_alive(pgid):
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
 class VllmServer:
     """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
 
@@ -189,7 +211,7 @@ class VllmServer:
     """
 
     def __init__(self, model_dir: Path | str, *, log_path: Path | str, port: int | None = None,
-                 dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: float = 2,
+                 dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: int = 2,
                  extra_args: Sequence[str] = (), python: Path | str | None = None,
                  env: Mapping[str, str] | None = None, served_model_name: str | None = None,
                  startup_timeout: float = 300.0, stop_timeout: float = 20.0):
@@ -272,7 +294,7 @@ class VllmServer:
             raise EngineError(f"the vLLM engine environment is missing ({self.python} not found)",
                               hint="run `make engine`")
         self.command = self._build_command()
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(max(1, round(self.kv_cache_gib))), PYTHONUNBUFFERED="1")
         env.pop("PYTHONPATH", None)  # the compression environment's paths must not leak into vLLM's
         env.update(self.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

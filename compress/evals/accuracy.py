@@ -18,7 +18,7 @@ from typing import Any
 
 from compress.artifact import weights_size
 from compress.env import environment
-from compress.errors import BackendMissingError, CompressError, UsageError
+from compress.errors import CompressError, EngineError, UsageError
 from compress.evals import cache
 from compress.evals.reports import AccuracyReport, Metric, ModelInfo, Sample, TaskResult
 from compress.models import load_model, load_tokenizer, pick_device, resolve_model
@@ -120,6 +120,11 @@ def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
     s = spec.model_dump(mode="json")
     s["dtype"] = dtype
     s["bundled_tasks"] = bundled_tasks_hash()
+    if spec.backend == "vllm":  # another engine build may score differently: its own cache entry
+        from compress.engines.vllm import engine_info
+
+        info = engine_info()
+        s["engine"] = f"{info['package']} {info['version']}"
     return s
 
 
@@ -144,16 +149,17 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "float32", revision:
     if not rerun and (hit := cache.load_cached("accuracy", key, AccuracyReport)) is not None:
         return hit, True
     start = time.time()
-    results = _simple_evaluate(ref.path, settings, dtype, trust_remote_code, allow_pickle)
+    log_path = cache.report_path("accuracy", key).with_suffix(".vllm.log")  # the engine's, beside the report
+    results = _simple_evaluate(ref.path, settings, dtype, trust_remote_code, allow_pickle, log_path)
     report = to_report(results, info, config, key, time.time() - start)
     cache.store("accuracy", key, report)
     return report, False
 
 
 def _simple_evaluate(path: Path, settings: EvalSpec, dtype: str, trust_remote_code: bool,
-                     allow_pickle: bool) -> dict[str, Any]:
+                     allow_pickle: bool, log_path: Path) -> dict[str, Any]:
     if settings.backend == "vllm":
-        return evaluate_lm(_vllm(path, settings, dtype), settings)
+        return evaluate_served(path, settings, dtype, log_path=log_path, trust_remote_code=trust_remote_code)
     device = pick_device(settings.device)
     model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                        allow_pickle=allow_pickle)
@@ -203,14 +209,112 @@ def evaluate_lm(lm: Any, settings: EvalSpec) -> dict[str, Any]:
     return results
 
 
-def _vllm(path: Path, settings: EvalSpec, dtype: str):
-    try:
-        from lm_eval.models.vllm_causallms import VLLM
-        import vllm  # noqa: F401
-    except ImportError:
-        raise BackendMissingError("vllm", "vllm", "the vllm eval back end") from None
-    return VLLM(pretrained=str(path), dtype="auto" if dtype == "auto" else dtype,
-                batch_size=settings.batch_size, seed=settings.seed)
+def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Path,
+                    trust_remote_code: bool = False) -> dict[str, Any]:
+    """Run lm-eval against a vLLM server started on ``path`` from the engine environment.
+
+    The compression environment never imports vLLM: the server is a managed process
+    (``compress.engines.vllm.VllmServer``) and lm-eval's ``local-completions`` model asks it
+    for log-probabilities over HTTP (``/v1/completions``, ``echo`` with ``logprobs``). Requests
+    are token ids from the model's own tokenizer, so documents are split and scored as the
+    ``hf`` back end scores them and the per-document results pair one to one.
+
+    Args:
+        path: the model or artifact directory.
+        settings: tasks, few-shot, limit, seed; ``batch_size`` prompts go in one request.
+        dtype: vLLM's ``--dtype``. The CPU int4 kernel needs ``bfloat16``. The embedded
+            float32 model served in ``float32`` gave ``hf``'s log-likelihoods within 3e-5
+            (in ``bfloat16``: within 0.3, the same answers).
+        log_path: where the server's log goes (kept: its last lines name a failure).
+
+    Returns:
+        lm-eval's result dictionary, with ``"engine"``: name, package, version, dtype, kernels.
+
+    Raises:
+        EngineError: the engine environment is missing, the server cannot serve the model
+            (the engine's own reason) or stops answering.
+    """
+    import asyncio
+    import contextlib
+
+    import aiohttp
+
+    from compress.engines.servable import engine_error
+    from compress.engines.vllm import VllmServer, engine_info
+
+    with contextlib.ExitStack() as stack:
+        server = VllmServer(path, dtype=dtype, log_path=log_path)
+        try:
+            stack.enter_context(server)
+        except EngineError:
+            if not server.proc:  # no engine environment: its message says `make engine`
+                raise
+            reason = engine_error(server.log_text())
+            hint = f"its log: {log_path}"
+            if "not implemented for 'Float'" in reason:
+                hint = f"the engine's CPU kernel for this format has no float32 path: use --dtype bfloat16; {hint}"
+            raise EngineError(f"vLLM cannot serve {path.name}: {reason}", hint=hint) from None
+        lm = served_lm(server, path, settings, trust_remote_code)
+        try:
+            results = evaluate_lm(lm, settings)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise EngineError(f"vLLM failed to answer lm-eval ({type(e).__name__}: {e}): {server.log_tail()}",
+                              hint=f"its log: {log_path}") from None
+        served = {"name": "vllm", "package": engine_info(server.python.parent.parent)["package"],
+                  "version": server.version, "dtype": dtype, "max_model_len": server.max_model_len,
+                  "kernels": server.kernels, "start_s": round(server.start_seconds or 0.0, 3)}
+    results["engine"] = served
+    return results
+
+
+def served_lm(server: Any, path: Path, settings: EvalSpec, trust_remote_code: bool = False) -> Any:
+    """lm-eval's ``local-completions`` model for a started :class:`VllmServer`.
+
+    ``max_length`` is the server's context length: lm-eval sends at most ``max_length - 1``
+    tokens and vLLM adds the one token it must generate. (Rolling windows are therefore two
+    tokens shorter than ``hf``'s; only documents longer than the context notice.)
+    """
+    _quiet_lm_eval()
+    return _local_completions()(
+        base_url=f"{server.url}/v1/completions", model=server.served_model_name,
+        tokenizer_backend="huggingface", tokenizer=str(path), tokenized_requests=True,
+        # Encode as HFLM does (its add_bos_token unset): with the tokenizer's own special
+        # tokens, so a BOS the tokenizer adds is in both back ends' requests and scores.
+        add_bos_token=True,
+        trust_remote_code=trust_remote_code, batch_size=settings.batch_size,
+        # Two requests in flight keep the engine busy while lm-eval parses the last answer;
+        # aiohttp (the concurrent path) also ignores proxy variables, as a local server needs.
+        num_concurrent=2, max_retries=1, max_length=server.max_model_len, seed=settings.seed,
+        timeout=600,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _local_completions() -> type:
+    """``LocalCompletionsAPI`` scoring all rolling windows of all documents in one batched
+    pass, as HFLM does; lm-eval's own sends one document at a time (one round trip and one
+    progress bar each). The windows and their scores are the same."""
+    from lm_eval import utils
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    class BatchedRolling(LocalCompletionsAPI):
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+            strings = [req.args[0] for req in requests]
+            windows, owner = [], []
+            for i, string in enumerate(strings):
+                for window in utils.get_rolling_token_windows(
+                        token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length - 1, context_len=1):
+                    windows.append((None, *utils.make_disjoint_window(window)))
+                    owner.append(i)
+            totals = [0.0] * len(strings)
+            for i, (ll, _) in zip(owner, self._loglikelihood_tokens(windows), strict=True):
+                totals[i] += ll
+            for string, total in zip(strings, totals):
+                self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            return totals
+
+    return BatchedRolling
 
 
 def _plain(value: Any) -> Any:
@@ -279,7 +383,10 @@ def to_report(results: dict[str, Any], info: ModelInfo, settings: dict[str, Any]
         )
     import torch
 
-    return AccuracyReport(model=info, settings=settings, tasks=tasks, environment=environment(torch),
+    env = environment(torch)
+    if results.get("engine"):  # measured on a served engine: which one, which version
+        env["engine"] = results["engine"]
+    return AccuracyReport(model=info, settings=settings, tasks=tasks, environment=env,
                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           duration_s=round(duration, 3), cache_key=key)
 

@@ -125,21 +125,6 @@ def summarize(values: list[float]) -> Percentiles:
     )
 
 
-class Request(ReportModel):
-    """One timed generation call (a batch of ``batch_size`` sequences)."""
-
-    batch_size: int
-    repeat: int
-    ttft_s: float
-    e2e_s: float
-    token_times_s: list[float] = Field(description="seconds from start to each output token")
-
-    @property
-    def inter_token_s(self) -> list[float]:
-        t = self.token_times_s
-        return [b - a for a, b in zip(t, t[1:])]
-
-
 class ServedRequest(ReportModel):
     """One streamed request to a serving engine (OpenAI-compatible ``/v1/completions``).
 
@@ -166,8 +151,36 @@ class ServedRequest(ReportModel):
         return [b - a for a, b in zip(t, t[1:])]
 
 
+class LevelRun(ReportModel):
+    """One model at one load level in one round: every request, and the wall time they took.
+
+    ``level`` is the batch size (``hf``: sequences per ``generate`` call, run one call after
+    another) or the concurrency (``vllm`` / ``endpoint``: requests in flight).
+    """
+
+    round: int
+    level: int
+    position: int = 0  # 0 when this model went first in its round, 1 when second
+    wall_s: float
+    requests: list[ServedRequest]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(r.output_tokens for r in self.requests)
+
+
+class Spread(ReportModel):
+    """A figure over rounds: the value from every round pooled, and an interval from resampling rounds."""
+
+    value: float
+    lower: float
+    upper: float
+    confidence: float
+    rounds: int
+
+
 class BatchResult(ReportModel):
-    batch_size: int
+    batch_size: int  # the level: batch size (hf) or concurrency (vllm, endpoint)
     prompt_tokens: int
     output_tokens: int
     ttft: Percentiles
@@ -177,24 +190,96 @@ class BatchResult(ReportModel):
     decode_tokens_per_s: float
     output_tokens_per_s: float
     cost_per_mtok_usd: float
+    requests_per_s: float | None = None
+    output_tokens_per_s_spread: Spread | None = None
+    meets_slo: bool | None = None
+
+
+class Runtime(ReportModel):
+    """Where a model was measured: the engine, its version, how it was started, what it chose."""
+
+    engine: str  # hf | vllm | endpoint
+    version: str | None = None
+    dtype: str | None = None
+    command: list[str] = Field(default_factory=list)
+    kernels: dict[str, list[str]] = Field(default_factory=dict)
+    start_s: float | None = None
+    kv_cache_dtype: str | None = None
+    kv_cache_tokens: int | None = None  # tokens the engine's KV cache holds (from its log)
+    kv_cache_bytes_per_token: float | None = None
+    max_concurrency: float | None = None  # requests of max_model_len tokens that fit at once (from its log)
+    max_model_len: int | None = None
+    url: str | None = None
+
+
+class Measured(ReportModel):
+    """One model's side of a benchmark."""
+
+    model: ModelInfo
+    runtime: Runtime
+    device: str
+    size_bytes: int
+    peak_memory_bytes: int
+    memory_kind: str  # "rss" (the worker, or the server's whole process group) or "cuda_allocator"
+    model_memory_bytes: int | None = None
+    runs: list[LevelRun]
+    batches: list[BatchResult]
+    slo_output_tokens_per_s: float | None = None  # the highest throughput that met bench.slo (None: no slo)
 
 
 class BenchReport(ReportModel):
+    """One model benchmarked on its own (``compress bench``): figures with their spread over rounds."""
+
     kind: Literal["bench"] = "bench"
     model: ModelInfo
     settings: dict[str, Any]
-    device: str
-    batches: list[BatchResult]
-    peak_memory_bytes: int
-    memory_kind: str  # "rss" on the CPU, "cuda_allocator" on a GPU
-    model_memory_bytes: int | None = None
-    size_bytes: int
-    requests: list[Request]
+    measured: Measured
     environment: dict[str, Any]
     created: str
     duration_s: float
     cache_key: str
 
+    @property
+    def batches(self) -> list[BatchResult]:
+        return self.measured.batches
+
     def headline(self) -> BatchResult:
-        """The batch size that figures such as ``throughput_speedup`` are read at (the largest)."""
+        """The level that figures such as ``throughput_speedup`` are read at (the largest)."""
         return max(self.batches, key=lambda b: b.batch_size)
+
+
+class SpeedReport(ReportModel):
+    """Baseline and candidate benchmarked in the same time window, in alternating rounds.
+
+    Round ``r`` measures both models at every level, the baseline first in even rounds and the
+    candidate first in odd ones, so that a slow moment of the machine falls on both. Ratios
+    are computed from rounds, never from figures measured at another time.
+    """
+
+    kind: Literal["speed"] = "speed"
+    settings: dict[str, Any]
+    baseline: Measured
+    candidate: Measured
+    environment: dict[str, Any]
+    created: str
+    duration_s: float
+    cache_key: str
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.candidate.model
+
+    def side(self, who: str) -> Measured:
+        return self.baseline if who == "baseline" else self.candidate
+
+
+class ServableReport(ReportModel):
+    """Whether a serving engine loaded the candidate and agreed with transformers on it
+    (the ``servable`` gate check; ``result`` is ``compress.engines.servable.ServableResult``)."""
+
+    kind: Literal["servable"] = "servable"
+    model: ModelInfo
+    settings: dict[str, Any]
+    result: dict[str, Any]
+    created: str
+    duration_s: float

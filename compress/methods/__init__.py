@@ -50,12 +50,12 @@ def scheme_method(name: str) -> dict[str, Any]:
 
 
 def describe_method(method: dict[str, Any]) -> str:
-    """A short name for a method section, e.g. ``int4-gptq`` or ``fp8-dynamic``."""
+    """A short name for a method section, e.g. ``int4-gptq``, ``fp8-dynamic`` or ``int4-rtn+kv-fp8``."""
     kind = method["kind"]
+    kv = f"+kv-{method['kv_cache']}" if method.get("kv_cache") else ""
     if kind == "int4":
         bits = method.get("bits", 4)
-        name = f"int{bits}-{method.get('algorithm', 'gptq')}"
-        return name
+        return f"int{bits}-{method.get('algorithm', 'gptq')}{kv}"
     if kind in ("fp8", "int8"):
-        return f"{kind}-{method.get('scheme')}"
+        return f"{kind}-{method.get('scheme')}{kv}"
     return kind

@@ -104,9 +104,11 @@ def run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any]
 
     ``make_modifiers(model, ignore)`` builds the modifiers once the model is loaded and the
     ignore list resolved to its module names (some modifiers need the model's structure).
+    With ``method.kv_cache`` set, calibration runs even for data-free weight schemes: the KV
+    cache scales are measured on the calibration text.
 
     Returns:
-        Details for the manifest: ignored layers, calibration samples, llm-compressor version.
+        Details for the manifest: ignored layers, calibration samples, KV cache scheme.
     """
     import warnings
 
@@ -114,7 +116,7 @@ def run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any]
     load("llmcompressor", "quantization into compressed-tensors")
     with quiet_logs(), cpu_safe(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
-        return _run(ctx, make_modifiers, calibrate, timer)
+        return _run(ctx, make_modifiers, calibrate or kv_cache_scheme(ctx) is not None, timer)
 
 
 def _run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any]], calibrate: bool,
@@ -139,9 +141,32 @@ def _run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any
     with timer("save"):
         model.save_pretrained(str(ctx.out_dir), save_compressed=True)
         save_tokenizer(ctx, tokenizer)
-    return {"ignore": ignore, "calibration_samples": samples,
-            "layers_quantized": sum(1 for n, m in model.named_modules()
-                                    if isinstance(m, torch.nn.Linear) and n not in ignore)}
+    details: dict[str, Any] = {
+        "ignore": ignore, "calibration_samples": samples,
+        "layers_quantized": sum(1 for n, m in model.named_modules()
+                                if isinstance(m, torch.nn.Linear) and n not in ignore)}
+    if kv_cache_scheme(ctx) is not None:
+        details["kv_cache"] = {"dtype": ctx.recipe.method.kv_cache, "strategy": "tensor", "calibrated": True}
+    return details
+
+
+def kv_cache_scheme(ctx: MethodContext):
+    """llm-compressor's ``kv_cache_scheme`` for the recipe's ``method.kv_cache``, or None.
+
+    FP8 (E4M3), symmetric, one static scale per tensor for keys and one for values in each
+    attention layer, measured on the calibration data: the layout engines read as
+    ``k_scale``/``v_scale`` (llm-compressor's ``examples/quantization_kv_cache``).
+    """
+    if getattr(ctx.recipe.method, "kv_cache", None) != "fp8":
+        return None
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(num_bits=8, type="float", strategy="tensor", dynamic=False, symmetric=True)
+
+
+def kv_cache_label(ctx: MethodContext) -> str:
+    """The suffix a scheme's human name gets for its KV cache (empty without one)."""
+    return ", KV cache FP8 (per-tensor, calibrated)" if getattr(ctx.recipe.method, "kv_cache", None) else ""
 
 
 def weight_args(bits: int, group_size: int | None, symmetric: bool, kind: str = "int"):

@@ -26,10 +26,11 @@ def apply(ctx: MethodContext) -> MethodResult:
     preset = "FP8_DYNAMIC" if method.scheme == "dynamic" else "FP8"
     timer = Timer()
     details = llmc.run(ctx, lambda model, ignore: [
-        llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=ignore)],
+        llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=ignore,
+                                      kv_cache_scheme=llmc.kv_cache_scheme(ctx))],
         calibrate=method.scheme == "static", timer=timer)
     details["preset"] = preset
     name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
             else "FP8 W8A8, weights and activations per tensor (static, calibrated)")
-    return MethodResult(format="compressed-tensors", scheme=name, details=details, warnings=warnings,
-                        timings=timer.timings)
+    return MethodResult(format="compressed-tensors", scheme=name + llmc.kv_cache_label(ctx), details=details,
+                        warnings=warnings, timings=timer.timings)

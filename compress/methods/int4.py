@@ -43,19 +43,21 @@ def apply(ctx: MethodContext) -> MethodResult:
     quant = llmc.load("llmcompressor.modifiers.quantization", f"INT{m.bits} {m.algorithm}")
     _check_widths(ctx, m.group_size)
     groups = llmc.scheme(llmc.weight_args(m.bits, m.group_size, m.symmetric))
+    kv_cache = llmc.kv_cache_scheme(ctx)
 
     def modifiers(model, ignore):
         if m.algorithm == "gptq":
             return [quant.GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=m.dampening_frac,
-                                       actorder="group" if m.act_order else "static")]
+                                       actorder="group" if m.act_order else "static", kv_cache_scheme=kv_cache)]
         if m.algorithm == "awq":
             awq = llmc.load("llmcompressor.modifiers.transform.awq", "AWQ")
             return [awq.AWQModifier(duo_scaling=True, mappings=llmc.awq_mappings(model, ignore)),
-                    quant.QuantizationModifier(config_groups=groups, ignore=ignore)]
-        return [quant.QuantizationModifier(config_groups=groups, ignore=ignore)]  # rtn
+                    quant.QuantizationModifier(config_groups=groups, ignore=ignore, kv_cache_scheme=kv_cache)]
+        return [quant.QuantizationModifier(config_groups=groups, ignore=ignore, kv_cache_scheme=kv_cache)]  # rtn
 
     details = llmc.run(ctx, modifiers, calibrate=m.algorithm != "rtn", timer=timer)
-    return MethodResult(format="compressed-tensors", scheme=_scheme_name(m), details=details, timings=timer.timings)
+    return MethodResult(format="compressed-tensors", scheme=_scheme_name(m) + llmc.kv_cache_label(ctx),
+                        details=details, timings=timer.timings)
 
 
 def _check_widths(ctx: MethodContext, group_size: int | None) -> None:

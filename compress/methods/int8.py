@@ -29,11 +29,13 @@ def apply(ctx: MethodContext) -> MethodResult:
         return [
             smooth.SmoothQuantModifier(smoothing_strength=method.smoothing_strength,
                                        mappings=llmc.smoothquant_mappings(model, ignore)),
-            quant.GPTQModifier(targets="Linear", scheme="W8A8", ignore=ignore, dampening_frac=method.dampening_frac),
+            quant.GPTQModifier(targets="Linear", scheme="W8A8", ignore=ignore, dampening_frac=method.dampening_frac,
+                               kv_cache_scheme=llmc.kv_cache_scheme(ctx)),
         ]
 
     details = llmc.run(ctx, modifiers, calibrate=True, timer=timer)
     details.update(smoothing_strength=method.smoothing_strength, preset="W8A8")
     return MethodResult(format="compressed-tensors",
                         scheme=f"INT8 W8A8, SmoothQuant {method.smoothing_strength} + GPTQ, weights per channel, "
-                               "activations per token", details=details, timings=timer.timings)
+                               "activations per token" + llmc.kv_cache_label(ctx),
+                        details=details, timings=timer.timings)
