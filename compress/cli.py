@@ -139,6 +139,8 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         ["python", dev["python"]],
         ["git", info["git_sha"] or "-"],
         ["built-in models", ", ".join(f"{k} ({'ok' if v else 'MISSING'})" for k, v in info["builtin_models"].items())],
+        ["speed fixtures", ", ".join(f"{k} ({'generated' if v else 'generated on first use'})"
+                                     for k, v in info["fixtures"].items())],
     ]
     console.out.print(console.table("Environment", ["", ""], rows))
     console.out.print(console.table(

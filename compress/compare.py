@@ -168,7 +168,11 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
     method = f"paired bootstrap over {n} interleaved rounds"
     out: dict[str, Interval] = {}
     for name, value in point.items():
-        lo, hi = np.quantile([d[name] for d in draws], [alpha, 1 - alpha])
+        values = np.array([d[name] for d in draws])
+        # A side that met the SLO at no level makes a ratio infinite: the bounds take the
+        # nearest drawn values rather than interpolating between infinities.
+        method = "linear" if np.isfinite(values).all() else "nearest"
+        lo, hi = np.quantile(values, [alpha, 1 - alpha], method=method)
         out[name] = Interval(float(value), float(lo), float(hi), confidence, method, n)
     for name, value in (("size_ratio", cand.size_bytes / base.size_bytes),
                         ("peak_memory_ratio", cand.peak_memory_bytes / base.peak_memory_bytes

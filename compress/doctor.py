@@ -23,6 +23,10 @@ def collect() -> dict[str, Any]:
         for dist, (extra, purpose) in env.BACKENDS.items()
     }
     info["builtin_models"] = {name: (path / "config.json").exists() for name, path in BUILTIN_MODELS.items()}
+    from compress.fixtures import FIXTURES, fixtures_root, is_complete
+
+    # Speed fixtures are generated on first use: "generated" or "generated on first use".
+    info["fixtures"] = {name: is_complete(fixtures_root() / spec.dirname) for name, spec in FIXTURES.items()}
     info["engine"] = engine_info()
     return info
 

@@ -365,7 +365,10 @@ def pareto_plot(rows: list[dict[str, Any]], path: Any) -> None:
         pts = [r for r in rows if r.get("accuracy") is not None and r.get(key) is not None]
         for r in pts:
             ax.scatter(r[key] * scale, 100 * r["accuracy"], color=colours[r["verdict"]], s=40, zorder=3)
-            ax.annotate(r["name"].replace("base: ", ""), (r[key] * scale, 100 * r["accuracy"]), fontsize=7,
+            label = r["name"].replace("base: ", "")
+            if key == "cost_per_mtok" and r.get("runtime"):
+                label += f" ({r['runtime']}, {r.get('batch')} at once)"  # which runtime measured the cost
+            ax.annotate(label, (r[key] * scale, 100 * r["accuracy"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         front = pareto(rows, key)
         if front:

@@ -236,6 +236,7 @@ class VllmServer:
         self.kernels: dict[str, list[str]] = {}
         self._log: IO[bytes] | None = None
         self._stopped = False
+        self._cancelled = False
         self._old_sigterm = None
 
     @property
@@ -311,6 +312,8 @@ class VllmServer:
             raise EngineError(f"cannot start vLLM: {e}", hint="run `make engine` again") from None
         self.pgid = self.proc.pid  # a new session: the leader's pid is the group's id
         try:
+            if self._cancelled:  # stop() came from another thread before there was a process to end
+                raise EngineError("vLLM was stopped while starting")
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -323,6 +326,8 @@ class VllmServer:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             code = self.proc.poll()
+            if self._cancelled:
+                raise EngineError("vLLM was stopped while starting")
             if code is not None:
                 raise EngineError(f"vLLM exited with code {code} before it was ready: {self.log_tail()}",
                                   hint=f"its log: {self.log_path}")
@@ -348,7 +353,9 @@ class VllmServer:
 
     def stop(self) -> None:
         """End the server's whole process group: SIGTERM, then SIGKILL after ``stop_timeout``.
-        Safe to call twice, and before or after a failed start."""
+        Safe to call twice, before or after a failed start, and from another thread while
+        ``start`` runs (the server then ends as soon as it exists)."""
+        self._cancelled = True
         if self.proc is None or self._stopped:
             return
         try:

@@ -325,7 +325,7 @@ class ServedSide:
 
         while self._sampling:
             self._peak = max(self._peak, group_rss(self.server.pgid))
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def round(self, rnd: int) -> list[LevelRun]:
         from compress.engines.client import make_prompts as ids
