@@ -259,7 +259,9 @@ class BenchSpec(Strict):
     repeats: PositiveInt = Field(
         default=8, description="hf: timed generate calls per batch size and round; vllm: requests per "
         "concurrency level and round (at least the concurrency)")
-    rounds: Annotated[int, Field(ge=2)] = 4
+    rounds: Annotated[int, Field(ge=2)] = Field(
+        default=4, description="rounds of measurement; baseline and candidate alternate which goes first, so an "
+        "even number balances the order")
     slo: SloSpec | None = None
     engine_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="vllm: the dtype the engine computes in (its CPU kernels are bf16)")
