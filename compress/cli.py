@@ -449,9 +449,9 @@ def compare(
         with console.err.status(f"Benchmarking both models together ({settings.engine}, {settings.rounds} "
                                 "alternating rounds)"), console.stdout_to_stderr():
             speed, _ = run_speed(baseline, candidate, settings, dtype=dtype, rerun=rerun)
-        from compress.compare import efficiency_metrics
+        from compress.compare import level_intervals
 
-        result["speed"] = speed_rows(speed, efficiency_metrics(speed))
+        result["speed"] = speed_rows(speed, level_intervals(speed))
         from compress.report import speed_heading
 
         result["speed_measured_with"] = speed_heading(speed)

@@ -45,11 +45,17 @@ def level_word(report: SpeedReport | BenchReport) -> str:
     return "batch" if report.settings.get("engine", "hf") == "hf" and not report.settings.get("endpoint") else "concurrency"
 
 
-def speed_rows(report: SpeedReport, intervals: dict[str, Interval] | None = None) -> list[dict[str, Any]]:
+def level_intervals(report: SpeedReport, *, confidence: float = 0.95, resamples: int = 1000) -> dict[int, dict[str, Interval]]:
+    """The ratios' intervals at every level both models ran."""
+    shared = sorted({b.batch_size for b in report.baseline.batches} & {b.batch_size for b in report.candidate.batches})
+    return {lvl: efficiency_metrics(report, level=lvl, confidence=confidence, resamples=resamples) for lvl in shared}
+
+
+def speed_rows(report: SpeedReport, intervals: dict[int, dict[str, Interval]] | None = None) -> list[dict[str, Any]]:
     """Rows per shared level, plus memory and size; ``ratio`` is candidate / baseline.
 
-    The headline level's throughput, latency and cost rows carry the ratio's interval over
-    rounds (``interval``) when ``intervals`` (from :func:`efficiency_metrics`) is given.
+    Throughput, latency and cost rows carry the ratio's interval over rounds (``interval``)
+    when ``intervals`` (per level, from :func:`level_intervals`) is given.
     """
     base, cand = report.baseline, report.candidate
     word = level_word(report)
@@ -70,14 +76,14 @@ def speed_rows(report: SpeedReport, intervals: dict[str, Interval] | None = None
             if label == "output tok/s":
                 row["baseline_spread"] = b.output_tokens_per_s_spread
                 row["candidate_spread"] = c.output_tokens_per_s_spread
-            if intervals and b.batch_size == headline and label in at_headline:
-                row["interval"] = intervals[at_headline[label]]
+            if intervals and b.batch_size in intervals and label in at_headline:
+                row["interval"] = intervals[b.batch_size][at_headline[label]]
             rows.append(row)
     if base.slo_output_tokens_per_s is not None and cand.slo_output_tokens_per_s is not None:
         bv, cv = base.slo_output_tokens_per_s, cand.slo_output_tokens_per_s
         rows.append({"figure": "output tok/s within the SLO", "baseline": bv, "candidate": cv,
                      "ratio": cv / bv if bv else None, "unit": "tok/s", "higher_is_better": True,
-                     **({"interval": intervals["slo_throughput_speedup"]} if intervals else {})})
+                     **({"interval": intervals[headline]["slo_throughput_speedup"]} if intervals else {})})
     memory = [("peak memory", base.peak_memory_bytes, cand.peak_memory_bytes)]
     if base.model_memory_bytes and cand.model_memory_bytes:
         memory.append(("memory taken by the weights", base.model_memory_bytes, cand.model_memory_bytes))
@@ -171,8 +177,8 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
         values = np.array([d[name] for d in draws])
         # A side that met the SLO at no level makes a ratio infinite: the bounds take the
         # nearest drawn values rather than interpolating between infinities.
-        method = "linear" if np.isfinite(values).all() else "nearest"
-        lo, hi = np.quantile(values, [alpha, 1 - alpha], method=method)
+        how = "linear" if np.isfinite(values).all() else "nearest"
+        lo, hi = np.quantile(values, [alpha, 1 - alpha], method=how)
         out[name] = Interval(float(value), float(lo), float(hi), confidence, method, n)
     for name, value in (("size_ratio", cand.size_bytes / base.size_bytes),
                         ("peak_memory_ratio", cand.peak_memory_bytes / base.peak_memory_bytes

@@ -140,9 +140,9 @@ def _side_value(row: dict[str, Any], who: str) -> str:
 
 def speed_markdown(report: SpeedReport, confidence: float = 0.95) -> str:
     """Both models side by side; throughput with its interval over rounds, headline ratios with theirs."""
-    from compress.compare import efficiency_metrics, speed_rows
+    from compress.compare import level_intervals, speed_rows
 
-    intervals = efficiency_metrics(report, confidence=confidence, resamples=1000)
+    intervals = level_intervals(report, confidence=confidence)
     rows = [[r["figure"], _side_value(r, "baseline"), _side_value(r, "candidate"), _ratio_text(r)]
             for r in speed_rows(report, intervals)]
     return _md_table(["figure", "base", "this model", f"ratio [{confidence:.0%} interval over rounds]"], rows)
