@@ -9,8 +9,6 @@ recorded policy again. Any disagreement is named.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -79,7 +77,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         gate: the recorded decision, with the policy and the report hashes it was made on.
         candidate_hash, baseline_hash: content hashes of the bytes that were supposedly measured.
     """
-    from compress.gate import evaluate
+    from compress.gate import evaluate, policy_hash
     from compress.recipe import GateSpec
 
     if not gate.policy or not gate.reports:
@@ -107,8 +105,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
             problems += _self_consistency(report, REPORT_FILES[(who, kind)])
     policy = GateSpec.model_validate(gate.policy)
     # The hash of the policy as recorded (a newer compress fills in fields added since).
-    recorded = hashlib.sha256(json.dumps(gate.policy, sort_keys=True).encode()).hexdigest()
-    if recorded != gate.policy_hash:
+    if policy_hash(gate.policy) != gate.policy_hash:
         problems.append("the recorded policy does not match its own hash")
     if problems:
         return problems

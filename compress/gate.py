@@ -210,6 +210,8 @@ def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: Accura
                       policy=policy.model_dump(mode="json"), policy_hash=policy_hash(policy))
 
 
-def policy_hash(policy: GateSpec) -> str:
-    """sha256 of a gate policy's canonical JSON (defaults filled in)."""
-    return hashlib.sha256(json.dumps(policy.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+def policy_hash(policy: GateSpec | dict[str, Any]) -> str:
+    """sha256 of a gate policy's canonical JSON: a GateSpec with its defaults filled in, or a
+    policy as a decision recorded it."""
+    data = policy.model_dump(mode="json") if isinstance(policy, GateSpec) else policy
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -404,6 +404,16 @@ def _check_shards(path: Path) -> None:
                               hint="is the download complete? " + REDOWNLOAD)
 
 
+def vocab_size(path: Path) -> int | None:
+    """The vocabulary size a model directory's config.json states (its text part's, for a
+    multimodal config); None when it states none."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+        return int(config.get("text_config", config)["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def torch_dtype(name: str):
     import torch
 

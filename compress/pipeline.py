@@ -7,6 +7,7 @@ gate is recomputed from stored reports (it is cheap), and an identical export is
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
     from compress.engines.servable import check_servable, hf_reference
     from compress.evals.accuracy import model_info
     from compress.evals.reports import ServableReport
-    from compress.models import load_tokenizer
+    from compress.models import load_tokenizer, vocab_size
 
     spec = recipe.gate.servable
     path = run_dir / "reports" / REPORT_FILES[("candidate", "servable")]
@@ -96,9 +97,8 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
             return old, True
     start = time.time()
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
-    config = read_json(model_dir / "config.json")
-    vocab = int(config.get("text_config", config)["vocab_size"])
-    prompts = make_prompts(vocab, tokenizer.all_special_ids or [], spec.prompts, 16, seed=0)
+    prompts = make_prompts(vocab_size(model_dir) or len(tokenizer), tokenizer.all_special_ids or [], spec.prompts,
+                           16, seed=0)
     reference = hf_reference(model_dir, spec.dtype, prompts, spec.tokens,
                              trust_remote_code=recipe.model.trust_remote_code)
     result = check_servable(model_dir, dtype=spec.dtype, prompts=prompts, reference=reference,
@@ -107,7 +107,7 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
     data = result.model_dump(mode="json")
     data.pop("log_path", None)  # reports travel inside exports: no local paths
     report = ServableReport(model=info, settings=settings, result=data,
-                            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), duration_s=round(time.time() - start, 3))
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), duration_s=round(time.time() - start, 3))
     report.save(path)
     return report, False
 

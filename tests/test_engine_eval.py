@@ -11,7 +11,8 @@ import time
 import pytest
 
 from compress.engines.client import make_prompts
-from compress.engines.servable import ServableResult, check_servable, engine_error, hf_reference
+from compress.engines.servable import ServableResult, check_servable, hf_reference
+from compress.engines.vllm import last_meaningful_line as engine_error
 from compress.errors import EngineError
 from compress.evals.accuracy import run_eval
 from compress.recipe import EvalSpec

@@ -94,7 +94,7 @@ def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], ref
     except EngineError:
         if server.proc is None:  # no engine environment (`make engine`): not a verdict on the model
             raise
-        result.error = engine_error(server.log_text())  # it did not start: the log's root cause
+        result.error = last_meaningful_line(server.log_text())  # it did not start: the log's root cause
     else:
         served, compared = _served_ids(choices, model_dir, reference, tokens)
         result.compared = compared
@@ -108,11 +108,6 @@ def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], ref
     result.engine_version = server.version
     result.kernels = server.kernels
     return result
-
-
-def engine_error(log: str, limit: int = 300) -> str:
-    """The engine's reason for failing, in one line (see ``last_meaningful_line``)."""
-    return last_meaningful_line(log, limit=limit)
 
 
 class _Unanswered(EngineError):

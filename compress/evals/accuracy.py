@@ -239,8 +239,7 @@ def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Pat
 
     import aiohttp
 
-    from compress.engines.servable import engine_error
-    from compress.engines.vllm import VllmServer, engine_info
+    from compress.engines.vllm import VllmServer, engine_info, last_meaningful_line
 
     with contextlib.ExitStack() as stack:
         server = VllmServer(path, dtype=dtype, log_path=log_path)
@@ -249,7 +248,7 @@ def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Pat
         except EngineError:
             if not server.proc:  # no engine environment: its message says `make engine`
                 raise
-            reason = engine_error(server.log_text())
+            reason = last_meaningful_line(server.log_text())
             hint = f"its log: {log_path}"
             if "not implemented for 'Float'" in reason:
                 hint = f"the engine's CPU kernel for this format has no float32 path: use --dtype bfloat16; {hint}"

@@ -40,6 +40,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from compress.engines.client import make_prompts, run_load
 from compress.errors import CompressError, EngineError, UsageError
 from compress.evals import cache
 from compress.evals.reports import (BatchResult, BenchReport, LevelRun, Measured, ModelInfo, Runtime, ServedRequest,
@@ -59,17 +60,6 @@ def prompt_seed(settings: BenchSpec, level: int, rnd: int) -> int:
 def requests_per_level(settings: BenchSpec, level: int) -> int:
     """How many requests a served level sends per round: every slot busy at least once."""
     return max(settings.repeats, level)
-
-
-def make_prompts(tokenizer: Any, vocab_size: int, batch_size: int, length: int, seed: int):
-    """``batch_size`` prompts of exactly ``length`` random non-special token ids (a tensor)."""
-    import torch
-
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    allowed = torch.tensor([i for i in range(vocab_size) if i not in special])
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(0, len(allowed), (batch_size, length), generator=gen)
-    return allowed[picks]
 
 
 # ----------------------------------------------------------------- hf: generate timing
@@ -114,7 +104,8 @@ def measure_round(model: Any, tokenizer: Any, settings: BenchSpec, device: str, 
     streamer = TimingStreamer(sync)
     n_out, runs = settings.output_tokens, []
     for level in settings.batch_sizes:
-        ids = make_prompts(tokenizer, vocab, level, settings.prompt_tokens, prompt_seed(settings, level, rnd)).to(device)
+        ids = torch.tensor(make_prompts(vocab, tokenizer.all_special_ids or [], level, settings.prompt_tokens,
+                                        prompt_seed(settings, level, rnd)), device=device)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n_out,
                       min_new_tokens=n_out, pad_token_id=pad, streamer=streamer, use_cache=True)
         reqs = []
@@ -217,9 +208,9 @@ class HfSide:
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
-        import transformers
+        from compress.env import package_version
 
-        self.runtime = Runtime(engine="hf", version=transformers.__version__, dtype=dtype)
+        self.runtime = Runtime(engine="hf", version=package_version("transformers"), dtype=dtype)
 
     def start(self) -> None:
         self._err = tempfile.TemporaryFile(mode="w+")
@@ -291,15 +282,13 @@ class ServedSide:
         self._peak = 0
         self._sampling = False
         self._sampler: threading.Thread | None = None
-        from compress.models import load_tokenizer
+        from compress.models import load_tokenizer, vocab_size
 
         tokenizer = load_tokenizer(self.path)
-        self.vocab = _vocab_size(self.path, tokenizer)
+        self.vocab = vocab_size(self.path) or len(tokenizer)
         self.special = set(tokenizer.all_special_ids or [])
 
     def start(self) -> None:
-        from compress.engines.client import make_prompts as ids
-
         if self.server is not None:
             self.server.__enter__()  # stopped on SIGTERM too
             self.url, self.served_name = self.server.url, self.server.served_model_name
@@ -313,11 +302,9 @@ class ServedSide:
         elif self.served_name is None:
             self.served_name = _served_name(self.url)
         # Untimed warm-up before the first round (vLLM compiles and allocates on first use).
-        from compress.engines.client import run_load
-
         if self.settings.warmup:
             for level in self.settings.batch_sizes:
-                prompts = ids(self.vocab, self.special, level, self.settings.prompt_tokens, 10**6 + level)
+                prompts = make_prompts(self.vocab, self.special, level, self.settings.prompt_tokens, 10**6 + level)
                 run_load(self.url, self.served_name, prompts, min(self.settings.output_tokens, 8), level)
 
     def _sample(self) -> None:
@@ -328,13 +315,10 @@ class ServedSide:
             time.sleep(0.5)
 
     def round(self, rnd: int) -> list[LevelRun]:
-        from compress.engines.client import make_prompts as ids
-        from compress.engines.client import run_load
-
         runs = []
         for level in self.settings.batch_sizes:
-            prompts = ids(self.vocab, self.special, requests_per_level(self.settings, level),
-                          self.settings.prompt_tokens, prompt_seed(self.settings, level, rnd))
+            prompts = make_prompts(self.vocab, self.special, requests_per_level(self.settings, level),
+                                   self.settings.prompt_tokens, prompt_seed(self.settings, level, rnd))
             began = time.perf_counter()
             reqs = run_load(self.url, self.served_name, prompts, self.settings.output_tokens, level)
             runs.append(LevelRun(round=rnd, level=level, wall_s=time.perf_counter() - began, requests=reqs))
@@ -388,14 +372,6 @@ def _engine_device(server: Any) -> str:
     from compress.engines.vllm import engine_info
 
     return engine_info(Path(server.python).parent.parent).get("device") or "cpu"
-
-
-def _vocab_size(path: Path, tokenizer: Any) -> int:
-    try:
-        config = json.loads((path / "config.json").read_text())
-        return int(config.get("text_config", config)["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return len(tokenizer)
 
 
 def _served_name(url: str) -> str:
