@@ -166,9 +166,10 @@ def test_bench_report_round_trips_through_json(tmp_path, runs_dir):
     assert cached and second == report
 
 
-def _burn(stop):
-    """A neighbour process: one core busy until told to stop."""
+def _burn(started, stop):
+    """A neighbour process: one core busy until told to stop (``started`` once it is busy)."""
     x = 0
+    started.set()
     while not stop.is_set():
         x = (x * 31 + 7) % 1_000_003
 
@@ -183,11 +184,15 @@ def test_an_a_a_comparison_never_fails_under_a_neighbours_load(tmp_path, runs_di
     from compress.recipe import GateSpec
 
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    neighbour = ctx.Process(target=_burn, args=(stop,), daemon=True)
+    started, stop = ctx.Event(), ctx.Event()
+    neighbour = ctx.Process(target=_burn, args=(started, stop), daemon=True)
     neighbour.start()
+    # The load must be there for the whole comparison: a neighbour that starts mid-way (a spawned
+    # process takes seconds to import) is a step change inside one round, not a steady load.
+    assert started.wait(60), "the neighbour process did not start"
     try:
-        settings = BenchSpec(batch_sizes=[1, 2], prompt_tokens=16, output_tokens=8, warmup=1, repeats=3, rounds=6)
+        # Rounds of about a second per model, so that each spans many scheduler time slices.
+        settings = BenchSpec(batch_sizes=[1, 2], prompt_tokens=16, output_tokens=16, warmup=1, repeats=8, rounds=6)
         report, _ = run_speed("builtin:tiny-llama", "builtin:tiny-llama", settings, rerun=True)
     finally:
         stop.set()
