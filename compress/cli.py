@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -297,6 +297,10 @@ EVAL_EPILOG = """Examples:
   compress eval ./my-model --tasks hellaswag,arc_easy --num-fewshot 0 --batch-size 8 --out acc.json
 
   compress eval dist/tiny-llama-int4-rtn --engine vllm --dtype bfloat16
+
+  compress eval builtin:tiny-llama --tasks tiny_facts_gen_3shot,tiny_world --apply-chat-template --limit 0.2
+
+  compress eval ./my-model --tasks my_task --include-path ./my-tasks --gen-kwargs max_gen_toks=256
 """
 
 
@@ -305,9 +309,24 @@ def eval_(
     model: Annotated[str, typer.Argument(help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     tasks: Annotated[Optional[str], typer.Option("--tasks", "-t", help="Comma-separated lm-eval task names.")] = None,
     num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Documents per task (default: all).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size.")] = None,
+    limit: Annotated[Optional[float], typer.Option(
+        "--limit", help="Documents per task: a count, or a fraction such as 0.25 (default: all).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size (also of generation).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling and few-shot choice.")] = None,
+    apply_chat_template: Annotated[bool, typer.Option(
+        "--apply-chat-template", help="Format prompts with the model's chat template.")] = False,
+    chat_template: Annotated[Optional[str], typer.Option(
+        "--chat-template", metavar="NAME", help="Which of the tokenizer's named chat templates (implies --apply-chat-template).")] = None,
+    fewshot_as_multiturn: Annotated[Optional[bool], typer.Option(
+        "--fewshot-as-multiturn/--fewshot-in-one-turn",
+        help="With a chat template: few-shot examples as separate turns (default) or in the user's message.",
+        show_default=False)] = None,
+    system_instruction: Annotated[Optional[str], typer.Option(
+        "--system-instruction", help="A system message before every prompt.")] = None,
+    gen_kwargs: Annotated[Optional[str], typer.Option(
+        "--gen-kwargs", metavar="KEY=VALUE,...", help="Generation settings for generative tasks, e.g. max_gen_toks=64.")] = None,
+    include_path: Annotated[Optional[list[Path]], typer.Option(
+        "--include-path", help="A folder of extra lm-eval task YAML files (repeatable).")] = None,
     backend: Annotated[Optional[str], typer.Option(
         "--engine", "--backend", help="hf (transformers) or vllm (lm-eval against a vLLM server from `make engine`; "
         "int4 needs --dtype bfloat16).")] = None,
@@ -324,7 +343,10 @@ def eval_(
     from compress.recipe import EvalSpec
 
     flags = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "num_fewshot": num_fewshot,
-             "limit": limit, "batch_size": batch_size, "seed": seed, "backend": backend, "device": device}
+             "limit": _limit(limit), "batch_size": batch_size, "seed": seed, "backend": backend, "device": device,
+             "apply_chat_template": chat_template or (True if apply_chat_template else None), "fewshot_as_multiturn": fewshot_as_multiturn,
+             "system_instruction": system_instruction, "gen_kwargs": _gen_kwargs(gen_kwargs),
+             "include_path": [str(p) for p in include_path] if include_path else None}
     r = _load_optional(recipe)
     settings = _settings(EvalSpec, r, "evals", flags)
     check_eval_settings(settings)  # bad inputs fail here, before any compute or write
@@ -335,6 +357,26 @@ def eval_(
 
     if _emit(report, cached, out, json_, accuracy_table):
         console.out.print(f"{model}: {sum(t.n_samples for t in report.tasks.values())} per-document results kept")
+
+
+def _limit(value: Optional[float]) -> int | float | None:
+    """--limit 200 is a count, --limit 0.25 a fraction of each task."""
+    return int(value) if value is not None and value >= 1 and value == int(value) else value
+
+
+def _gen_kwargs(text: Optional[str]) -> dict[str, Any] | None:
+    """``max_gen_toks=64,temperature=0`` -> {"max_gen_toks": 64, "temperature": 0} (values read as YAML)."""
+    if text is None:
+        return None
+    import yaml
+
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--gen-kwargs: '{item}' is not KEY=VALUE", hint="e.g. --gen-kwargs max_gen_toks=64,do_sample=false")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 BENCH_EPILOG = """Examples:

@@ -12,17 +12,15 @@ from compress.stats import Interval
 def accuracy_rows(base: AccuracyReport, cand: AccuracyReport) -> list[dict[str, Any]]:
     """One row per metric both reports have: values, delta, and whether the change is worse."""
     rows = []
-    for task, tr in base.tasks.items():
-        if task not in cand.tasks:
+    cand_names = set(cand.metric_names())
+    for name in base.metric_names():
+        if name not in cand_names:
             continue
-        for name, m in tr.metrics.items():
-            c = cand.tasks[task].metrics.get(name)
-            if c is None:
-                continue
-            delta = c.value - m.value
-            rows.append({"metric": f"{task}/{name}", "baseline": m.value, "candidate": c.value, "delta": delta,
-                         "relative": delta / m.value if m.value else None, "higher_is_better": m.higher_is_better,
-                         "worse": (delta < 0) if m.higher_is_better else (delta > 0), "unit": m.unit})
+        m, c = base.metric(name), cand.metric(name)
+        delta = c.value - m.value
+        rows.append({"metric": name, "baseline": m.value, "candidate": c.value, "delta": delta,
+                     "relative": delta / m.value if m.value else None, "higher_is_better": m.higher_is_better,
+                     "worse": (delta < 0) if m.higher_is_better else (delta > 0), "unit": m.unit})
     return rows
 
 

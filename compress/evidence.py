@@ -47,25 +47,28 @@ def report_hashes(folder: Path) -> dict[str, str]:
 
 def _self_consistency(report: AccuracyReport, name: str) -> list[str]:
     """Each figure of an accuracy report must be what its own per-document values give."""
-    from compress.evals.accuracy import aggregate
+    from compress.evals.scoring import recompute
 
     problems = []
     for task, result in report.tasks.items():
-        if result.n_samples != len(result.samples):
-            problems.append(f"{name}: {task} says {result.n_samples} documents but holds {len(result.samples)}")
-        for metric_name, metric in result.metrics.items():
-            if metric.aggregation not in _RECOMPUTABLE:
-                continue
-            values = [s.values[metric_name] for s in result.samples if metric_name in s.values]
-            if len(values) != len(result.samples) or not values:
-                continue
-            try:
-                again = aggregate(metric, values)
-            except (TypeError, ValueError, ZeroDivisionError, IndexError):
-                problems.append(f"{name}: {task}/{metric_name} has per-document values it cannot be computed from")
-                continue
-            if not math.isclose(again, metric.value, rel_tol=1e-6, abs_tol=1e-9):
-                problems.append(f"{name}: {task}/{metric_name} is {metric.value:.6g} but its documents give {again:.6g}")
+        for filt in result.filters:
+            held = len({s.doc_id for s in result.by_filter(filt)})
+            if held != result.n_samples:
+                problems.append(f"{name}: {task} says {result.n_samples} documents but holds {held} under filter {filt}")
+    for metric_name in report.metric_names():
+        metric = report.metric(metric_name)
+        if getattr(metric, "aggregation", "mean") not in _RECOMPUTABLE:
+            continue
+        try:
+            again = recompute(report, metric_name)
+        except KeyError as e:
+            problems.append(f"{name}: {e.args[0]}")
+            continue
+        except (TypeError, ValueError, ZeroDivisionError, IndexError):
+            problems.append(f"{name}: {metric_name} has per-document values it cannot be computed from")
+            continue
+        if not math.isclose(again, metric.value, rel_tol=1e-6, abs_tol=1e-9):
+            problems.append(f"{name}: {metric_name} is {metric.value:.6g} but its documents give {again:.6g}")
     return problems
 
 

@@ -18,9 +18,11 @@ from pydantic import BaseModel
 
 from compress.compare import efficiency_metrics, level_word
 from compress.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_PASS, UsageError
-from compress.evals.reports import AccuracyReport, ReportModel, ServableReport, SpeedReport
+from compress.evals.reports import AccuracyReport, GroupMetric, Metric, ReportModel, ServableReport, SpeedReport
+from compress.evals.scoring import parts
 from compress.recipe import EFFICIENCY_METRICS, GateCheck, GateSpec, ServableSpec
-from compress.stats import FAIL, INCONCLUSIVE, PASS, Interval, decide, mcnemar_interval, paired_bootstrap, samples_to_decide
+from compress.stats import (FAIL, INCONCLUSIVE, PASS, Interval, Stratum, decide, mcnemar_interval, samples_to_decide,
+                            stratified_paired_bootstrap)
 
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
@@ -63,39 +65,50 @@ class GateResult(ReportModel):
         return f"{self.verdict}: " + ", ".join(f"{n} {v.lower()}" for v, n in counts.items() if n)
 
 
-def _paired_values(base: AccuracyReport, cand: AccuracyReport, task: str, metric: str) -> tuple[list, list]:
-    """Per-document values of a metric, matched by document id; the documents must be the same."""
-    b_samples = {s.doc_id: s for s in base.tasks[task].samples}
-    c_samples = {s.doc_id: s for s in cand.tasks[task].samples}
-    if b_samples.keys() != c_samples.keys():
-        raise UsageError(f"{task}: the two reports evaluated different documents "
-                         f"({len(b_samples)} vs {len(c_samples)})", hint="evaluate both with the same settings")
-    bv, cv = [], []
-    for doc_id in sorted(b_samples):
-        b, c = b_samples[doc_id], c_samples[doc_id]
-        if b.doc_hash and c.doc_hash and b.doc_hash != c.doc_hash:
-            raise UsageError(f"{task}: document {doc_id} differs between the two reports",
-                             hint="the eval data changed; evaluate both models again")
-        bv.append(b.values[metric])
-        cv.append(c.values[metric])
-    return bv, cv
+def paired_strata(base: AccuracyReport, cand: AccuracyReport, name: str) -> tuple[Metric | GroupMetric, list[Stratum]]:
+    """Both models' per-document values of a metric, paired by (task, filter, document): one
+    stratum per task (a group's subtasks each), the documents and their prompts the same.
+
+    Raises:
+        UsageError: an unknown metric, different documents, or a document asked differently
+            (another few-shot draw, chat template or generation setting).
+    """
+    try:
+        _, key, metric, b_parts = parts(base, name)
+        _, _, cmetric, c_parts = parts(cand, name)
+    except KeyError as e:
+        raise UsageError(str(e.args[0]), hint="check the gate's metric names against `compress eval` output") from None
+    strata = []
+    for bp, cp in zip(b_parts, c_parts, strict=True):
+        where = f"{bp.task}/{key}"
+        b_docs, c_docs = [s.doc_id for s in bp.samples], [s.doc_id for s in cp.samples]
+        if b_docs != c_docs or len(set(b_docs)) != len(b_docs):
+            raise UsageError(f"{where}: the two reports evaluated different documents "
+                             f"({len(set(b_docs))} vs {len(set(c_docs))})", hint="evaluate both with the same settings")
+        for b, c in zip(bp.samples, cp.samples):
+            if b.doc_hash and c.doc_hash and b.doc_hash != c.doc_hash:
+                raise UsageError(f"{where}: document {b.doc_id} differs between the two reports",
+                                 hint="the eval data changed; evaluate both models again")
+            if b.prompt_hash and c.prompt_hash and b.prompt_hash != c.prompt_hash:
+                raise UsageError(f"{where}: document {b.doc_id} was asked differently of the two models",
+                                 hint="few-shot, chat template, system instruction or generation settings differ: "
+                                      "evaluate both with the same evals settings")
+        strata.append(Stratum(bp.values(), cp.values(), bp.aggregation, bp.weight))
+    return metric, strata
 
 
 def quality_check(check: GateCheck, policy: GateSpec, base: AccuracyReport, cand: AccuracyReport) -> CheckResult:
-    task, _, metric = check.metric.partition("/")
-    try:
-        m = base.metric(check.metric)
-        cm = cand.metric(check.metric)
-    except KeyError as e:
-        raise UsageError(str(e.args[0]), hint="check the gate's metric names against `compress eval` output") from None
-    bv, cv = _paired_values(base, cand, task, metric)
+    m, strata = paired_strata(base, cand, check.metric)
+    cm = cand.metric(check.metric)
+    bv = [v for st in strata for v in st.base]
+    cv = [v for st in strata for v in st.cand]
     binary = all(v in (0, 1, 0.0, 1.0, True, False) for v in bv + cv)
-    if policy.test == "mcnemar" and binary and not check.relative:
+    equal_weights = len(strata) == 1 or len({st.weight / len(st.base) for st in strata}) == 1
+    if policy.test == "mcnemar" and binary and not check.relative and equal_weights and strata[0].aggregation == "mean":
         iv = mcnemar_interval([bool(v) for v in bv], [bool(v) for v in cv], confidence=policy.confidence)
     else:
-        iv = paired_bootstrap(bv, cv, aggregation=m.aggregation, higher_is_better=m.higher_is_better,
-                              relative=check.relative, confidence=policy.confidence,
-                              resamples=policy.bootstrap_resamples, seed=0)
+        iv = stratified_paired_bootstrap(strata, higher_is_better=m.higher_is_better, relative=check.relative,
+                                         confidence=policy.confidence, resamples=policy.bootstrap_resamples, seed=0)
     verdict = decide(iv, check.max_regression)
     direction = "drop" if m.higher_is_better else "increase"
 

@@ -217,15 +217,44 @@ METHOD_KINDS = ["fp8", "int8", "int4", "distill"]
 # ------------------------------------------------------------------- evals and bench
 
 class EvalSpec(Strict):
-    """lm-evaluation-harness settings. Bundled tasks live in ``evals/``."""
+    """lm-evaluation-harness settings. Bundled tasks live in ``evals/``.
 
-    tasks: list[str] = Field(default_factory=lambda: ["tiny_facts_mc", "tiny_bios_ppl"], min_length=1)
-    num_fewshot: NonNegInt | None = None
-    limit: PositiveInt | None = None
+    Every setting that changes what a model is asked is part of the report's cache key, and
+    each document's full prompt is hashed into the report: a gate refuses to pair a baseline
+    and a candidate that were asked differently.
+    """
+
+    tasks: list[str] = Field(default_factory=lambda: ["tiny_facts_mc", "tiny_bios_ppl"], min_length=1,
+                             description="lm-eval task or group names")
+    num_fewshot: NonNegInt | None = Field(default=None, description="few-shot examples (default: each task's own)")
+    apply_chat_template: bool | str = Field(
+        default=False, description="format prompts with the model's chat template (a name picks one of several)")
+    fewshot_as_multiturn: bool = Field(
+        default=True, description="with a chat template: few-shot examples as user/assistant turns")
+    system_instruction: str | None = Field(default=None, description="a system message before every prompt")
+    gen_kwargs: dict[str, str | int | float | bool | list[str]] | None = Field(
+        default=None, description="generation settings for generative tasks, e.g. {max_gen_toks: 64}")
+    limit: int | float | None = Field(
+        default=None, description="documents per task: a count, or a fraction (0 < x < 1) of each task")
+    include_path: list[str] = Field(
+        default_factory=list, description="extra lm-eval task folders (relative to the current directory)")
     batch_size: PositiveInt = 16
     seed: int = 1234
     backend: Literal["hf", "vllm"] = "hf"
     device: str = "auto"
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        if 0 < value < 1:
+            return float(value)
+        if value >= 1 and value == int(value):
+            return int(value)
+        raise ValueError(f"{value} is neither a number of documents (1, 2, ...) nor a fraction between 0 and 1")
 
 
 class SloSpec(Strict):
@@ -301,7 +330,9 @@ class GateCheck(Strict):
     """One threshold.
 
     Quality metrics are named ``TASK/METRIC`` as in the accuracy report (for example
-    ``tiny_facts_mc/acc``) and take ``max_regression``: how much worse the candidate may be,
+    ``tiny_facts_mc/acc``), ``TASK/METRIC,FILTER`` for a task that reads its answers out with
+    several filters (``tiny_facts_gen/exact_match,strict-match``), or ``GROUP/METRIC`` for a
+    group's aggregate (``tiny_world/acc``), and take ``max_regression``: how much worse the candidate may be,
     in the metric's own bad direction (lm-eval's ``higher_is_better``), absolute or, with
     ``relative: true``, as a fraction of the baseline. Efficiency metrics (``size_ratio``,
     ``throughput_speedup``, ...) take ``min`` and/or ``max``.

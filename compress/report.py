@@ -6,7 +6,7 @@ from typing import Any
 from rich.table import Table
 
 from compress.console import fmt_bytes, fmt_seconds, table
-from compress.evals.reports import AccuracyReport, BenchReport, SpeedReport
+from compress.evals.reports import AccuracyReport, BenchReport, SpeedReport, display_names
 
 
 def fmt_value(value: float | None, unit: str = "") -> str:
@@ -26,14 +26,25 @@ def fmt_value(value: float | None, unit: str = "") -> str:
 
 
 def accuracy_table(report: AccuracyReport) -> Table:
+    """One row per metric as a gate names it (``TASK/METRIC,FILTER`` where a task has several
+    filters); a group's rows count the documents of all its subtasks."""
     rows = []
+    for group, gr in report.groups.items():
+        docs = sum(report.tasks[t].n_samples for t in gr.subtasks if t in report.tasks)
+        for key, shown in display_names(group, gr.metrics).items():
+            m = gr.metrics[key]
+            weighting = "by size" if m.weight_by_size else "equal"
+            rows.append([f"{shown} {'↑' if m.higher_is_better else '↓'}", fmt_value(m.value, m.unit),
+                         "-" if m.stderr is None else f"± {fmt_value(m.stderr, m.unit)}", docs,
+                         f"group of {len(gr.subtasks)} ({weighting})"])
     for task, tr in report.tasks.items():
-        for name, m in tr.metrics.items():
+        for key, shown in display_names(task, tr.metrics).items():
+            m = tr.metrics[key]
             arrow = "↑" if m.higher_is_better else "↓"
             stderr = "-" if m.stderr is None else f"± {fmt_value(m.stderr, m.unit)}"
-            rows.append([f"{task}/{name} {arrow}", fmt_value(m.value, m.unit), stderr, tr.n_samples,
-                         tr.num_fewshot])
-    return table(f"Accuracy: {report.model.spec}", ["metric", "value", "stderr", "samples", "shots"], rows)
+            rows.append([f"{shown} {arrow}", fmt_value(m.value, m.unit), stderr, tr.n_samples, tr.num_fewshot])
+    rate = f", {report.documents_per_s:g} documents/s" if report.documents_per_s else ""
+    return table(f"Accuracy: {report.model.spec}{rate}", ["metric", "value", "stderr", "documents", "shots"], rows)
 
 
 def runtime_line(settings: dict[str, Any], runtime: Any, device: str) -> str:
@@ -317,7 +328,7 @@ def _figures(reports: Any, who: str, headline: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if acc_path.exists():
         acc = AccuracyReport.load(acc_path)
-        name = headline or next(f"{t}/{m}" for t, r in acc.tasks.items() for m in r.metrics)
+        name = headline or acc.metric_names()[0]
         out["metric"], out["accuracy"] = name, acc.metric(name).value
     if speed_path.exists():
         side = SpeedReport.load(speed_path).side(who)

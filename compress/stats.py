@@ -84,23 +84,60 @@ def paired_bootstrap(base: Sequence[Any], cand: Sequence[Any], *, aggregation: s
         aggregation: how per-document values combine (see ``AGGREGATES``).
         confidence: two-sided level of the interval.
     """
-    b = np.asarray(base, dtype=float)
-    c = np.asarray(cand, dtype=float)
-    if b.shape != c.shape or len(b) == 0:
-        raise ValueError(f"paired samples must have the same, non-zero length ({len(b)} vs {len(c)})")
-    agg = AGGREGATES[aggregation]
-    n = len(b)
-    full = np.arange(n)[None, :]
-    estimate = float(regression(agg(b, full), agg(c, full), higher_is_better, relative)[0])
+    return stratified_paired_bootstrap([Stratum(base, cand, aggregation, 1.0)], higher_is_better=higher_is_better,
+                                       relative=relative, confidence=confidence, resamples=resamples, seed=seed)
+
+
+@dataclass
+class Stratum:
+    """One subtask of a group: both models' per-document values (same documents, same order),
+    how they aggregate, and the subtask's weight in the group's figure."""
+
+    base: Sequence[Any]
+    cand: Sequence[Any]
+    aggregation: str = "mean"
+    weight: float = 1.0
+
+
+def weighted_value(parts: Sequence[tuple[np.ndarray, str, float]], idx: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """A figure from per-document values: each part aggregated (over the rows of its ``idx``,
+    or all its documents), then the parts' weighted mean, as lm-eval combines a group's
+    subtasks (``sum(value * weight) / sum(weight)``). One part of weight 1 is its aggregate."""
+    total, weights = 0.0, 0.0
+    for i, (values, aggregation, weight) in enumerate(parts):
+        rows = np.arange(len(values))[None, :] if idx is None else idx[i]
+        total = total + AGGREGATES[aggregation](values, rows) * weight
+        weights += weight
+    return total / weights
+
+
+def stratified_paired_bootstrap(strata: Sequence[Stratum], *, higher_is_better: bool = True, relative: bool = False,
+                                confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Percentile-bootstrap interval of the regression of a (group) figure: documents are
+    resampled in pairs *within* each stratum, so every resample keeps each subtask's size
+    and weight, as the group's own figure does.
+    """
+    arrays = []
+    for st in strata:
+        b, c = np.asarray(st.base, dtype=float), np.asarray(st.cand, dtype=float)
+        if b.shape != c.shape or len(b) == 0:
+            raise ValueError(f"paired samples must have the same, non-zero length ({len(b)} vs {len(c)})")
+        arrays.append((b, c, st.aggregation, float(st.weight)))
+    base_parts = [(b, agg, w) for b, _, agg, w in arrays]
+    cand_parts = [(c, agg, w) for _, c, agg, w in arrays]
+    estimate = float(regression(weighted_value(base_parts), weighted_value(cand_parts), higher_is_better, relative)[0])
     rng = np.random.default_rng(seed)
     regs = []
     for start in range(0, resamples, 500):  # chunks bound the memory of the index matrix
-        idx = rng.integers(0, n, size=(min(500, resamples - start), n))
-        regs.append(regression(agg(b, idx), agg(c, idx), higher_is_better, relative))
+        k = min(500, resamples - start)
+        idx = [rng.integers(0, len(b), size=(k, len(b))) for b, *_ in arrays]
+        regs.append(regression(weighted_value(base_parts, idx), weighted_value(cand_parts, idx),
+                               higher_is_better, relative))
     reg = np.concatenate(regs)
     alpha = (1 - confidence) / 2
     lower, upper = np.quantile(reg, [alpha, 1 - alpha])
-    return Interval(estimate, float(lower), float(upper), confidence, "paired bootstrap", n)
+    method = "paired bootstrap" if len(arrays) == 1 else f"paired bootstrap within {len(arrays)} subtasks"
+    return Interval(estimate, float(lower), float(upper), confidence, method, sum(len(b) for b, *_ in arrays))
 
 
 def mcnemar_interval(base_correct: Sequence[bool], cand_correct: Sequence[bool], *,

@@ -216,6 +216,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------ tokenizer
 
+# A chat template in the model's own question-and-answer format: a system message on its own
+# paragraph, a user turn as written ("Question: ...\nAnswer:"), the assistant's reply after a
+# space, turns separated by a blank line. (Under a chat template lm-eval drops a multiple-choice
+# task's target delimiter, so the choices follow "Answer:" with no space and this model is at
+# chance on them: the bundled chat-templated tasks are generative.) lm-eval's `apply_chat_template` then runs for real on
+# the embedded model (saved as chat_template.jinja beside the tokenizer).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] }}{{ '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ message['content'] }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ ' ' + message['content'] }}"
+    "{%- if not loop.last -%}{{ '\\n\\n' }}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}"
+)
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -235,10 +251,12 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         model_max_length=256,
     )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 # ---------------------------------------------------------------------------- model

@@ -123,9 +123,9 @@ def test_vllm_backend_pairs_with_hf_on_the_bundled_tasks(runs_dir):
     ppl_diff = max(abs(a.answer - b.answer) for a, b in zip(ppl_hf.samples, ppl_vllm.samples))
     print(f"\nhf {hf_s:.1f} s, vllm {served_s:.1f} s (server start {engine['start_s']:.1f} s): "
           f"{same:.1%} same answers of {mc_hf.n_samples}, max |d loglik| {mc_diff:.2e} (choices), "
-          f"{ppl_diff:.2e} (documents); acc {mc_hf.metrics['acc'].value:.3f} / {mc_vllm.metrics['acc'].value:.3f}, "
-          f"word perplexity {ppl_hf.metrics['word_perplexity'].value:.4f} / "
-          f"{ppl_vllm.metrics['word_perplexity'].value:.4f}")
+          f"{ppl_diff:.2e} (documents); acc {mc_hf.metrics['acc,none'].value:.3f} / {mc_vllm.metrics['acc,none'].value:.3f}, "
+          f"word perplexity {ppl_hf.metrics['word_perplexity,none'].value:.4f} / "
+          f"{ppl_vllm.metrics['word_perplexity,none'].value:.4f}")
 
     assert same >= 0.99
     assert mc_diff <= LL_TOLERANCE and ppl_diff <= LL_TOLERANCE

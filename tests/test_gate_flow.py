@@ -213,7 +213,7 @@ def test_forged_accuracy_report_is_refused(flow, tmp_path):
     copy = _copy_run(flow, "good", tmp_path)
     report_path = copy / "reports" / "candidate-accuracy.json"
     report = json.loads(report_path.read_text())
-    report["tasks"]["tiny_facts_mc"]["metrics"]["acc"]["value"] = 0.99  # a better headline for the model card
+    report["tasks"]["tiny_facts_mc"]["metrics"]["acc,none"]["value"] = 0.99  # a better headline for the model card
     report_path.write_text(json.dumps(report))
     e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1 and "candidate-accuracy.json: differs from the report the decision was made on" in e.stderr

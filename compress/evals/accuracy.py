@@ -8,9 +8,11 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import json
 import logging
-import os
 import math
+import os
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,17 +22,18 @@ from compress.artifact import weights_size
 from compress.env import environment
 from compress.errors import CompressError, EngineError, UsageError
 from compress.evals import cache
-from compress.evals.reports import AccuracyReport, Metric, ModelInfo, Sample, TaskResult
+from compress.evals.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
 from compress.models import load_model, load_tokenizer, pick_device, resolve_model
 from compress.recipe import EvalSpec
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 # How each per-sample metric aggregates over documents (lm-eval's names).
-AGGREGATIONS = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity",
+AGGREGATION_OF = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity",
                 "bits_per_byte": "bits_per_byte", "perplexity": "perplexity"}
 UNITS = {"word_perplexity": "perplexity/word", "byte_perplexity": "perplexity/byte",
          "bits_per_byte": "bits/byte", "perplexity": "perplexity"}
+FRACTIONS = {"exact_match", "token_f1", "f1", "em"}
 
 
 def bundled_tasks_dir() -> Path:
@@ -41,15 +44,34 @@ def bundled_tasks_dir() -> Path:
     return PACKAGE_ROOT / "_evals"
 
 
-def bundled_tasks_hash() -> str:
-    """Hash of the bundled task files, so that editing a task invalidates cached reports."""
+def tasks_hash(root: Path) -> str:
+    """Hash of the task files under a folder, so that editing a task invalidates cached reports."""
     h = hashlib.sha256()
-    root = bundled_tasks_dir()
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in {".yaml", ".jsonl", ".py"} and "__pycache__" not in p.parts:
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py", ".jinja"} and "__pycache__" not in p.parts:
             h.update(p.relative_to(root).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def bundled_tasks_hash() -> str:
+    return tasks_hash(bundled_tasks_dir())
+
+
+def include_dirs(settings: EvalSpec) -> tuple[str, ...]:
+    """The extra task folders as absolute paths (given relative to the current directory).
+
+    Raises:
+        UsageError: a folder that does not exist.
+    """
+    out = []
+    for entry in settings.include_path:
+        path = Path(entry).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"include path {entry} is not a folder",
+                             hint="give a folder of lm-eval task YAML files (relative to the current directory)")
+        out.append(str(path.resolve()))
+    return tuple(out)
 
 
 def model_info(path: Path, spec: str) -> ModelInfo:
@@ -66,53 +88,49 @@ def model_info(path: Path, spec: str) -> ModelInfo:
                      size_bytes=weights_size(Path(path)), quantization=quant)
 
 
-@functools.lru_cache(maxsize=1)
-def _task_manager():
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: tuple[str, ...] = ()):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(bundled_tasks_dir()))
+    return TaskManager(include_path=[str(bundled_tasks_dir()), *include_path])
 
 
 @functools.lru_cache(maxsize=1)
 def bundled_task_names() -> frozenset[str]:
-    """The names of the bundled tasks, read from their YAML files (no lm-eval import)."""
-    import re
-
+    """The names of the bundled tasks and groups, read from their YAML files (no lm-eval import)."""
     names = set()
     for p in bundled_tasks_dir().glob("*.yaml"):
-        names.update(re.findall(r"^task:\s*([\w.-]+)\s*$", p.read_text(), flags=re.MULTILINE))
+        names.update(re.findall(r"^(?:task|group):\s*([\w.-]+)\s*$", p.read_text(), flags=re.MULTILINE))
     return frozenset(names)
 
 
-def check_tasks(tasks: list[str]) -> None:
+def check_tasks(tasks: list[str], include_path: tuple[str, ...] = ()) -> None:
     """Raise a UsageError for unknown task names, suggesting close ones.
 
     Bundled tasks are known without lm-eval's task index (which takes seconds to build).
     """
     if set(tasks) <= bundled_task_names():
         return
-    known = set(_task_manager().all_tasks)
+    known = set(_task_manager(include_path).all_tasks)
     for task in tasks:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3, cutoff=0.6)
             hint = f"did you mean: {', '.join(close)}?" if close else \
-                "bundled tasks: tiny_facts_mc, tiny_bios_ppl; `lm-eval ls tasks` lists the rest"
+                f"bundled: {', '.join(sorted(bundled_task_names()))}; `lm-eval ls tasks` lists the rest"
             raise UsageError(f"unknown eval task '{task}'", hint=hint)
 
 
 def check_eval_settings(settings: EvalSpec) -> None:
     """Refuse settings that cannot produce a report, before any model is loaded or hashed:
-    unknown tasks, and a limit that leaves no documents.
+    no tasks, unknown tasks, an include path that is not a folder. (A limit that leaves no
+    documents is refused by ``EvalSpec`` itself.)
 
     Raises:
         UsageError: naming the task or the limit (exit 2).
     """
     if not settings.tasks:
         raise UsageError("no eval tasks given", hint="e.g. --tasks tiny_facts_mc,tiny_bios_ppl")
-    if settings.limit is not None and settings.limit < 1:
-        raise UsageError(f"--limit {settings.limit} leaves no documents to evaluate",
-                         hint="give --limit N with N >= 1 (evals.limit in a recipe), or leave it out for every document")
-    check_tasks(list(settings.tasks))
+    check_tasks(list(settings.tasks), include_dirs(settings))
 
 
 def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
@@ -120,6 +138,8 @@ def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
     s = spec.model_dump(mode="json")
     s["dtype"] = dtype
     s["bundled_tasks"] = bundled_tasks_hash()
+    # The included tasks by content, not by where they lie on this machine.
+    s["include_path"] = [tasks_hash(Path(p)) for p in include_dirs(spec)]
     if spec.backend == "vllm":  # another engine build may score differently: its own cache entry
         from compress.engines.vllm import engine_info
 
@@ -151,7 +171,7 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "float32", revision:
     start = time.time()
     log_path = cache.report_path("accuracy", key).with_suffix(".vllm.log")  # the engine's, beside the report
     results = _simple_evaluate(ref.path, settings, dtype, trust_remote_code, allow_pickle, log_path)
-    report = to_report(results, info, config, key, time.time() - start)
+    report = to_report(results, info, config, key, time.time() - start, include_dirs(settings))
     cache.store("accuracy", key, report)
     return report, False
 
@@ -171,6 +191,9 @@ def evaluate_model(model: Any, tokenizer: Any, settings: EvalSpec, device: str =
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
+    if settings.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise UsageError("apply_chat_template is set but the model's tokenizer has no chat template",
+                         hint="drop evals.apply_chat_template, or add a chat_template.jinja to the model's folder")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, device=device)
     return evaluate_lm(lm, settings)
 
@@ -186,14 +209,18 @@ def evaluate_lm(lm: Any, settings: EvalSpec) -> dict[str, Any]:
     import torch
 
     _quiet_lm_eval()
-    check_tasks(settings.tasks)
+    include = include_dirs(settings)
+    check_tasks(settings.tasks, include)
     oom = CompressError(f"out of memory evaluating with batch size {settings.batch_size}",
                         hint="lower evals.batch_size (--batch-size)")
     try:
         with torch.inference_mode():
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
-                limit=settings.limit, task_manager=_task_manager(), log_samples=True,
+                limit=settings.limit, task_manager=_task_manager(include), log_samples=True,
+                apply_chat_template=settings.apply_chat_template,
+                fewshot_as_multiturn=settings.fewshot_as_multiturn,
+                system_instruction=settings.system_instruction, gen_kwargs=settings.gen_kwargs,
                 random_seed=settings.seed, numpy_random_seed=settings.seed,
                 torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
                 verbosity=os.environ.get("COMPRESS_BACKEND_LOG", "ERROR").upper(),
@@ -326,10 +353,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def prompt_hash(arguments: Any) -> str:
+    """sha256 (16 hex digits) of every request a document made: contexts with their few-shot
+    examples, chat template and system instruction applied, continuations, generation settings."""
+    text = json.dumps(_plain(arguments), sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _sample(task_type: str | None, raw: dict[str, Any]) -> Sample:
     values = {m: _plain(raw[m]) for m in raw.get("metrics", []) if m in raw}
-    sample = Sample(doc_id=int(raw["doc_id"]), doc_hash=raw.get("doc_hash"), target=_plain(raw.get("target")),
-                    values=values)
+    sample = Sample(doc_id=int(raw["doc_id"]), filter=str(raw.get("filter") or "none"), doc_hash=raw.get("doc_hash"),
+                    prompt_hash=prompt_hash(raw["arguments"]) if "arguments" in raw else None,
+                    target=_plain(raw.get("target")), values=values)
     resps = raw.get("filtered_resps")
     if task_type == "multiple_choice" and resps:
         lls = [float(r[0]) for r in resps]
@@ -346,61 +381,90 @@ def _sample(task_type: str | None, raw: dict[str, Any]) -> Sample:
     return sample
 
 
-def to_report(results: dict[str, Any], info: ModelInfo, settings: dict[str, Any], key: str,
-              duration: float) -> AccuracyReport:
-    """Turn lm-eval's result dictionary into a typed report."""
-    tasks: dict[str, TaskResult] = {}
-    for task, res in results["results"].items():
-        if task not in results.get("samples", {}):
-            continue  # a group's aggregate row; its subtasks are listed themselves
-        cfg = results.get("configs", {}).get(task, {})
-        hib = results.get("higher_is_better", {}).get(task, {})
-        configured = {m.get("metric"): m for m in cfg.get("metric_list", []) or [] if isinstance(m, dict)}
-        metrics: dict[str, Metric] = {}
-        for name, value in res.items():
-            metric, _, filt = name.partition(",")
-            if metric.endswith("_stderr") or metric in ("alias", "name", "sample_len") or not filt:
-                continue
-            if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-                continue
-            stderr = res.get(f"{metric}_stderr,{filt}")
-            agg = configured.get(metric, {}).get("aggregation")
-            metrics[metric] = Metric(
-                value=float(value),
-                stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
-                higher_is_better=bool(hib.get(metric, True)),
-                aggregation=agg if isinstance(agg, str) else AGGREGATIONS.get(metric, "mean"),
-                unit=UNITS.get(metric, "fraction" if metric.startswith("acc") else ""),
-            )
-        samples = [_sample(cfg.get("output_type"), s) for s in results["samples"][task]]
-        samples.sort(key=lambda s: s.doc_id)
-        version = results.get("versions", {}).get(task)
-        tasks[task] = TaskResult(
-            task=task, version=None if version is None else str(version), output_type=cfg.get("output_type"),
-            num_fewshot=int(results.get("n-shot", {}).get(task, 0) or 0), n_samples=len(samples),
-            metrics=metrics, samples=samples,
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        return float(value)
+    return None
+
+
+def _task_result(task: str, res: dict[str, Any], results: dict[str, Any]) -> TaskResult:
+    cfg = results.get("configs", {}).get(task, {})
+    hib = results.get("higher_is_better", {}).get(task, {})
+    configured = {}
+    for m in cfg.get("metric_list", []) or []:
+        if isinstance(m, dict):  # a `!function` metric is logged under its function's name
+            name = m.get("metric")
+            source = re.match(r"\s*def (\w+)\(", name) if isinstance(name, str) else None
+            configured[getattr(name, "__name__", None) or (source.group(1) if source else str(name))] = m
+    metrics: dict[str, Metric] = {}
+    for key, value in res.items():
+        metric, _, filt = key.partition(",")
+        if metric.endswith("_stderr") or not filt or _number(value) is None:
+            continue
+        agg = configured.get(metric, {}).get("aggregation")
+        metrics[key] = Metric(
+            value=float(value), stderr=_number(res.get(f"{metric}_stderr,{filt}")),
+            higher_is_better=bool(hib.get(metric, True)),
+            aggregation=agg if isinstance(agg, str) else AGGREGATION_OF.get(metric, "mean"),
+            unit=UNITS.get(metric, "fraction" if metric.startswith("acc") or metric in FRACTIONS else ""),
         )
+    samples = sorted((_sample(cfg.get("output_type"), s) for s in results["samples"][task]),
+                     key=lambda s: (s.filter, s.doc_id))
+    filters = sorted({s.filter for s in samples}) or ["none"]
+    version = results.get("versions", {}).get(task)
+    return TaskResult(task=task, version=None if version is None else str(version), output_type=cfg.get("output_type"),
+                      num_fewshot=int(results.get("n-shot", {}).get(task, 0) or 0),
+                      n_samples=len({s.doc_id for s in samples}), filters=filters, metrics=metrics, samples=samples)
+
+
+def _leaf_tasks(name: str, subtasks: dict[str, list[str]]) -> list[str]:
+    out = []
+    for child in subtasks.get(name, []):
+        out += _leaf_tasks(child, subtasks) if child in subtasks else [child]
+    return out
+
+
+def _group_result(group: str, res: dict[str, Any], results: dict[str, Any], tasks: dict[str, TaskResult],
+                  include_path: tuple[str, ...]) -> GroupResult:
+    """A group's aggregates, with the weighting its own config asks for (lm-eval's rule: a
+    metric's first ``aggregate_metric_list`` entry whose filters include it)."""
+    entry = _task_manager(include_path).task_index.get(group)
+    config = (entry.cfg or {}) if entry is not None else {}
+    agg_list = config.get("aggregate_metric_list") or []
+    agg_list = [agg_list] if isinstance(agg_list, dict) else agg_list
+    subtasks = _leaf_tasks(group, results.get("group_subtasks", {}))
+    metrics: dict[str, GroupMetric] = {}
+    for key, value in res.items():
+        metric, _, filt = key.partition(",")
+        if metric.endswith("_stderr") or not filt or _number(value) is None:
+            continue
+        agg = next((a for a in agg_list if a.get("metric") == metric
+                    and (a.get("filter_list") is None or filt in ([a["filter_list"]] if isinstance(a["filter_list"], str)
+                                                                  else a["filter_list"]))), None)
+        if agg is None or agg.get("aggregation", "mean") != "mean":
+            continue  # an aggregate compress cannot recompute from documents is not offered to the gate
+        unit = next((tasks[t].metrics[key].unit for t in subtasks if t in tasks and key in tasks[t].metrics), "")
+        metrics[key] = GroupMetric(value=float(value), stderr=_number(res.get(f"{metric}_stderr,{filt}")),
+                                   higher_is_better=bool(results.get("higher_is_better", {}).get(group, {}).get(metric, True)),
+                                   weight_by_size=bool(agg.get("weight_by_size", True)), unit=unit)
+    return GroupResult(group=group, subtasks=subtasks, metrics=metrics)
+
+
+def to_report(results: dict[str, Any], info: ModelInfo, settings: dict[str, Any], key: str,
+              duration: float, include_path: tuple[str, ...] = ()) -> AccuracyReport:
+    """Turn lm-eval's result dictionary into a typed report: every task's metrics per filter,
+    its documents' results per filter, and every group's aggregates."""
+    tasks = {task: _task_result(task, res, results) for task, res in results["results"].items()
+             if task in results.get("samples", {})}
+    groups = {group: _group_result(group, res, results, tasks, include_path)
+              for group, res in (results.get("groups") or {}).items()}
     import torch
 
     env = environment(torch)
     if results.get("engine"):  # measured on a served engine: which one, which version
         env["engine"] = results["engine"]
-    return AccuracyReport(model=info, settings=settings, tasks=tasks, environment=env,
+    documents = sum(t.n_samples for t in tasks.values())
+    return AccuracyReport(model=info, settings=settings, tasks=tasks, groups=groups, environment=env,
                           created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          duration_s=round(duration, 3), cache_key=key)
-
-
-def aggregate(metric: Metric, values: list[Any]) -> float:
-    """Recompute a metric from per-sample values (used by the paired bootstrap)."""
-    if metric.aggregation == "weighted_perplexity":
-        ll = sum(v[0] for v in values)
-        n = sum(v[1] for v in values)
-        return math.exp(-ll / n)
-    if metric.aggregation == "bits_per_byte":
-        ll = sum(v[0] for v in values)
-        n = sum(v[1] for v in values)
-        return -ll / n / math.log(2)
-    if metric.aggregation == "perplexity":
-        return math.exp(-sum(values) / len(values))
-    return sum(float(v) for v in values) / len(values)
-
+                          duration_s=round(duration, 3), documents=documents,
+                          documents_per_s=round(documents / duration, 2) if duration > 0 else None, cache_key=key)

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.artifact import write_json
 
@@ -39,14 +39,20 @@ class ModelInfo(ReportModel):
 # ---------------------------------------------------------------------------- accuracy
 
 class Sample(ReportModel):
-    """One document's result.
+    """One document's result under one filter.
 
     ``values`` holds each metric's per-sample value as lm-eval computes it: a number (acc: 0
-    or 1), or ``[loglikelihood, count]`` for perplexity-style metrics.
+    or 1), or ``[loglikelihood, count]`` for perplexity-style metrics. A task with several
+    filters (a generative task reading its answer out strictly and flexibly) has one sample
+    per document per filter. ``prompt_hash`` digests everything the model was asked for this
+    document (few-shot examples, chat template, system instruction, generation settings), so
+    a pairing can prove both models saw the same bytes.
     """
 
     doc_id: int
+    filter: str = "none"
     doc_hash: str | None = None
+    prompt_hash: str | None = None
     target: Any = None
     answer: Any = None
     loglikelihoods: list[float] | None = None
@@ -62,14 +68,78 @@ class Metric(ReportModel):
     unit: str = ""
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """``"exact_match,strict-match"`` -> ``("exact_match", "strict-match")``; no filter: ``"none"``."""
+    metric, _, filt = key.partition(",")
+    return metric, filt or "none"
+
+
+def _find_key(owner: str, keys: Any, asked: str) -> str:
+    """The stored ``METRIC,FILTER`` key a metric name means: the full name, or the bare metric
+    when it was measured under one filter only."""
+    if "," in asked:
+        if asked in keys:
+            return asked
+        raise KeyError(asked)
+    matches = [k for k in keys if split_key(k)[0] == asked]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise KeyError(f"{owner}/{asked} was measured under {len(matches)} filters: name one "
+                       f"({', '.join(f'{owner}/{k}' for k in matches)})")
+    raise KeyError(asked)
+
+
+def display_names(owner: str, keys: Any) -> dict[str, str]:
+    """How each stored key is shown: ``TASK/METRIC`` when the metric has one filter,
+    ``TASK/METRIC,FILTER`` when it has several."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[split_key(k)[0]] = counts.get(split_key(k)[0], 0) + 1
+    return {k: f"{owner}/{split_key(k)[0] if counts[split_key(k)[0]] == 1 else k}" for k in keys}
+
+
 class TaskResult(ReportModel):
+    """One task's metrics, keyed ``METRIC,FILTER`` as lm-eval names them, and its samples
+    (one per document per filter). ``n_samples`` counts documents."""
+
     task: str
     version: str | None = None
     output_type: str | None = None
     num_fewshot: int = 0
     n_samples: int
+    filters: list[str] = Field(default_factory=lambda: ["none"])
     metrics: dict[str, Metric]
     samples: list[Sample]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _filter_in_keys(cls, data: Any) -> Any:
+        """Reports written before filters were kept name metrics without one (``acc``): the
+        filter was lm-eval's ``none``."""
+        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            data = {**data, "metrics": {k if "," in k else f"{k},none": v for k, v in data["metrics"].items()}}
+        return data
+
+    def by_filter(self, filt: str) -> list[Sample]:
+        return [s for s in self.samples if s.filter == filt]
+
+
+class GroupMetric(ReportModel):
+    """A group's aggregate of its subtasks' values, as lm-eval weights them: by each subtask's
+    number of documents (``weight_by_size``) or equally."""
+
+    value: float
+    stderr: float | None = None
+    higher_is_better: bool
+    weight_by_size: bool = True
+    unit: str = ""
+
+
+class GroupResult(ReportModel):
+    group: str
+    subtasks: list[str]  # the leaf tasks whose documents the aggregate covers
+    metrics: dict[str, GroupMetric]
 
 
 class AccuracyReport(ReportModel):
@@ -77,18 +147,43 @@ class AccuracyReport(ReportModel):
     model: ModelInfo
     settings: dict[str, Any]
     tasks: dict[str, TaskResult]
+    groups: dict[str, GroupResult] = Field(default_factory=dict)
     environment: dict[str, Any]
     created: str
     duration_s: float
+    documents: int | None = None  # documents evaluated over all tasks
+    documents_per_s: float | None = None
     cache_key: str
 
-    def metric(self, name: str) -> Metric:
-        """A metric by ``TASK/METRIC`` name."""
-        task, _, metric = name.partition("/")
-        if task not in self.tasks or metric not in self.tasks[task].metrics:
-            known = [f"{t}/{m}" for t, r in self.tasks.items() for m in r.metrics]
-            raise KeyError(f"no metric {name} in the accuracy report (have: {', '.join(known)})")
-        return self.tasks[task].metrics[metric]
+    def resolve(self, name: str) -> tuple[str, str]:
+        """``TASK/METRIC[,FILTER]`` or ``GROUP/METRIC[,FILTER]`` -> (task or group, stored key).
+
+        Raises:
+            KeyError: naming what the report has (or the filters to choose between).
+        """
+        owner, _, asked = name.partition("/")
+        source = self.tasks.get(owner) or self.groups.get(owner)
+        try:
+            if source is None:
+                raise KeyError(asked)
+            return owner, _find_key(owner, source.metrics, asked)
+        except KeyError as e:
+            if "filters" in str(e.args[0]):
+                raise
+            raise KeyError(f"no metric {name} in the accuracy report (have: {', '.join(self.metric_names())})") from None
+
+    def metric(self, name: str) -> Metric | GroupMetric:
+        """A metric by ``TASK/METRIC[,FILTER]`` (or a group's) name."""
+        owner, key = self.resolve(name)
+        source = self.tasks.get(owner) or self.groups[owner]
+        return source.metrics[key]
+
+    def metric_names(self) -> list[str]:
+        """Every metric as a gate names it: groups first, then tasks."""
+        names = []
+        for owner, source in [*self.groups.items(), *self.tasks.items()]:
+            names += display_names(owner, source.metrics).values()
+        return names
 
 
 # ------------------------------------------------------------------------------- bench

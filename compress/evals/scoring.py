@@ -1,0 +1,71 @@
+"""From per-document results to a metric's value: the one computation that the gate's paired
+tests, the evidence check and the agreement tests with lm-eval share.
+
+A task's metric is its per-document values under one filter, aggregated as lm-eval aggregates
+them (mean, weighted perplexity, bits per byte, perplexity). A group's metric is the weighted
+mean of its subtasks' values (weights: each subtask's number of documents, or 1 each, as the
+group's config says); each subtask is a stratum whose documents are paired and resampled on
+their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compress.evals.reports import AccuracyReport, GroupMetric, Metric, Sample, split_key
+from compress.stats import AGGREGATES, weighted_value
+
+
+@dataclass
+class Part:
+    """One task's documents under one filter, in document order, with how they aggregate."""
+
+    task: str
+    key: str  # METRIC,FILTER
+    aggregation: str
+    weight: float
+    samples: list[Sample]
+
+    @property
+    def metric(self) -> str:
+        return split_key(self.key)[0]
+
+    def values(self) -> list:
+        return [s.values[self.metric] for s in self.samples]
+
+
+def parts(report: AccuracyReport, name: str) -> tuple[str, str, Metric | GroupMetric, list[Part]]:
+    """The metric a name means and the per-document results it is computed from.
+
+    Returns:
+        (task or group, stored ``METRIC,FILTER`` key, the metric as lm-eval reported it, parts)
+
+    Raises:
+        KeyError: the report has no such metric, or a subtask's results are missing.
+    """
+    owner, key = report.resolve(name)
+    metric, filt = split_key(key)
+    if owner in report.tasks:
+        tasks, reported, by_size = [owner], report.tasks[owner].metrics[key], None
+    else:
+        group = report.groups[owner]
+        tasks, reported = group.subtasks, group.metrics[key]
+        by_size = reported.weight_by_size
+    out = []
+    for task in tasks:
+        result = report.tasks.get(task)
+        if result is None or key not in result.metrics:
+            raise KeyError(f"{owner}/{key}: the report has no {key} results for subtask {task}")
+        samples = sorted((s for s in result.by_filter(filt) if metric in s.values), key=lambda s: s.doc_id)
+        weight = 1.0 if by_size is None or not by_size else float(len(samples))
+        out.append(Part(task, key, result.metrics[key].aggregation, weight, samples))
+    return owner, key, reported, out
+
+
+def recompute(report: AccuracyReport, name: str) -> float:
+    """A metric's value from the report's own per-document results, as the gate computes it."""
+    _, _, _, ps = parts(report, name)
+    if any(p.aggregation not in AGGREGATES for p in ps):
+        raise ValueError(f"{name}: aggregation {ps[0].aggregation} cannot be recomputed from documents")
+    return float(weighted_value([(np.asarray(p.values(), dtype=float), p.aggregation, p.weight) for p in ps])[0])
