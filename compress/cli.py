@@ -273,7 +273,7 @@ def _load_optional(recipe: Optional[Path]):
 
 
 def _model_dtype(recipe, dtype: Optional[str]) -> str:
-    return dtype or (recipe.model.dtype if recipe else "float32")
+    return dtype or (recipe.model.dtype if recipe else "auto")
 
 
 def _emit(report, cached: bool, out: Optional[Path], json_: bool, render) -> bool:

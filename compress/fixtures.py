@@ -156,7 +156,7 @@ def llama_config(shapes: dict[str, Any]) -> dict[str, Any]:
     Holds no library version, so that its bytes (and the content hash) do not depend on one.
     """
     s = {**LLAMA_1B_SHAPES, **shapes}
-    unknown = set(shapes) - set(LLAMA_1B_SHAPES)
+    unknown = set(shapes) - set(LLAMA_1B_SHAPES) - {"vocab_size"}
     if unknown:
         raise ValueError(f"unknown fixture shape keys: {sorted(unknown)}")
     if s["num_attention_heads"] % s["num_key_value_heads"] or s["hidden_size"] % s["num_attention_heads"]:
@@ -189,8 +189,9 @@ def llama_config(shapes: dict[str, Any]) -> dict[str, Any]:
         "torch_dtype": "bfloat16",
         "tie_word_embeddings": s["tie_word_embeddings"],
         "use_cache": True,
-        # The tokenizer's vocabulary, so that its ids and the embedding rows line up.
-        "vocab_size": tiny["vocab_size"],
+        # The tokenizer's vocabulary, so that its ids and the embedding rows line up (a larger
+        # one, for a real model's embedding bytes, leaves rows no token reaches).
+        "vocab_size": s.get("vocab_size", tiny["vocab_size"]),
     }
 
 

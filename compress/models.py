@@ -414,6 +414,23 @@ def vocab_size(path: Path) -> int | None:
         return None
 
 
+def checkpoint_dtype(path: Path) -> str:
+    """The dtype a checkpoint's config declares (``dtype``, or ``torch_dtype`` before
+    transformers 5): float32, bfloat16 or float16; float32 when it declares none."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    config = config.get("text_config", config) if "dtype" not in config and "torch_dtype" not in config else config
+    value = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return value if value in ("float32", "bfloat16", "float16") else "float32"
+
+
+def resolve_dtype(path: Path, dtype: str) -> str:
+    """``auto`` -> the checkpoint's own dtype; any other name as given."""
+    return checkpoint_dtype(path) if dtype == "auto" else dtype
+
+
 def torch_dtype(name: str):
     import torch
 

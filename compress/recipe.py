@@ -43,7 +43,9 @@ class ModelSpec(Strict):
 
     id: str = Field(min_length=1)
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        default="auto", description="the dtype to load and compute in; auto: the checkpoint's own (unquantized "
+        "layers are saved in it)")
     trust_remote_code: bool = False
     allow_pickle: bool = Field(
         default=False,

@@ -42,8 +42,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "distill_study.json"
 
 
 def scores(report) -> dict:
-    return {"acc": report.tasks["tiny_facts_mc"].metrics["acc"].value,
-            "word_perplexity": report.tasks["tiny_bios_ppl"].metrics["word_perplexity"].value}
+    return {"acc": report.metric("tiny_facts_mc/acc").value,
+            "word_perplexity": report.metric("tiny_bios_ppl/word_perplexity").value}
 
 
 def main() -> None:

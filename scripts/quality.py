@@ -74,11 +74,11 @@ def measure(label: str, method: dict, base, tok, texts, settings, base_acc, cali
     cand = load_model(path)  # plain from_pretrained under the hood
     agree = agreement(base, cand, tok, texts)
     report, _ = run_eval(str(path), settings)
-    acc = report.tasks["tiny_facts_mc"].metrics["acc"].value
+    acc = report.metric("tiny_facts_mc/acc").value
     row = {"label": label, "method": manifest["method"]["scheme"], "format": manifest["method"]["format"],
            "size_ratio": manifest["size"]["ratio"], "build_seconds": round(seconds, 1),
            "acc": acc, "acc_delta_points": round(100 * (acc - base_acc), 1),
-           "word_perplexity": report.tasks["tiny_bios_ppl"].metrics["word_perplexity"].value, **agree}
+           "word_perplexity": report.metric("tiny_bios_ppl/word_perplexity").value, **agree}
     print(json.dumps(row), flush=True)
     return row
 
@@ -96,8 +96,8 @@ def main() -> None:
     texts = [json.loads(line)["text"] for line in PPL_DOCS.read_text().splitlines()]
     settings = EvalSpec(tasks=["tiny_facts_mc", "tiny_bios_ppl"], batch_size=32)
     base_report, _ = run_eval("builtin:tiny-llama", settings)
-    base_acc = base_report.tasks["tiny_facts_mc"].metrics["acc"].value
-    base_ppl = base_report.tasks["tiny_bios_ppl"].metrics["word_perplexity"].value
+    base_acc = base_report.metric("tiny_facts_mc/acc").value
+    base_ppl = base_report.metric("tiny_bios_ppl/word_perplexity").value
 
     methods, low = [], []
     for scheme in SCHEMES:

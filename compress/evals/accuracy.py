@@ -23,7 +23,7 @@ from compress.env import environment
 from compress.errors import CompressError, EngineError, UsageError
 from compress.evals import cache
 from compress.evals.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
-from compress.models import load_model, load_tokenizer, pick_device, resolve_model
+from compress.models import load_model, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from compress.recipe import EvalSpec
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
     return s
 
 
-def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "float32", revision: str | None = None,
+def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision: str | None = None,
              rerun: bool = False, trust_remote_code: bool = False,
              allow_pickle: bool = False) -> tuple[AccuracyReport, bool]:
     """Evaluate a model or artifact; reuse a cached report for the same bytes and settings.
@@ -164,6 +164,7 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "float32", revision:
     check_eval_settings(settings)  # before the model is fetched, hashed or loaded
     ref = resolve_model(spec, revision)
     info = model_info(ref.path, spec)
+    dtype = resolve_dtype(ref.path, dtype)  # auto: the checkpoint's own, named in the report and its key
     config = eval_settings(settings, dtype)
     key = cache.report_key("accuracy", info.content_hash, config)
     if not rerun and (hit := cache.load_cached("accuracy", key, AccuracyReport)) is not None:

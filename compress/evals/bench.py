@@ -440,7 +440,11 @@ def measured(info: ModelInfo, side: Side, runs: list[LevelRun], end: dict[str, A
 
 def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | None = None,
               endpoint: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False) -> Side:
-    """The side that measures ``path`` with the settings' engine (or an already running endpoint)."""
+    """The side that measures ``path`` with the settings' engine (or an already running endpoint).
+    ``dtype`` ``auto`` is each model's own checkpoint dtype."""
+    from compress.models import resolve_dtype
+
+    dtype = resolve_dtype(path, dtype)
     if endpoint:
         return ServedSide(path, settings, url=endpoint)
     if settings.engine == "vllm":
@@ -532,7 +536,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "float32", revision: str | None = None,
+def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "auto", revision: str | None = None,
               rerun: bool = False, trust_remote_code: bool = False, allow_pickle: bool = False,
               endpoint: str | None = None, log_dir: Path | None = None,
               log: Callable[[str], None] | None = None) -> tuple[BenchReport, bool]:
@@ -542,10 +546,11 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "float32", revisio
         (report, whether it came from the cache)
     """
     from compress.evals.accuracy import model_info
-    from compress.models import resolve_model
+    from compress.models import resolve_dtype, resolve_model
 
     ref = resolve_model(spec, revision)
     info = model_info(ref.path, spec)
+    dtype = resolve_dtype(ref.path, dtype)
     config = bench_settings(settings, dtype, endpoint)
     key = cache.report_key("bench", info.content_hash, config)
     if not rerun and not endpoint and (hit := cache.load_cached("bench", key, BenchReport)) is not None:
@@ -560,7 +565,7 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "float32", revisio
     return report, False
 
 
-def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str = "float32",
+def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str = "auto",
               revision: str | None = None, rerun: bool = False, trust_remote_code: bool = False,
               allow_pickle: bool = False, log_dir: Path | None = None,
               log: Callable[[str], None] | None = None) -> tuple[SpeedReport, bool]:

@@ -15,7 +15,7 @@ from compress.data import load_texts
 from compress.errors import CompressError, UsageError
 from compress.faults import fault_point
 from compress.methods.base import MethodContext, MethodResult, Timer, claim_work_dir, save_tokenizer
-from compress.models import load_model, load_tokenizer, resolve_model
+from compress.models import load_model, load_tokenizer, resolve_dtype, resolve_model
 
 
 def batches(texts: list[str], tokenizer: Any, max_len: int, size: int = 8) -> list[dict[str, Any]]:
@@ -157,7 +157,7 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         seed=t.seed, data_seed=t.seed, report_to="none", disable_tqdm=True, use_cpu=not cuda,
-        bf16=cuda and ctx.recipe.model.dtype == "bfloat16", remove_unused_columns=False,
+        bf16=cuda and resolve_dtype(ctx.base.path, ctx.recipe.model.dtype) == "bfloat16", remove_unused_columns=False,
         dataloader_pin_memory=cuda, ddp_find_unused_parameters=False,
     )
     trainer_cls = make_trainer_class()

@@ -8,7 +8,7 @@ Blackwell) to run fast; elsewhere the artifact is still produced, with a warning
 from __future__ import annotations
 
 from compress.env import device_info
-from compress.methods import _llmcompressor as llmc
+from compress.methods import _llmcompressor as llmc, _streaming
 from compress.methods.base import MethodContext, MethodResult, Timer
 
 
@@ -25,12 +25,19 @@ def apply(ctx: MethodContext) -> MethodResult:
         ctx.warn(msg)
     preset = "FP8_DYNAMIC" if method.scheme == "dynamic" else "FP8"
     timer = Timer()
+    name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
+            else "FP8 W8A8, weights and activations per tensor (static, calibrated)")
+    if _streaming.eligible(ctx):  # dynamic FP8 needs no data: shard by shard, never loading the model
+        from compressed_tensors.quantization import preset_name_to_scheme
+
+        details = _streaming.run(ctx, preset_name_to_scheme(preset, ["Linear"]), timer)
+        details["preset"] = preset
+        return MethodResult(format="compressed-tensors", scheme=name, details=details, warnings=warnings,
+                            timings=timer.timings)
     details = llmc.run(ctx, lambda model, ignore: [
         llmc_mod.QuantizationModifier(targets="Linear", scheme=preset, ignore=ignore,
                                       kv_cache_scheme=llmc.kv_cache_scheme(ctx))],
         calibrate=method.scheme == "static", timer=timer)
     details["preset"] = preset
-    name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
-            else "FP8 W8A8, weights and activations per tensor (static, calibrated)")
     return MethodResult(format="compressed-tensors", scheme=name + llmc.kv_cache_label(ctx), details=details,
                         warnings=warnings, timings=timer.timings)

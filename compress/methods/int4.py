@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 from compress.errors import QuantizationError
-from compress.methods import _bnb, _gptqmodel, _llmcompressor as llmc
+from compress.models import resolve_dtype
+from compress.methods import _bnb, _gptqmodel, _llmcompressor as llmc, _streaming
 from compress.methods.base import MethodContext, MethodResult, Timer, check_group_size, meta_model, resolve_ignore
 
 
@@ -30,7 +31,7 @@ def apply(ctx: MethodContext) -> MethodResult:
 
         details = _bnb.run(ctx, {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                                  "bnb_4bit_use_double_quant": m.double_quant,
-                                 "bnb_4bit_compute_dtype": torch.float32 if ctx.recipe.model.dtype == "float32"
+                                 "bnb_4bit_compute_dtype": torch.float32 if resolve_dtype(ctx.base.path, ctx.recipe.model.dtype) == "float32"
                                  else torch.bfloat16}, timer)
         details.update(blocksize=64, double_quant=m.double_quant)
         return MethodResult(format="bitsandbytes", scheme=f"NF4 (block 64{', double quant' if m.double_quant else ''})",
@@ -43,6 +44,10 @@ def apply(ctx: MethodContext) -> MethodResult:
     quant = llmc.load("llmcompressor.modifiers.quantization", f"INT{m.bits} {m.algorithm}")
     _check_widths(ctx, m.group_size)
     groups = llmc.scheme(llmc.weight_args(m.bits, m.group_size, m.symmetric))
+    if _streaming.eligible(ctx):  # round-to-nearest needs no data: shard by shard, never loading the model
+        details = _streaming.run(ctx, groups["group_0"], timer)
+        return MethodResult(format="compressed-tensors", scheme=_scheme_name(m), details=details,
+                            timings=timer.timings)
     kv_cache = llmc.kv_cache_scheme(ctx)
 
     def modifiers(model, ignore):
