@@ -74,7 +74,7 @@ demo: setup engine
 # The default suite includes one real engine test (a vLLM server started, serving an artifact,
 # stopped), so it builds the engine environment too.
 test: setup engine
-	$(BIN)/python -m pytest -m "not slow and not gpu and not engine" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu and not engine" -q --durations=25
 
 test-slow: setup
 	$(BIN)/python -m pytest -m "slow" -q

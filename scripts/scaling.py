@@ -170,6 +170,8 @@ def _index_complete(folder: Path) -> bool:
     """Every tensor the index names is in the shard it names, and every shard's tensors are named."""
     from safetensors import safe_open
 
+    if not (folder / "model.safetensors.index.json").exists():  # one file needs no index
+        return [p.name for p in folder.glob("*.safetensors")] == ["model.safetensors"]
     index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     for shard in set(index.values()):
         with safe_open(str(folder / shard), "pt") as f:
