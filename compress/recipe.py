@@ -248,9 +248,12 @@ class EvalSpec(Strict):
     @field_validator("limit", mode="before")
     @classmethod
     def _count_or_fraction(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # "0.25" or "200", as a --set may give it
+            try:
+                value = float(value)
+            except ValueError:
+                return value
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
         if 0 < value < 1:
             return float(value)

@@ -201,8 +201,10 @@ def test_an_a_a_comparison_never_fails_under_a_neighbours_load(tmp_path, runs_di
                               {"metric": "ttft_p99_ratio", "max": 1.1}, {"metric": "cost_ratio", "max": 1.1}])
     gate = evaluate(policy, None, None, report)
     assert "FAIL" not in {c.verdict for c in gate.checks}, [(c.metric, c.shown) for c in gate.checks]
+    # The estimate is near 1. (Whether the 95% interval covers exactly 1 is a coverage event that
+    # misses by design one time in twenty or more; it is not what this test holds the gate to.)
     iv = gate.checks[0].interval
-    assert iv["lower"] <= 1.0 <= iv["upper"] or gate.checks[0].verdict == "PASS"
+    assert abs(iv["estimate"] - 1.0) < 0.1, iv
     # Both models ran in every round, taking turns at going first.
     positions = {(r.round, r.position) for r in report.baseline.runs}
     assert {p for _, p in positions} == {0, 1} and len({r for r, _ in positions}) == 6

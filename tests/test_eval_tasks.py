@@ -202,7 +202,8 @@ def test_reports_from_before_filters_still_load(tmp_path):
 
 def test_limit_as_a_fraction_and_bad_settings():
     assert EvalSpec(limit=0.25).limit == 0.25 and EvalSpec(limit=200).limit == 200
-    for bad in (1.5, 0, -3):
+    assert EvalSpec(limit="0.25").limit == 0.25 and EvalSpec(limit="200").limit == 200  # as --set gives them
+    for bad in (1.5, 0, -3, "0", "x"):
         with pytest.raises(ValueError):
             EvalSpec(limit=bad)
 

@@ -141,17 +141,28 @@ def claim_work_dir(ctx: MethodContext) -> Path:
     """Create (or reuse) the method's scratch directory for this artifact key only.
 
     A directory left by a different recipe is emptied first: resuming from it would mix runs.
+    Every process of a multi-process launch claims it; a lock file inside it makes the check and
+    the emptying one step, so that one process never empties what another has just stamped.
     """
+    import fcntl
     import shutil
 
     from compress.artifact import write_bytes_atomic
 
     work = ctx.work_dir
-    stamp = work / "KEY"
-    if work.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.artifact_key):
-        shutil.rmtree(work, ignore_errors=True)
+    stamp, lock_file = work / "KEY", work / ".claim.lock"
     work.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(stamp, (ctx.artifact_key + "\n").encode())
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.read_text().strip() != ctx.artifact_key:
+            for child in work.iterdir():
+                if child == lock_file:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            write_bytes_atomic(stamp, (ctx.artifact_key + "\n").encode())
     return work
 
 
