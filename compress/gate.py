@@ -65,8 +65,10 @@ class GateResult(ReportModel):
         return f"{self.verdict}: " + ", ".join(f"{n} {v.lower()}" for v, n in counts.items() if n)
 
 
-def paired_strata(base: AccuracyReport, cand: AccuracyReport, name: str) -> tuple[Metric | GroupMetric, list[Stratum]]:
-    """Both models' per-document values of a metric, paired by (task, filter, document): one
+def paired_strata(base: AccuracyReport, cand: AccuracyReport,
+                  name: str) -> tuple[Metric | GroupMetric, Metric | GroupMetric, list[Stratum]]:
+    """Both models' per-document values of a metric, paired by (task, filter, document), and the
+    metric as each report states it: one
     stratum per task (a group's subtasks each), the documents and their prompts the same.
 
     Raises:
@@ -94,12 +96,11 @@ def paired_strata(base: AccuracyReport, cand: AccuracyReport, name: str) -> tupl
                                  hint="few-shot, chat template, system instruction or generation settings differ: "
                                       "evaluate both with the same evals settings")
         strata.append(Stratum(bp.values(), cp.values(), bp.aggregation, bp.weight))
-    return metric, strata
+    return metric, cmetric, strata
 
 
 def quality_check(check: GateCheck, policy: GateSpec, base: AccuracyReport, cand: AccuracyReport) -> CheckResult:
-    m, strata = paired_strata(base, cand, check.metric)
-    cm = cand.metric(check.metric)
+    m, cm, strata = paired_strata(base, cand, check.metric)
     bv = [v for st in strata for v in st.base]
     cv = [v for st in strata for v in st.cand]
     binary = all(v in (0, 1, 0.0, 1.0, True, False) for v in bv + cv)
