@@ -382,6 +382,15 @@ def _sample(task_type: str | None, raw: dict[str, Any]) -> Sample:
     return sample
 
 
+def _figures(res: dict[str, Any]):
+    """lm-eval's reported figures of one task or group: (``METRIC,FILTER``, metric, filter, value),
+    leaving out stderrs, names and counts."""
+    for key, value in res.items():
+        metric, _, filt = key.partition(",")
+        if filt and not metric.endswith("_stderr") and _number(value) is not None:
+            yield key, metric, filt, value
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
         return float(value)
@@ -398,10 +407,7 @@ def _task_result(task: str, res: dict[str, Any], results: dict[str, Any]) -> Tas
             source = re.match(r"\s*def (\w+)\(", name) if isinstance(name, str) else None
             configured[getattr(name, "__name__", None) or (source.group(1) if source else str(name))] = m
     metrics: dict[str, Metric] = {}
-    for key, value in res.items():
-        metric, _, filt = key.partition(",")
-        if metric.endswith("_stderr") or not filt or _number(value) is None:
-            continue
+    for key, metric, filt, value in _figures(res):
         agg = configured.get(metric, {}).get("aggregation")
         metrics[key] = Metric(
             value=float(value), stderr=_number(res.get(f"{metric}_stderr,{filt}")),
@@ -435,10 +441,7 @@ def _group_result(group: str, res: dict[str, Any], results: dict[str, Any], task
     agg_list = [agg_list] if isinstance(agg_list, dict) else agg_list
     subtasks = _leaf_tasks(group, results.get("group_subtasks", {}))
     metrics: dict[str, GroupMetric] = {}
-    for key, value in res.items():
-        metric, _, filt = key.partition(",")
-        if metric.endswith("_stderr") or not filt or _number(value) is None:
-            continue
+    for key, metric, filt, value in _figures(res):
         agg = next((a for a in agg_list if a.get("metric") == metric
                     and (a.get("filter_list") is None or filt in ([a["filter_list"]] if isinstance(a["filter_list"], str)
                                                                   else a["filter_list"]))), None)
