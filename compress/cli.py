@@ -22,7 +22,8 @@ from compress import console
 from compress.errors import (
     EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, CompressError, InputError, RecipeError, UsageError,
 )
-from compress.options import Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides, SignKey
+from compress.options import (DataParallel, Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides, SignKey,
+                              TensorParallel)
 
 app = typer.Typer(
     name="compress",
@@ -331,6 +332,10 @@ def eval_(
         "--engine", "--backend", help="hf (transformers) or vllm (lm-eval against a vLLM server from `make engine`; "
         "int4 needs --dtype bfloat16).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    device_map: Annotated[Optional[str], typer.Option(
+        "--device-map", help="hf: 'auto' spreads a model too large for one device over GPUs, CPU memory and disk.")] = None,
+    tensor_parallel: TensorParallel = None,
+    data_parallel: DataParallel = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
     recipe: RecipeFile = None,
     rerun: Rerun = False,
@@ -346,7 +351,8 @@ def eval_(
              "limit": _limit(limit), "batch_size": batch_size, "seed": seed, "backend": backend, "device": device,
              "apply_chat_template": chat_template or (True if apply_chat_template else None), "fewshot_as_multiturn": fewshot_as_multiturn,
              "system_instruction": system_instruction, "gen_kwargs": _gen_kwargs(gen_kwargs),
-             "include_path": [str(p) for p in include_path] if include_path else None}
+             "include_path": [str(p) for p in include_path] if include_path else None, "device_map": device_map,
+             "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
     r = _load_optional(recipe)
     settings = _settings(EvalSpec, r, "evals", flags)
     check_eval_settings(settings)  # bad inputs fail here, before any compute or write
@@ -411,6 +417,8 @@ def bench(
         "--repeats", help="Timed calls per batch size (hf), requests per level (vllm), per round.")] = None,
     price_per_hour: Annotated[Optional[float], typer.Option("--price-per-hour", help="USD per hour of this machine.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    tensor_parallel: TensorParallel = None,
+    data_parallel: DataParallel = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
     recipe: RecipeFile = None,
     rerun: Rerun = False,
@@ -431,7 +439,7 @@ def bench(
                              hint="e.g. --batch-sizes 1,4,8") from None
     flags = {"engine": engine, "batch_sizes": sizes, "rounds": rounds, "prompt_tokens": prompt_tokens,
              "output_tokens": output_tokens, "warmup": warmup, "repeats": repeats, "price_per_hour": price_per_hour,
-             "device": device}
+             "device": device, "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
     r = _load_optional(recipe)
     settings = _settings(BenchSpec, r, "bench", flags)
     if endpoint and not endpoint.startswith(("http://", "https://")):

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from compress.errors import ModelInputError, ModelLoadError, UsageError
 from compress.fixtures import FIXTURES, ensure_fixture
@@ -365,28 +365,60 @@ _SCAN_ELEMENTS = 1 << 26  # elements read at a time, so a huge tensor is scanned
 def _first_nonfinite(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> tuple[str, str] | None:
     """(tensor name, "NaN" or "infinite") of the first non-finite tensor, or None."""
     import torch
-    from safetensors import safe_open
 
-    try:
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                part = f.get_slice(name)
-                if part.get_dtype() not in _FLOAT_DTYPES:
-                    continue
-                shape = part.get_shape()
-                rows = max(1, _SCAN_ELEMENTS // max(1, math.prod(shape[1:]))) if shape else 0
-                chunks = (f.get_tensor(name),) if not shape else (part[i:i + rows] for i in range(0, shape[0], rows))
-                for t in chunks:
-                    if t.element_size() == 1:
-                        t = t.float()  # float8: isfinite has no kernel for it
-                    if not bool(torch.isfinite(t).all()):
-                        return name, "NaN" if bool(torch.isnan(t).any()) else "infinite"
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for bad files
-        if isinstance(e, (MemoryError, KeyboardInterrupt)):
-            raise
-        raise ModelInputError(f"{path} cannot be read as safetensors ({str(e).splitlines()[0]})",
-                              hint=REDOWNLOAD) from None
+    for name, t in read_tensors(Path(path), max_elements=_SCAN_ELEMENTS, dtypes=_FLOAT_DTYPES):
+        if t.element_size() == 1:
+            t = t.float()  # float8: isfinite has no kernel for it
+        if not bool(torch.isfinite(t).all()):
+            return name, "NaN" if bool(torch.isnan(t).any()) else "infinite"
     return None
+
+
+# The torch dtype of each safetensors dtype that torch can hold.
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                 "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                 "BOOL": "bool"}
+
+
+def read_tensors(path: Path, *, max_elements: int | None = None,
+                 dtypes: set[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """The tensors of one safetensors file, in file order, as (name, tensor) pairs, each read into
+    memory of its own with plain reads. (``safe_open`` maps the file instead, and every page a
+    read touches stays in the process's RSS until the file is closed: a whole shard.)
+
+    Args:
+        max_elements: a larger tensor comes as several pairs, each a slice of its rows.
+        dtypes: only tensors of these safetensors dtypes (all when None).
+
+    Raises:
+        ModelInputError: a damaged file, or a tensor of a dtype torch cannot hold (exit 2).
+    """
+    import torch
+
+    header = check_safetensors(path)
+    with Path(path).open("rb") as f:
+        base = 8 + int.from_bytes(f.read(8), "little")
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+        for name, entry in entries:
+            if dtypes is not None and entry["dtype"] not in dtypes:
+                continue
+            dtype = getattr(torch, _TORCH_DTYPES.get(entry["dtype"], ""), None)
+            if dtype is None:
+                raise ModelInputError(f"{path}: tensor '{name}' is {entry['dtype']}, a dtype compress cannot read",
+                                      hint="convert the checkpoint to float or integer tensors")
+            shape = entry["shape"]
+            start, end = entry["data_offsets"]
+            if end == start:
+                yield name, torch.empty(shape, dtype=dtype)
+                continue
+            rows = max(1, max_elements // max(1, math.prod(shape[1:]))) if max_elements and shape else shape[0] if shape else 1
+            step = rows * ((end - start) // (shape[0] if shape else 1))
+            for offset in range(start, end, step):
+                data = bytearray(min(step, end - offset))
+                f.seek(base + offset)
+                if f.readinto(data) != len(data):
+                    raise ModelInputError(f"{path} ends inside tensor '{name}'", hint=REDOWNLOAD)
+                yield name, torch.frombuffer(data, dtype=dtype).reshape([-1, *shape[1:]] if shape else [])
 
 
 def _check_shards(path: Path) -> None:
@@ -429,6 +461,22 @@ def checkpoint_dtype(path: Path) -> str:
 def resolve_dtype(path: Path, dtype: str) -> str:
     """``auto`` -> the checkpoint's own dtype; any other name as given."""
     return checkpoint_dtype(path) if dtype == "auto" else dtype
+
+
+def weight_bytes_in(path: Path, dtype: str) -> int:
+    """Bytes a checkpoint's weights take once loaded in ``dtype`` (floating-point tensors cast,
+    others as stored), read from the safetensors headers; the files' size without them."""
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return sum(p.stat().st_size for p in Path(path).iterdir() if p.suffix in PICKLE_SUFFIXES)
+    total = 0
+    for f in files:
+        for name, entry in check_safetensors(f).items():
+            if name != "__metadata__":
+                n = math.prod(entry["shape"])
+                total += n * itemsize if entry["dtype"] in _FLOAT_DTYPES else n * _DTYPE_BYTES.get(entry["dtype"], 1)
+    return total
 
 
 def torch_dtype(name: str):

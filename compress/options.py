@@ -24,6 +24,10 @@ CacheDir = Annotated[
 Rerun = Annotated[bool, typer.Option("--rerun", help="Ignore cached results and measure again.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Take settings from this recipe.")]
+TensorParallel = Annotated[Optional[int], typer.Option(
+    "--tensor-parallel", min=1, help="vllm: GPUs each copy of the model is split over (--tensor-parallel-size).")]
+DataParallel = Annotated[Optional[int], typer.Option(
+    "--data-parallel", min=1, help="vllm: copies of the model serving side by side (--data-parallel-size).")]
 SignKey = Annotated[
     Optional[Path],
     typer.Option("--sign", metavar="KEY",

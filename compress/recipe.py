@@ -51,6 +51,11 @@ class ModelSpec(Strict):
         default=False,
         description="load pickled .bin weights when a model has no safetensors (unsafe)",
     )
+    offload: Literal["auto", "memory", "disk"] = Field(
+        default="auto", description="where calibrated quantization (GPTQ, AWQ, SmoothQuant, static FP8) keeps the "
+        "weights: memory; disk (each layer read from the checkpoint when its turn comes, updated layers written to "
+        "the work directory next to --out); auto: disk when the weights take more than a quarter of the memory "
+        "available. The artifact is the same either way")
 
 
 class CalibrationSpec(Strict):
@@ -244,6 +249,11 @@ class EvalSpec(Strict):
     seed: int = 1234
     backend: Literal["hf", "vllm"] = "hf"
     device: str = "auto"
+    device_map: Literal["auto"] | None = Field(
+        default=None, description="hf: auto spreads the weights over the GPUs, CPU memory and disk as they fit "
+        "(accelerate), for a model larger than one device")
+    tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
+    data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
 
     @field_validator("limit", mode="before")
     @classmethod
@@ -260,6 +270,15 @@ class EvalSpec(Strict):
         if value >= 1 and value == int(value):
             return int(value)
         raise ValueError(f"{value} is neither a number of documents (1, 2, ...) nor a fraction between 0 and 1")
+
+    @model_validator(mode="after")
+    def _placement_fits_the_backend(self) -> "EvalSpec":
+        if self.backend == "hf" and (self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise ValueError("tensor_parallel and data_parallel are vLLM's: set backend: vllm, or device_map: auto "
+                             "to spread one model over several devices in hf")
+        if self.backend == "vllm" and self.device_map is not None:
+            raise ValueError("device_map is for the hf back end; vLLM splits a model with tensor_parallel")
+        return self
 
 
 class SloSpec(Strict):
@@ -307,6 +326,14 @@ class BenchSpec(Strict):
     )
     device: str = "auto"
     seed: int = 0
+    tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
+    data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
+
+    @model_validator(mode="after")
+    def _parallel_is_vllms(self) -> "BenchSpec":
+        if self.engine == "hf" and (self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise ValueError("tensor_parallel and data_parallel are vLLM's: set engine: vllm")
+        return self
 
 
 # ----------------------------------------------------------------------------- gate

@@ -135,7 +135,7 @@ def main() -> None:
             r = measure(f"compress {scheme}", cmd, env)
             if r["exit_code"] == 0:
                 manifest = json.loads((out / "manifest.json").read_text())
-                r.update(artifact_bytes=dir_bytes(out), path=manifest["method"]["details"].get("path", "in memory"),
+                r.update(artifact_bytes=dir_bytes(out), path=_path(manifest["method"]["details"]),
                          index_complete=_index_complete(out))
             r["peak_over_checkpoint"] = round(r["peak_rss_bytes"] / ckpt_bytes, 3)
             row[f"compress {scheme}"] = r
@@ -164,6 +164,11 @@ def main() -> None:
                 ok = "" if r["exit_code"] == 0 else f" (exit {r['exit_code']})"
                 print(f"| {size} ({row['checkpoint_bytes'] / 2**30:.1f} GiB) | {label}{ok} | {r['wall_s']:.0f} s | "
                       f"{r['peak_rss_bytes'] / GB:.1f} GB | {r['peak_over_checkpoint']:.2f}x |")
+
+
+def _path(details: dict) -> str:
+    """How the artifact was made: streamed, in memory, or with the weights left on disk."""
+    return details.get("path") or ("weights on disk, a layer at a time" if details.get("offload") else "in memory")
 
 
 def _index_complete(folder: Path) -> bool:

@@ -188,8 +188,51 @@ def test_data_parallel_training_over_two_processes_writes_one_artifact(tmp_path,
     assert p.returncode == 0, p.stderr[-3000:]
     training = json.loads(p.stdout)["manifest"]["method"]["details"]["training"]  # one JSON document
     assert training["processes"] == 2 and training["global_batch"] == 8 and training["steps"] == 10
+    assert training["distributed_type"] == "MULTI_CPU"
     assert (tmp_path / "student" / "manifest.json").exists()
     assert not list(tmp_path.glob(".*")), list(tmp_path.iterdir())  # no temporary or work directory left
+
+
+def _accelerate_fsdp(tmp_path, processes: int, lift_cpu_rule: bool = False):
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    program = [str(ROOT / "tests" / "fsdp_on_cpu.py")] if lift_cpu_rule else ["-m", "compress"]
+    return subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "configs" / "accelerate-fsdp.yaml"),
+                           "--num_processes", str(processes), *program, "distill",
+                           str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
+                           "--set", "method.training.max_steps=10", "--set", "method.training.batch_size=4",
+                           "--set", "calibration.num_samples=16", "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on GPUs the FSDP config shards (the gpu test below)")
+def test_fsdp_config_on_cpu_processes_is_refused_not_run_as_ddp(tmp_path, runs_dir):
+    """accelerate turns FSDP on only for GPUs and other accelerators: on CPU processes the FSDP
+    config would silently train a full replica in each process. Every process stops, nothing is written."""
+    p = _accelerate_fsdp(tmp_path, 2)
+    assert p.returncode != 0
+    refused = "FSDP was asked for, but accelerate does not shard on MULTI_CPU processes"
+    assert p.stderr.count(refused) == 2, p.stderr[-3000:]  # both processes, at the same point: no hang
+    assert "torchrun --nproc_per_node N -m compress distill RECIPE" in p.stderr
+    assert "manifest" not in p.stdout and not (tmp_path / "student").exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() == 1, reason="FSDP over two processes needs two GPUs, or none")
+def test_fsdp_over_two_processes_shards_the_student_and_saves_it_whole(tmp_path, runs_dir):
+    """The FSDP path (FSDP2 shards, the gathered student, one writer) on two GPUs, or on two CPU
+    processes over gloo with accelerate's GPU-only rule lifted by tests/fsdp_on_cpu.py."""
+    p = _accelerate_fsdp(tmp_path, 2, lift_cpu_rule=not torch.cuda.is_available())
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(p.stdout)["manifest"]["method"]["details"]  # one JSON document: the main process's
+    t = d["training"]
+    assert t["distributed_type"] == "FSDP" and t["processes"] == 2 and t["global_batch"] == 8 and t["steps"] == 10
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "student" / "model.safetensors"), "pt") as f:  # gathered, not one shard
+        assert sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) == d["student_parameters"] == 2229504
+    r = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path / "student")], capture_output=True, text=True,
+                       cwd="/", timeout=300)
+    assert r.returncode == 0 and r.stdout.split()[:3] == ["2", "2", "True"], r.stderr[-1000:]
+    assert not list(tmp_path.glob(".*")), list(tmp_path.iterdir())
 
 
 def test_width_pruning_keeps_the_most_active_channels_in_multiples_of_128(tmp_path):

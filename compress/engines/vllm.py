@@ -185,6 +185,12 @@ def group_rss(pgid: int) -> int:
     return total
 
 
+def parallel_args(tensor: int = 1, data: int = 1) -> list[str]:
+    """vLLM's flags for a model split over ``tensor`` GPUs, in ``data`` copies (none for one)."""
+    return (["--tensor-parallel-size", str(tensor)] if tensor > 1 else []) + \
+        (["--data-parallel-size", str(data)] if data > 1 else [])
+
+
 class VllmServer:
     """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
 

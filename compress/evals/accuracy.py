@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,6 +137,10 @@ def check_eval_settings(settings: EvalSpec) -> None:
 def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
     """The settings that change an accuracy report's numbers (part of its cache key)."""
     s = spec.model_dump(mode="json")
+    # Where the weights sit changes no figure; the defaults stay out so that keys stay as they were.
+    for name, default in (("device_map", None), ("tensor_parallel", 1), ("data_parallel", 1)):
+        if s[name] == default:
+            del s[name]
     s["dtype"] = dtype
     s["bundled_tasks"] = bundled_tasks_hash()
     # The included tasks by content, not by where they lie on this machine.
@@ -182,9 +187,15 @@ def _simple_evaluate(path: Path, settings: EvalSpec, dtype: str, trust_remote_co
     if settings.backend == "vllm":
         return evaluate_served(path, settings, dtype, log_path=log_path, trust_remote_code=trust_remote_code)
     device = pick_device(settings.device)
-    model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                       allow_pickle=allow_pickle)
-    return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device)
+    if settings.device_map is None:
+        model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle)
+        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device)
+    # accelerate places the layers over the GPUs, CPU memory and, past them, a scratch folder.
+    with tempfile.TemporaryDirectory(prefix="compress-offload-") as offload:
+        model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle, device_map=settings.device_map, offload_folder=offload)
+        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device)
 
 
 def evaluate_model(model: Any, tokenizer: Any, settings: EvalSpec, device: str = "cpu") -> dict[str, Any]:
@@ -267,10 +278,11 @@ def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Pat
 
     import aiohttp
 
-    from compress.engines.vllm import VllmServer, engine_info, last_meaningful_line
+    from compress.engines.vllm import VllmServer, engine_info, last_meaningful_line, parallel_args
 
     with contextlib.ExitStack() as stack:
-        server = VllmServer(path, dtype=dtype, log_path=log_path)
+        server = VllmServer(path, dtype=dtype, log_path=log_path,
+                            extra_args=parallel_args(settings.tensor_parallel, settings.data_parallel))
         try:
             stack.enter_context(server)
         except EngineError:

@@ -448,9 +448,10 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
     if endpoint:
         return ServedSide(path, settings, url=endpoint)
     if settings.engine == "vllm":
-        from compress.engines.vllm import VllmServer
+        from compress.engines.vllm import VllmServer, parallel_args
 
-        extra = ["--no-enable-prefix-caching"]  # every round's prompts are new; no cache must hide prefill
+        # Every round's prompts are new; no cache must hide prefill.
+        extra = ["--no-enable-prefix-caching", *parallel_args(settings.tensor_parallel, settings.data_parallel)]
         if settings.kv_cache_dtype != "auto":
             extra += ["--kv-cache-dtype", settings.kv_cache_dtype]
         dt = dtype if settings.engine_dtype == "auto" else settings.engine_dtype

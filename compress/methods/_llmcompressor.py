@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from compress.data import load_texts, tokenize
-from compress.methods.base import MethodContext, Timer, require, resolve_ignore, save_tokenizer
+from compress.methods.base import MethodContext, Timer, claim_work_dir, require, resolve_ignore, save_tokenizer
 
 from compress.models import load_model, load_tokenizer
 
@@ -26,12 +28,49 @@ def load(module: str, purpose: str) -> Any:
     return require(module, "llmcompressor", EXTRA, purpose)
 
 
-def load_base(ctx: MethodContext) -> tuple[Any, Any]:
-    """The base model in its recipe dtype, on the CPU (llm-compressor onloads as it goes)."""
+def load_base(ctx: MethodContext, offload: Path | None = None) -> tuple[Any, Any]:
+    """The base model in its recipe dtype, on the CPU (llm-compressor onloads as it goes).
+
+    With ``offload``, every weight stays on disk (compressed-tensors' disk cache: links to the
+    checkpoint's own files, and the layers a method updates written into ``offload``) and is
+    read only while its layer runs; the sequential pipeline takes one decoder layer at a time.
+    """
     spec = ctx.recipe.model
-    model = load_model(ctx.base.path, dtype=spec.dtype, device="cpu", trust_remote_code=spec.trust_remote_code,
-                       allow_pickle=spec.allow_pickle)
+    kwargs: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if offload is not None:
+            from compressed_tensors.offload import load_offloaded_model
+
+            shutil.rmtree(offload, ignore_errors=True)  # what a crashed attempt wrote is not reused
+            offload.mkdir(parents=True)
+            stack.enter_context(load_offloaded_model())
+            # accelerate warns that the weights it was asked to leave on disk are on disk
+            quiet = logging.getLogger("accelerate.big_modeling")
+            stack.callback(quiet.setLevel, quiet.level)
+            quiet.setLevel(logging.ERROR)
+            kwargs = {"device_map": {"": "disk"}, "offload_folder": str(offload)}
+        model = load_model(ctx.base.path, dtype=spec.dtype, device="cpu", trust_remote_code=spec.trust_remote_code,
+                           allow_pickle=spec.allow_pickle, **kwargs)
     return model, load_tokenizer(ctx.base.path, spec.trust_remote_code)
+
+
+def offload_dir(ctx: MethodContext) -> Path | None:
+    """Where the weights wait on disk during a calibrated method (``model.offload``), or None to
+    keep them in memory. ``auto`` offloads when the weights, in the dtype they load in, take
+    more than a quarter of the memory available now: in memory the peak is about the weights
+    plus a gigabyte; on disk, one layer, its statistics and the embeddings, at little cost in
+    time (the layers are read back from the page cache)."""
+    import psutil
+
+    from compress.models import resolve_dtype, weight_bytes_in
+
+    choice = ctx.recipe.model.offload
+    if choice == "auto":
+        need = weight_bytes_in(ctx.base.path, resolve_dtype(ctx.base.path, ctx.recipe.model.dtype))
+        choice = "disk" if need > psutil.virtual_memory().available / 4 else "memory"
+    if choice == "memory":
+        return None
+    return claim_work_dir(ctx) / "offload"
 
 
 def calibration_dataset(ctx: MethodContext, tokenizer: Any):
@@ -124,8 +163,11 @@ def _run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any
     llmc = load("llmcompressor", "quantization into compressed-tensors")
     import torch
 
+    offload = offload_dir(ctx)
+    if offload is not None:
+        ctx.log(f"weights stay on disk and are read one layer at a time (model.offload; scratch in {offload})")
     with timer("load"):
-        model, tokenizer = load_base(ctx)
+        model, tokenizer = load_base(ctx, offload)
     ignore = resolve_ignore(model, ctx.recipe.method.ignore)
     modifiers = make_modifiers(model, ignore)
     kwargs: dict[str, Any] = {}
@@ -139,12 +181,15 @@ def _run(ctx: MethodContext, make_modifiers: Callable[[Any, list[str]], list[Any
     with timer("quantize"):
         llmc.oneshot(model=model, recipe=modifiers, tokenizer=tokenizer, **kwargs)
     with timer("save"):
-        model.save_pretrained(str(ctx.out_dir), save_compressed=True)
+        # Shards of at most a gigabyte: saving gathers one shard's tensors at a time.
+        model.save_pretrained(str(ctx.out_dir), save_compressed=True, max_shard_size="1GB")
         save_tokenizer(ctx, tokenizer)
     details: dict[str, Any] = {
         "ignore": ignore, "calibration_samples": samples,
         "layers_quantized": sum(1 for n, m in model.named_modules()
                                 if isinstance(m, torch.nn.Linear) and n not in ignore)}
+    if offload is not None:
+        details["offload"] = "disk"
     if kv_cache_scheme(ctx) is not None:
         details["kv_cache"] = {"dtype": ctx.recipe.method.kv_cache, "strategy": "tensor", "calibrated": True}
     return details

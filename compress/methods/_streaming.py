@@ -1,10 +1,12 @@
-"""Data-free schemes, shard by shard: the model is never loaded.
+"""Data-free schemes, tensor by tensor: the model is never loaded.
 
 FP8-dynamic and round-to-nearest integer weights need no calibration data, so each weight can be
-quantized on its own. llm-compressor's ``model_free_ptq`` reads one safetensors shard at a time,
-quantizes its Linear weights with the same observers and compressors ``oneshot`` uses, and
-writes the shard compressed; peak memory is bounded by a shard, not by the model. The artifact
-is the same compressed-tensors format with the same ``quantization_config``.
+quantized on its own. Each Linear weight is read from its safetensors shard alone (plain reads,
+not a memory map, whose touched pages would count against the process), quantized with
+llm-compressor's model-free converter (the observers and compressors ``oneshot`` uses), and
+collected into output shards of at most ``SHARD_BYTES``. Peak memory is bounded by one output
+shard and one tensor, not by the model or its input shards. The artifact is the same
+compressed-tensors format with the same ``quantization_config`` as the in-memory path writes.
 
 Which tensors are Linear weights is read from the model's module tree built on the meta device
 (no weights), so the layers quantized are exactly those the in-memory path quantizes: every
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,77 +26,121 @@ from compress.methods.base import MethodContext, Timer, meta_model, resolve_igno
 
 # The files of a model directory an artifact carries besides its weights.
 CARRIED = re.compile(r"^(config\.json|generation_config\.json|.*token.*\.json|.*\.model|merges\.txt|vocab\.(json|txt)"
-                     r"|chat_template\.(jinja|json)|special_tokens_map\.json|added_tokens\.json|preprocessor_config\.json"
-                     r"|model\.safetensors\.index\.json|.*\.safetensors)$")
+                     r"|chat_template\.(jinja|json)|special_tokens_map\.json|added_tokens\.json"
+                     r"|preprocessor_config\.json)$")
+SHARD_BYTES = 1 << 30  # the most tensor bytes per output shard, and so held in memory at once
+INDEX = "model.safetensors.index.json"
 
 
 def eligible(ctx: MethodContext) -> bool:
     """Whether the recipe's method can stream: a data-free scheme through llm-compressor, no KV
     cache scales to measure, safetensors weights, and no dtype change asked of the unquantized
     layers (``model.dtype`` is ``auto`` or the checkpoint's own)."""
-    from compress.models import checkpoint_dtype
+    from compress.models import check_safetensors, checkpoint_dtype
 
     m = ctx.recipe.method
     data_free = (m.kind == "fp8" and m.scheme == "dynamic") or (m.kind == "int4" and m.algorithm == "rtn")
     if not data_free or getattr(m, "kv_cache", None) or not any(Path(ctx.base.path).glob("*.safetensors")):
         return False
     dtype = ctx.recipe.model.dtype
-    return dtype == "auto" or dtype == checkpoint_dtype(ctx.base.path)
+    if dtype not in ("auto", checkpoint_dtype(ctx.base.path)):
+        return False
+    # The module tree's names must be the checkpoint's: a checkpoint whose keys transformers
+    # renames on load (older layouts, some multimodal models) takes the in-memory path.
+    import torch
+
+    stored = {name for shard in Path(ctx.base.path).glob("*.safetensors") for name in check_safetensors(shard)}
+    return {f"{n}.weight" for n, mod in meta_model(ctx).named_modules() if isinstance(mod, torch.nn.Linear)} <= stored
 
 
 def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
-    """Quantize ``ctx.base`` shard by shard into ``ctx.out_dir`` with one compressed-tensors
+    """Quantize ``ctx.base`` tensor by tensor into ``ctx.out_dir`` with one compressed-tensors
     ``QuantizationScheme`` for every Linear layer not ignored.
 
     Returns:
-        Details for the manifest (ignored layers, layers quantized, shards, the path taken).
+        Details for the manifest (ignored layers, layers quantized, shards written, the path taken).
     """
     import torch
 
     llmc.load("llmcompressor", "quantization into compressed-tensors")
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
-    from llmcompressor.entrypoints.model_free import model_free_ptq
+    from llmcompressor.entrypoints.model_free.converter import ModelFreePtqConverter
+    from llmcompressor.entrypoints.model_free.save_utils import update_config
+
+    from compress.models import read_tensors
 
     with timer("load"):
         skeleton = meta_model(ctx)
         ignore = resolve_ignore(skeleton, ctx.recipe.method.ignore)
         linear = {n for n, mod in skeleton.named_modules() if isinstance(mod, torch.nn.Linear)}
-        # Every other module with a weight (embeddings, norms whatever their names) is left
-        # alone, as the in-memory path leaves it: the model-free matcher knows names, not classes.
-        others = sorted({name.rpartition(".")[0] for name, _ in skeleton.named_parameters()
-                         if name.endswith(".weight")} - linear)
         del skeleton
-    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore + [_exact(n) for n in others],
+    quantized = {f"{n}.weight" for n in linear - set(ignore)}
+    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore,
                                 quantization_status=QuantizationStatus.INITIALIZED)
-    with tempfile.TemporaryDirectory(prefix=".stage-", dir=ctx.out_dir) as stage:
-        for f in Path(ctx.base.path).iterdir():  # only what an artifact carries, linked, not copied
-            if f.is_file() and CARRIED.match(f.name):
-                os.symlink(f.resolve(), Path(stage) / f.name)
-        shards = len(list(Path(stage).glob("*.safetensors")))
-        ctx.log(f"streaming: {shards} shard(s), one at a time; the model is never loaded")
-        with llmc.quiet_logs(), timer("quantize"):
-            model_free_ptq(model_stub=stage, save_directory=str(ctx.out_dir), config=config, max_workers=1,
-                           device="cuda" if ctx.device.startswith("cuda") else "cpu")
-    _strip_ignore_of_non_linear(ctx.out_dir, others)
-    return {"ignore": ignore, "calibration_samples": 0, "layers_quantized": len(linear - set(ignore)),
-            "path": "streamed shard by shard (model_free_ptq)", "shards": shards}
+    converter = ModelFreePtqConverter(config)
+    device = torch.device("cuda" if ctx.device.startswith("cuda") else "cpu")
+    inputs = sorted(Path(ctx.base.path).glob("*.safetensors"))
+    for f in Path(ctx.base.path).iterdir():
+        if f.is_file() and CARRIED.match(f.name):
+            shutil.copyfile(f, ctx.out_dir / f.name)
+    ctx.log(f"streaming: {len(inputs)} shard(s) read one tensor at a time; the model is never loaded")
+    writer = ShardWriter(ctx.out_dir)
+    with llmc.quiet_logs(), timer("quantize"):
+        for k, shard in enumerate(inputs, 1):
+            for name, tensor in read_tensors(shard):
+                if name in quantized:
+                    out = converter.process({name: tensor.to(device)})
+                    writer.add({key: value.cpu() for key, value in out.items()})
+                else:
+                    writer.add({name: tensor})
+            ctx.log(f"streaming: input shard {k}/{len(inputs)} done")
+        shards = writer.close()
+    update_config(str(ctx.out_dir), config)
+    return {"ignore": ignore, "calibration_samples": 0, "layers_quantized": len(quantized),
+            "path": "streamed tensor by tensor (llm-compressor model-free converter)", "shards": shards}
 
 
-def _exact(name: str) -> str:
-    return f"re:^{re.escape(name)}$"
+class ShardWriter:
+    """Collects tensors into shards of at most ``SHARD_BYTES`` (a larger tensor gets one of its
+    own), writes each when full, and names them as ``save_pretrained`` does when closed:
+    ``model.safetensors`` alone, or ``model-0000K-of-0000N.safetensors`` with an index."""
 
+    def __init__(self, out: Path, limit: int | None = None) -> None:
+        self.out, self.limit = Path(out), limit or SHARD_BYTES
+        self.pending: dict[str, Any] = {}
+        self.pending_bytes = 0
+        self.written: list[tuple[Path, list[str]]] = []
+        self.total = 0
 
-def _strip_ignore_of_non_linear(out: Path, others: list[str]) -> None:
-    """The written ``quantization_config.ignore`` lists, as ``oneshot`` writes it, the Linear
-    layers left unquantized only; the embeddings were never candidates."""
-    import json
+    def add(self, tensors: dict[str, Any]) -> None:
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.pending and self.pending_bytes + nbytes > self.limit:
+            self._flush()
+        self.pending.update(tensors)
+        self.pending_bytes += nbytes
 
-    from compress.artifact import write_json
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
 
-    path = out / "config.json"
-    config = json.loads(path.read_text())
-    qc = config.get("quantization_config") or {}
-    drop = {_exact(n) for n in others}
-    qc["ignore"] = [n for n in qc.get("ignore", []) if n not in drop]
-    write_json(path, config)
+        path = self.out / f".shard-{len(self.written) + 1:05d}.safetensors"
+        save_file({k: v.contiguous() for k, v in self.pending.items()}, str(path), metadata={"format": "pt"})
+        self.written.append((path, sorted(self.pending)))
+        self.total += self.pending_bytes
+        self.pending, self.pending_bytes = {}, 0
 
+    def close(self) -> int:
+        """Write what is pending, give the shards their final names, write the index (several
+        shards). Returns the number of shards."""
+        from compress.artifact import write_json
+
+        if self.pending or not self.written:
+            self._flush()
+        n = len(self.written)
+        weight_map = {}
+        for k, (path, names) in enumerate(self.written, 1):
+            final = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            os.replace(path, self.out / final)
+            weight_map.update(dict.fromkeys(names, final))
+        if n > 1:
+            write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))})
+        return n

@@ -8,6 +8,7 @@ checkpoints: an interrupted run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,14 @@ def _progress_callback(log, max_steps: int, terms):
     return Progress()
 
 
-def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_map: list[int]) -> dict[str, Any]:
+def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any,
+          layer_map: list[int]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Train ``student`` on the teacher's outputs.
+
+    Returns:
+        What the training did, and the student's full state dict where the trained model is
+        sharded (FSDP: the main process gets every weight, the others an empty dict), else None.
+    """
     import torch
     from transformers import PrinterCallback, TrainingArguments, default_data_collator
 
@@ -163,9 +171,17 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(model=student, args=args, train_dataset=data, data_collator=default_data_collator,
                           teacher=teacher, loss_spec=m.loss, layer_map=layer_map)
+    distributed = trainer.accelerator.distributed_type.value  # NO, MULTI_CPU, MULTI_GPU, FSDP, ...
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and distributed != "FSDP":
+        # accelerate turns FSDP on only for GPUs and other accelerators; elsewhere it would
+        # silently train every process on a full replica instead.
+        raise UsageError(f"FSDP was asked for, but accelerate does not shard on {distributed} processes",
+                         hint="FSDP needs GPUs; on CPU processes use `torchrun --nproc_per_node N -m compress "
+                              "distill RECIPE` (data parallel, a full student in each process)")
     # Progress goes through ctx.log (stderr); the Trainer's own printer would write dicts to stdout.
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(_progress_callback(ctx.log, t.max_steps, lambda: trainer.last_terms))
+    state = None
     if resume and int(resume.name.rpartition("-")[2]) >= t.max_steps:
         # Killed after its last checkpoint: that checkpoint is the trained student (the Trainer,
         # asked to resume at max_steps, would take one more step).
@@ -173,9 +189,13 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any, layer_
     else:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         steps, loss = int(output.global_step), float(output.training_loss)
+        if trainer.is_fsdp_enabled:
+            # Each process holds a shard of every weight; gathering them takes every process.
+            state = trainer.accelerator.get_state_dict(trainer.model)
     return {"steps": steps, "train_loss": round(loss, 5),
             "resumed": bool(resume), "blocks": len(data), "texts": len(texts), "processes": args.world_size,
-            "global_batch": t.batch_size * t.gradient_accumulation * args.world_size}
+            "distributed_type": distributed,
+            "global_batch": t.batch_size * t.gradient_accumulation * args.world_size}, state
 
 
 def _load_final_checkpoint(student: Any, checkpoint: Path) -> tuple[int, float]:
@@ -216,12 +236,15 @@ def apply(ctx: MethodContext) -> MethodResult:
     ctx.log(f"student: {student.config.num_hidden_layers} layers, {_params(student) / 1e6:.2f}M parameters "
             f"(teacher {_params(teacher) / 1e6:.2f}M); KL to the teacher on held-out text {kl_before:.4f}")
     with timer("train"):
-        details["training"] = train(ctx, student.train(), teacher, tokenizer, layer_map)
+        details["training"], state = train(ctx, student.train(), teacher, tokenizer, layer_map)
     student.eval()
-    kl_after = mean_kl(student, teacher, held_out)
+    # The Trainer has moved the student (and the loss the teacher) to this process's device.
+    device = next(student.parameters()).device
+    held_out = [{k: v.to(device) for k, v in b.items()} for b in held_out]
+    kl_after = mean_kl(student, teacher.to(device), held_out)
     ctx.log(f"KL to the teacher on held-out text: {kl_before:.4f} -> {kl_after:.4f}")
     with timer("save"):
-        student.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+        student.save_pretrained(str(ctx.out_dir), safe_serialization=True, state_dict=state)
         save_tokenizer(ctx, tokenizer)
     details.update(student_layers=student.config.num_hidden_layers, layer_map=layer_map,
                    student_parameters=_params(student), teacher_parameters=_params(teacher),

@@ -27,7 +27,7 @@ def apply(ctx: MethodContext) -> MethodResult:
     timer = Timer()
     name = ("FP8 W8A8, weights per channel, activations per token (dynamic)" if method.scheme == "dynamic"
             else "FP8 W8A8, weights and activations per tensor (static, calibrated)")
-    if _streaming.eligible(ctx):  # dynamic FP8 needs no data: shard by shard, never loading the model
+    if _streaming.eligible(ctx):  # dynamic FP8 needs no data: tensor by tensor, never loading the model
         from compressed_tensors.quantization import preset_name_to_scheme
 
         details = _streaming.run(ctx, preset_name_to_scheme(preset, ["Linear"]), timer)

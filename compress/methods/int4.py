@@ -44,7 +44,7 @@ def apply(ctx: MethodContext) -> MethodResult:
     quant = llmc.load("llmcompressor.modifiers.quantization", f"INT{m.bits} {m.algorithm}")
     _check_widths(ctx, m.group_size)
     groups = llmc.scheme(llmc.weight_args(m.bits, m.group_size, m.symmetric))
-    if _streaming.eligible(ctx):  # round-to-nearest needs no data: shard by shard, never loading the model
+    if _streaming.eligible(ctx):  # round-to-nearest needs no data: tensor by tensor, never loading the model
         details = _streaming.run(ctx, groups["group_0"], timer)
         return MethodResult(format="compressed-tensors", scheme=_scheme_name(m), details=details,
                             timings=timer.timings)
