@@ -174,6 +174,7 @@ def _burn(started, stop):
         x = (x * 31 + 7) % 1_000_003
 
 
+@pytest.mark.slow  # three minutes of measurement: `make test-slow`
 def test_an_a_a_comparison_never_fails_under_a_neighbours_load(tmp_path, runs_dir):
     """The same model against itself, measured while another process keeps a core busy: the
     interleaved rounds put the load on both sides, so no check may FAIL (PASS or INCONCLUSIVE)."""

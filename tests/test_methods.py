@@ -46,7 +46,13 @@ def reload_check(path):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("scheme", list(SCHEMES))
+# The default suite covers each format and each kind of method (data-free and calibrated
+# llm-compressor, SmoothQuant, GPTQModel, bitsandbytes); `make test-slow` runs the others too.
+DEFAULT_SCHEMES = {"fp8-dynamic", "int8-w8a8", "int4-gptq", "int4-gptq-hf", "int4-nf4"}
+
+
+@pytest.mark.parametrize("scheme", [s if s in DEFAULT_SCHEMES else pytest.param(s, marks=pytest.mark.slow)
+                                    for s in SCHEMES])
 def test_scheme_from_flags_reloads_in_plain_transformers(scheme, tmp_path, runs_dir):
     out = tmp_path / scheme
     work = tmp_path / "work"

@@ -67,7 +67,7 @@ def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
     from llmcompressor.entrypoints.model_free.converter import ModelFreePtqConverter
     from llmcompressor.entrypoints.model_free.save_utils import update_config
 
-    from compress.models import read_tensors
+    from compress.models import read_tensors, release_freed_memory
 
     with timer("load"):
         skeleton = meta_model(ctx)
@@ -90,7 +90,9 @@ def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
             for name, tensor in read_tensors(shard):
                 if name in quantized:
                     out = converter.process({name: tensor.to(device)})
+                    del tensor
                     writer.add({key: value.cpu() for key, value in out.items()})
+                    release_freed_memory()  # the input and the converter's working copies
                 else:
                     writer.add({name: tensor})
             ctx.log(f"streaming: input shard {k}/{len(inputs)} done")
@@ -127,6 +129,9 @@ class ShardWriter:
         self.written.append((path, sorted(self.pending)))
         self.total += self.pending_bytes
         self.pending, self.pending_bytes = {}, 0
+        from compress.models import release_freed_memory
+
+        release_freed_memory()
 
     def close(self) -> int:
         """Write what is pending, give the shards their final names, write the index (several
