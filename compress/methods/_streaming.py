@@ -104,8 +104,10 @@ def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
 
 class ShardWriter:
     """Collects tensors into shards of at most ``SHARD_BYTES`` (a larger tensor gets one of its
-    own), writes each when full, and names them as ``save_pretrained`` does when closed:
-    ``model.safetensors`` alone, or ``model-0000K-of-0000N.safetensors`` with an index."""
+    own), writes each when full, and names them as ``save_pretrained`` does: ``model.safetensors``
+    when one shard holds everything (written under that name), otherwise
+    ``model-0000K-of-0000N.safetensors`` with an index (written as ``model-0000K.safetensors``
+    until N is known)."""
 
     def __init__(self, out: Path, limit: int | None = None) -> None:
         self.out, self.limit = Path(out), limit or SHARD_BYTES
@@ -117,20 +119,20 @@ class ShardWriter:
     def add(self, tensors: dict[str, Any]) -> None:
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         if self.pending and self.pending_bytes + nbytes > self.limit:
-            self._flush()
+            self._flush(f"model-{len(self.written) + 1:05d}.safetensors")
         self.pending.update(tensors)
         self.pending_bytes += nbytes
 
-    def _flush(self) -> None:
+    def _flush(self, name: str) -> None:
         from safetensors.torch import save_file
 
-        path = self.out / f".shard-{len(self.written) + 1:05d}.safetensors"
+        from compress.models import release_freed_memory
+
+        path = self.out / name
         save_file({k: v.contiguous() for k, v in self.pending.items()}, str(path), metadata={"format": "pt"})
         self.written.append((path, sorted(self.pending)))
         self.total += self.pending_bytes
         self.pending, self.pending_bytes = {}, 0
-        from compress.models import release_freed_memory
-
         release_freed_memory()
 
     def close(self) -> int:
@@ -138,14 +140,16 @@ class ShardWriter:
         shards). Returns the number of shards."""
         from compress.artifact import write_json
 
-        if self.pending or not self.written:
-            self._flush()
+        if not self.written:
+            self._flush("model.safetensors")
+            return 1
+        if self.pending:
+            self._flush(f"model-{len(self.written) + 1:05d}.safetensors")
         n = len(self.written)
         weight_map = {}
         for k, (path, names) in enumerate(self.written, 1):
-            final = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
+            final = f"model-{k:05d}-of-{n:05d}.safetensors"
             os.replace(path, self.out / final)
             weight_map.update(dict.fromkeys(names, final))
-        if n > 1:
-            write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))})
+        write_json(self.out / INDEX, {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))})
         return n
