@@ -86,9 +86,10 @@ def test_unknown_task_suggests_close_names():
     (["eval", "./no/such/model"], 2, "does not exist"),  # bad input, like a missing recipe
     (["bench", "builtin:tiny-llama", "--batch-sizes", "1,x"], 2, "--batch-sizes"),
     (["bench", "builtin:tiny-llama", "--output-tokens", "0"], 2, "--output-tokens"),
-    # A batch that cannot fit: one clear error, no retry loop, no report.
-    (["bench", "builtin:tiny-llama", "--batch-sizes", "20000", "--prompt-tokens", "8192", "--output-tokens", "2",
-      "--warmup", "0", "--repeats", "1"], 4, "out of memory while benchmarking"),
+    # A batch that cannot fit: one clear error, no retry loop, no report (70 s: make test-slow).
+    pytest.param(["bench", "builtin:tiny-llama", "--batch-sizes", "20000", "--prompt-tokens", "8192",
+                  "--output-tokens", "2", "--warmup", "0", "--repeats", "1"], 4, "out of memory while benchmarking",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_input_is_one_clear_line_and_no_report(tmp_path, runs_dir, args, code, text):
     out = tmp_path / "report.json"
