@@ -73,7 +73,6 @@ def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
         skeleton = meta_model(ctx)
         ignore = resolve_ignore(skeleton, ctx.recipe.method.ignore)
         linear = {n for n, mod in skeleton.named_modules() if isinstance(mod, torch.nn.Linear)}
-        del skeleton
     quantized = {f"{n}.weight" for n in linear - set(ignore)}
     config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore,
                                 quantization_status=QuantizationStatus.INITIALIZED)

@@ -7,6 +7,7 @@ recipe copy, the closing table) is done once, by ``compress.quantize``.
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -128,13 +129,21 @@ def check_group_size(model: Any, ignore: list[str], group_size: int | None) -> N
 
 
 def meta_model(ctx: MethodContext) -> Any:
-    """The model's module tree without weights (to resolve layer names before loading)."""
+    """The model's module tree without weights (to resolve layer names before loading). Built
+    once per model directory: the group-size check, the streaming decision and the streaming
+    itself all read it (an edited config.json is read again). Callers only read it."""
+    st = (Path(ctx.base.path) / "config.json").stat()
+    return _meta_model(str(ctx.base.path), ctx.recipe.model.trust_remote_code, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _meta_model(path: str, trust_remote_code: bool, mtime_ns: int, size: int) -> Any:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(ctx.base.path), trust_remote_code=ctx.recipe.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=ctx.recipe.model.trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def claim_work_dir(ctx: MethodContext) -> Path:
