@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperOption
 from rich.markup import escape
 
 from compress import console
@@ -24,6 +25,14 @@ from compress.errors import (
 )
 from compress.options import (DataParallel, Device, Force, JsonOut, RecipeFile, Rerun, SetOverrides, SignKey,
                               TensorParallel)
+
+# typer 0.29 prints a type beside every option, "<bool>" beside flags too, which reads as if a
+# flag took a value (`--force true`), and "<list[Path]>" beside a named argument: flags are
+# shown bare, and an argument by its name.
+_option_type, _argument_type = TyperOption.display_type_rich, TyperArgument.display_type_rich
+TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _option_type(self, ctx)
+TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else _argument_type(self, ctx)
+HELP = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="compress",
@@ -35,8 +44,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode="rich",
+    context_settings=HELP,
 )
-recipes_app = typer.Typer(help="Validate and list recipe files.", no_args_is_help=True)
+recipes_app = typer.Typer(help="Validate and list recipe files.", no_args_is_help=True, context_settings=HELP)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from compress import __version__
+
+        console.out.print(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print compress's version and exit.")] = False) -> None:
+    pass
 app.add_typer(recipes_app, name="recipes", rich_help_panel="Set-up")
 
 
@@ -44,7 +68,7 @@ app.add_typer(recipes_app, name="recipes", rich_help_panel="Set-up")
 
 @recipes_app.command("validate", epilog="Examples:  compress recipes validate recipes/*.yaml")
 def recipes_validate(
-    files: Annotated[list[Path], typer.Argument(help="Recipe files to check.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Recipe files to check.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                       help="Override a value before validating.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Print each effective recipe (defaults filled in).")] = False,
@@ -327,7 +351,7 @@ def eval_(
     gen_kwargs: Annotated[Optional[str], typer.Option(
         "--gen-kwargs", metavar="KEY=VALUE,...", help="Generation settings for generative tasks, e.g. max_gen_toks=64.")] = None,
     include_path: Annotated[Optional[list[Path]], typer.Option(
-        "--include-path", help="A folder of extra lm-eval task YAML files (repeatable).")] = None,
+        "--include-path", metavar="DIR", help="A folder of extra lm-eval task YAML files (repeatable).")] = None,
     backend: Annotated[Optional[str], typer.Option(
         "--engine", "--backend", help="hf (transformers) or vllm (lm-eval against a vLLM server from `make engine`; "
         "int4 needs --dtype bfloat16).")] = None,

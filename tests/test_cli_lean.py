@@ -44,3 +44,21 @@ def test_every_command_help_imports_nothing_heavy():
         p = _probe([name, "--help"])
         assert p.returncode == 0, (name, p.stderr)
         assert p.stdout.rstrip().endswith("HEAVY="), (name, p.stdout[-200:])
+
+
+def test_help_shows_flags_as_flags_answers_h_and_the_version():
+    """A flag takes no value, so its help line shows none (typer's "<bool>" made people type
+    `--force true`); `-h` is `--help`; `--version` prints the package version."""
+    import typer.main
+
+    from compress import __version__
+    from compress.cli import app
+
+    group = typer.main.get_command(app)
+    commands = [[name] for name in group.commands if name != "recipes"] + [["recipes", "validate"], ["recipes", "list"]]
+    for args in [[], *commands]:
+        p = _probe([*args, "-h"])
+        assert p.returncode == 0, (args, p.stderr)
+        assert "Usage: compress" in p.stdout and "<bool>" not in p.stdout and "list[Path]" not in p.stdout, args
+    p = _probe(["--version"])
+    assert p.returncode == 0 and p.stdout.splitlines()[0] == f"compress {__version__}"

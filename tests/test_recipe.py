@@ -169,3 +169,13 @@ def test_recipes_list_describes_each_recipe_and_flags_invalid_ones(tmp_path):
 
     p = run_cli("recipes", "list", str(tmp_path / "nowhere"))
     assert p.returncode == 2 and "no recipe directory" in p.stderr and len(p.stderr.strip().splitlines()) <= 2
+
+
+def test_double_quant_belongs_to_nf4_only():
+    from compress.recipe import build_recipe
+
+    assert build_recipe(None, model="builtin:tiny-llama", scheme="int4-nf4").method.double_quant is True
+    for scheme in ("int4-rtn", "int4-gptq", "int4-gptq-hf"):
+        assert build_recipe(None, model="builtin:tiny-llama", scheme=scheme).effective()["method"]["double_quant"] is None
+    with pytest.raises(RecipeError, match="double_quant applies only to nf4"):
+        build_recipe(None, model="builtin:tiny-llama", scheme="int4-gptq", overrides=["method.double_quant=true"])
