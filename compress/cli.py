@@ -578,13 +578,15 @@ def _run_recipe(run_dir: Path, recipe: Optional[Path]):
 @app.command(rich_help_panel="Release", epilog="Examples:  compress gate runs/tiny-llama-int4-gptq/KEY   ·   "
                     "compress gate runs/tiny-llama-int4-gptq/KEY --recipe stricter.yaml --json")
 def gate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/NAME/KEY) with stored reports.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/NAME/KEY, or runs/NAME for its newest) with stored reports.")],
     recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Take the gate policy from this recipe instead.")] = None,
     json_: JsonOut = False,
 ) -> None:
     """Decide PASS / FAIL / INCONCLUSIVE from a run's stored reports; exit 0, 1 or 3."""
+    from compress.models import newest_run
     from compress.pipeline import gate_run
 
+    run_dir = newest_run(run_dir)
     if not (run_dir / "reports").is_dir():
         raise UsageError(f"{run_dir} has no reports/", hint="run `compress run RECIPE` first")
     result = gate_run(run_dir, _run_recipe(run_dir, recipe), policy_source=str(recipe) if recipe else "recipe")
@@ -597,7 +599,7 @@ def gate(
 
 @app.command(epilog="Examples:  compress export runs/tiny-llama-int4-gptq/KEY --to dist/tiny-llama-int4-gptq", rich_help_panel="Release")
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A gated run directory (runs/NAME/KEY).")],
+    run_dir: Annotated[Path, typer.Argument(help="A gated run directory (runs/NAME/KEY, or runs/NAME for its newest).")],
     to: Annotated[Path, typer.Option("--to", help="Where to write the exported artifact.")],
     force: Force = False,
     sign: SignKey = None,
@@ -607,8 +609,10 @@ def export(
     from compress.gate import GateResult, policy_hash
     from compress.pipeline import load_reports
     from compress.provenance import choose_signer
+    from compress.models import newest_run
     from compress.report import model_card
 
+    run_dir = newest_run(run_dir)
     if not (run_dir / "model").is_dir():
         raise InputError(f"{run_dir} is not a run directory (it has no model/)",
                          hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")

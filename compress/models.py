@@ -93,6 +93,8 @@ def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: 
     if spec.startswith("run:"):
         return _resolve_run(spec)
     path = Path(spec).expanduser()
+    if path.is_dir() and newest_run(path) != path:  # runs/NAME: the model of its newest run
+        path = newest_run(path) / "model"
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         if not path.exists():
             raise ModelInputError(f"model path {spec} does not exist",
@@ -104,6 +106,18 @@ def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: 
             raise ModelInputError(f"{spec} has no config.json", hint="point at a Hugging Face model directory")
         return ModelRef(spec, path.resolve(), "local")
     return _resolve_hub(spec, revision, trust_remote_code)
+
+
+def newest_run(path: Path) -> Path:
+    """A recipe's runs folder (``runs/NAME``, holding ``LATEST``) -> its newest run,
+    ``runs/NAME/KEY``; any other path as given."""
+    path = Path(path)
+    latest = path / "LATEST"
+    if latest.is_file() and not (path / "model").exists() and not (path / "config.json").exists():
+        key = latest.read_text().strip()
+        if key and (path / key).is_dir():
+            return path / key
+    return path
 
 
 def _resolve_run(spec: str) -> ModelRef:

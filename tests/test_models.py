@@ -71,3 +71,23 @@ def test_pickled_weights_are_refused_unless_allowed(tmp_path):
     (d / "pytorch_model.bin").unlink()
     with pytest.raises(ModelLoadError, match="no weight files"):
         check_weights(d)
+
+
+def test_a_recipes_runs_folder_stands_for_its_newest_run(tmp_path):
+    """`runs/NAME` (with its LATEST) means `runs/NAME/KEY` wherever a run or its model is taken."""
+    import shutil
+
+    from compress.models import BUILTIN_MODELS, newest_run, resolve_model
+
+    runs = tmp_path / "runs" / "tiny-int4"
+    for key in ("old", "new"):
+        shutil.copytree(BUILTIN_MODELS["tiny-llama"], runs / key / "model")
+    (runs / "LATEST").write_text("new\n")
+    assert newest_run(runs) == runs / "new" and newest_run(runs / "old") == runs / "old"
+    assert resolve_model(str(runs), None).path == (runs / "new" / "model").resolve()
+    from conftest import run_cli
+
+    p = run_cli("gate", str(runs))  # the newest run, which has no reports yet
+    assert p.returncode == 2 and f"{runs / 'new'} has no reports/" in p.stderr, p.stderr
+    (runs / "LATEST").write_text("gone\n")  # a LATEST naming no run is not followed
+    assert newest_run(runs) == runs
