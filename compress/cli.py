@@ -98,14 +98,16 @@ def recipes_list(
     directory: Annotated[Path, typer.Argument(help="Directory of recipes.")] = Path("recipes"),
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the recipes in a directory, and the methods and schemes compress knows."""
+    """List the recipes in a directory and its sub-folders, and the methods and schemes compress knows."""
     from compress.methods import SCHEME_HELP
     from compress.recipe import load_recipe
 
     if not directory.is_dir():
         raise UsageError(f"no recipe directory {directory}", hint="pass the directory that holds your recipes")
     rows = []
-    for f in sorted(directory.glob("*.y*ml")):
+    for f in sorted(directory.rglob("*.y*ml")):  # sub-folders too (recipes/demo/)
+        if any(part.startswith(".") for part in f.relative_to(directory).parts):
+            continue
         try:
             r = load_recipe(f)
             rows.append({"file": str(f), "name": r.name, "method": _method_name(r.method), "model": r.model.id,

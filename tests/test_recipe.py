@@ -153,7 +153,8 @@ def test_recipes_list_describes_each_recipe_and_flags_invalid_ones(tmp_path):
     assert p.returncode == 0, p.stderr
     listed = json.loads(p.stdout)
     rows = {r["file"]: r for r in listed["recipes"]}
-    assert set(rows) == {str(f) for f in (ROOT / "recipes").glob("*.yaml")}
+    assert set(rows) == {str(f) for f in (ROOT / "recipes").rglob("*.yaml")}  # recipes/demo/ too
+    assert str(ROOT / "recipes" / "demo" / "tiny-llama-int2-rtn.yaml") in rows
     for row in rows.values():
         assert row["valid"] and row["purpose"] and "Run:" not in row["purpose"], row
     assert rows[str(ROOT / "recipes" / "tiny-llama-int4-gptq.yaml")]["model"] == "builtin:tiny-llama"
