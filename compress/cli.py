@@ -293,10 +293,13 @@ def _settings(cls, recipe, section: str, flags: dict):
         raise UsageError(f"{name}: {err['msg']}", hint="see --help") from None
 
 
-def _load_optional(recipe: Optional[Path]):
+def _load_optional(recipe: Optional[Path], overrides: Optional[list[str]] = None):
     from compress.recipe import load_recipe
 
-    return load_recipe(recipe) if recipe else None
+    if overrides and not recipe:
+        raise UsageError("--set changes a recipe's values, and no --recipe was given",
+                         hint="pass --recipe FILE with --set, or use this command's own options")
+    return load_recipe(recipe, overrides or []) if recipe else None
 
 
 def _model_dtype(recipe, dtype: Optional[str]) -> str:
@@ -364,6 +367,7 @@ def eval_(
     data_parallel: DataParallel = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
     recipe: RecipeFile = None,
+    set_: SetOverrides = None,
     rerun: Rerun = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the report JSON here.")] = None,
     json_: JsonOut = False,
@@ -379,7 +383,7 @@ def eval_(
              "system_instruction": system_instruction, "gen_kwargs": _gen_kwargs(gen_kwargs),
              "include_path": [str(p) for p in include_path] if include_path else None, "device_map": device_map,
              "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
-    r = _load_optional(recipe)
+    r = _load_optional(recipe, set_)
     settings = _settings(EvalSpec, r, "evals", flags)
     check_eval_settings(settings)  # bad inputs fail here, before any compute or write
     check_model(model)
@@ -447,6 +451,7 @@ def bench(
     data_parallel: DataParallel = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")] = None,
     recipe: RecipeFile = None,
+    set_: SetOverrides = None,
     rerun: Rerun = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the report JSON here.")] = None,
     json_: JsonOut = False,
@@ -466,7 +471,7 @@ def bench(
     flags = {"engine": engine, "batch_sizes": sizes, "rounds": rounds, "prompt_tokens": prompt_tokens,
              "output_tokens": output_tokens, "warmup": warmup, "repeats": repeats, "price_per_hour": price_per_hour,
              "device": device, "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
-    r = _load_optional(recipe)
+    r = _load_optional(recipe, set_)
     settings = _settings(BenchSpec, r, "bench", flags)
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint: '{endpoint}' is not an http(s) URL", hint="e.g. --endpoint http://127.0.0.1:8000")
@@ -497,6 +502,7 @@ def compare(
     baseline: Annotated[str, typer.Argument(help="The reference model.")],
     candidate: Annotated[str, typer.Argument(help="The model to compare against it.")],
     recipe: RecipeFile = None,
+    set_: SetOverrides = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip accuracy.")] = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark.")] = False,
     rerun: Rerun = False,
@@ -509,7 +515,7 @@ def compare(
     from compress.inputs import check_model
     from compress.recipe import BenchSpec, EvalSpec
 
-    r = _load_optional(recipe)
+    r = _load_optional(recipe, set_)
     check_model(baseline)  # bad models fail here, before any compute or write
     check_model(candidate)
     dtype = _model_dtype(r, None)

@@ -84,6 +84,8 @@ def test_unknown_task_suggests_close_names():
     (["eval", "builtin:tiny-llama", "--batch-size", "-3"], 2, "--batch-size"),
     (["eval", "builtin:tiny-llama", "--tasks", "tiny_facts_mcx", "--limit", "5"], 2, "did you mean"),
     (["eval", "./no/such/model"], 2, "does not exist"),  # bad input, like a missing recipe
+    (["eval", "builtin:tiny-llama", "--set", "evals.limit=5"], 2, "no --recipe was given"),
+    (["bench", "builtin:tiny-llama", "--set", "bench.rounds=2"], 2, "no --recipe was given"),
     (["bench", "builtin:tiny-llama", "--batch-sizes", "1,x"], 2, "--batch-sizes"),
     (["bench", "builtin:tiny-llama", "--output-tokens", "0"], 2, "--output-tokens"),
     # A batch that cannot fit: one clear error, no retry loop, no report (70 s: make test-slow).
@@ -120,3 +122,12 @@ def test_compare_two_models_side_by_side(tmp_path, runs_dir):
     assert size["ratio"] < 0.25
     table = run_cli("compare", "builtin:tiny-llama", candidate, "--recipe", str(recipe), "--no-bench")
     assert table.returncode == 0 and "worse" in table.stdout and "tiny_facts_mc/acc" in table.stdout
+
+
+def test_set_changes_the_recipe_eval_reads(tmp_path, runs_dir):
+    from conftest import ROOT
+
+    p = run_cli("eval", "builtin:tiny-llama", "--recipe", str(ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"),
+                "--set", "evals.limit=5", "--set", "evals.tasks=[tiny_facts_mc]", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert {k: v["n_samples"] for k, v in json.loads(p.stdout)["tasks"].items()} == {"tiny_facts_mc": 5}
