@@ -611,6 +611,7 @@ def export(
     to: Annotated[Path, typer.Option("--to", help="Where to write the exported artifact.")],
     force: Force = False,
     sign: SignKey = None,
+    json_: JsonOut = False,
 ) -> None:
     """Export an artifact that passed its gate, with manifest and model card; refuses anything else."""
     from compress.export import export_run, own_policy, policy_line
@@ -630,6 +631,10 @@ def export(
     exported = export_run(run_dir, to, model_card=card, force=force, signer=signer)
     gate_result, own = GateResult.model_validate(exported["gate"]), policy_hash(recipe.gate)
     (_log if own_policy(gate_result, own) else console.warn)(policy_line(gate_result, own))
+    if json_:
+        console.print_json({"run_dir": str(run_dir), "path": str(to), "content_hash": exported["content_hash"],
+                            "verdict": gate_result.verdict, "signed_by": signer.keyid if signer else None})
+        return
     signed = f", signed by key {signer.keyid[:16]}" if signer else ""
     key_flag = " --key PUB" if signer else ""
     console.out.print(f"[green]Exported[/green] {run_dir} -> {to}{signed} (verify with: compress verify {to}{key_flag})")
@@ -643,18 +648,27 @@ def verify(
     key: Annotated[Optional[Path], typer.Option(
         "--key", metavar="PUB", help="Also check the signed provenance with this Ed25519 public key "
         "(compress-signing.pub): signed by it, and exactly the signed files.")] = None,
+    json_: JsonOut = False,
 ) -> None:
     """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
     from compress import provenance
     from compress.export import verify as verify_artifact
 
     checked = verify_artifact(path)
+    statement = provenance.verify_signature(path, key) if key is not None else None
+    if json_:
+        console.print_json({"path": str(path), "ok": True, "files": checked["files"],
+                            "content_hash": checked["manifest"]["content_hash"], "policy": checked["policy"],
+                            "signature": None if statement is None else {
+                                "keyid": provenance.keyid(provenance.load_public_key(key)),
+                                "files": len(statement["subject"])},
+                            "signed_by": provenance.signed_by(path)})
+        return
     console.out.print(f"[green]OK[/green] {path}: all {checked['files']} files match their sha256, nothing added "
                       f"or missing; the gate PASS follows from the evidence it carries, for content "
                       f"{checked['manifest']['content_hash'][:16]}…")
     console.out.print(f"  {escape(checked['policy'])}")
-    if key is not None:
-        statement = provenance.verify_signature(path, key)
+    if statement is not None:
         console.out.print(f"[green]signature OK[/green] (key {provenance.keyid(provenance.load_public_key(key))}): "
                           f"{len(statement['subject'])} signed files, nothing added or missing")
     elif keyids := provenance.signed_by(path):

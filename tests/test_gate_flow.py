@@ -51,6 +51,15 @@ def test_pass_is_exported_with_manifest_and_model_card(flow):
     assert (dist / "recipe.yaml").exists() and (dist / "model.safetensors").exists()
     v = run_cli("verify", str(dist), env=flow["env"])
     assert v.returncode == 0 and "OK" in v.stdout
+    v = run_cli("verify", str(dist), "--json", env=flow["env"])
+    checked = json.loads(v.stdout)
+    assert v.returncode == 0 and checked["ok"] and checked["content_hash"] == manifest["content_hash"]
+    assert checked["files"] >= len(manifest["files"]) and checked["signature"] is None
+    # Exporting again to the same place is a no-op that says so, in JSON too; runs/NAME is its newest run.
+    e = run_cli("export", str(flow["root"] / "runs" / "tiny-llama-int4-rtn"), "--to", str(dist), "--json",
+                env=flow["env"])
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads(e.stdout)["content_hash"] == manifest["content_hash"]
     # The gate decision is recorded in the run's manifest and gate.json too.
     run_dir = flow["root"] / "runs" / "tiny-llama-int4-rtn"
     key = (run_dir / "LATEST").read_text().strip()
