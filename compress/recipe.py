@@ -132,7 +132,7 @@ class Int4Method(Strict):
     act_order: bool = False
     double_quant: bool | None = Field(
         default=None, description="nf4 only: quantize the block scales too (bitsandbytes' double quantization; "
-        "on by default for nf4)")
+        "on by default for nf4; ignored by the other algorithms)")
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
     kv_cache: Literal["fp8"] | None = Field(
         default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
@@ -156,8 +156,10 @@ class Int4Method(Strict):
             raise ValueError("nf4 has no asymmetric variant: leave symmetric at true")
         if self.algorithm == "nf4" and self.double_quant is None:
             self.double_quant = True
-        if self.algorithm != "nf4" and self.double_quant is not None:
-            raise ValueError(f"double_quant applies only to nf4 (bitsandbytes), not to {self.algorithm}: remove it")
+        if self.algorithm != "nf4":
+            # Recipes written before this field was nf4's alone carry its old default (true);
+            # refusing them would strand their runs, so it is dropped where it means nothing.
+            self.double_quant = None
         if self.kv_cache is not None and self.algorithm in ("gptq-hf", "nf4"):
             raise ValueError(f"kv_cache works only with the llm-compressor algorithms gptq, awq and rtn; "
                              f"{self.algorithm} cannot quantize the KV cache: remove kv_cache or pick one of those")
