@@ -66,7 +66,14 @@ app.add_typer(recipes_app, name="recipes", rich_help_panel="Set-up")
 
 # ---------------------------------------------------------------------------- recipes
 
-@recipes_app.command("validate", epilog="Examples:  compress recipes validate recipes/*.yaml")
+def examples(*lines: str) -> str:
+    """A command's epilog: its examples, one per paragraph, in the layout every command shares."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines) + "\n"
+
+
+@recipes_app.command("validate", epilog=examples(
+    "compress recipes validate recipes/*.yaml",
+    "compress recipes validate my-recipe.yaml --set method.group_size=64 --show"))
 def recipes_validate(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Recipe files to check.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE",
@@ -93,7 +100,7 @@ def recipes_validate(
         raise typer.Exit(EXIT_USAGE)
 
 
-@recipes_app.command("list", epilog="Examples:  compress recipes list   ·   compress recipes list my-recipes/")
+@recipes_app.command("list", epilog=examples("compress recipes list", "compress recipes list my-recipes/ --json"))
 def recipes_list(
     directory: Annotated[Path, typer.Argument(help="Directory of recipes.")] = Path("recipes"),
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -147,7 +154,7 @@ def _purpose(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- doctor
 
-@app.command(epilog="Examples:  compress doctor   ·   compress doctor --json", rich_help_panel="Set-up")
+@app.command(epilog=examples("compress doctor", "compress doctor --json"), rich_help_panel="Set-up")
 def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Print the environment: torch and CUDA, GPU and native FP8, installed back ends."""
     from compress import doctor as doc
@@ -583,8 +590,9 @@ def _run_recipe(run_dir: Path, recipe: Optional[Path]):
     return load_recipe(source)
 
 
-@app.command(rich_help_panel="Release", epilog="Examples:  compress gate runs/tiny-llama-int4-gptq/KEY   ·   "
-                    "compress gate runs/tiny-llama-int4-gptq/KEY --recipe stricter.yaml --json")
+@app.command(rich_help_panel="Release", epilog=examples(
+    "compress gate runs/tiny-llama-int4-gptq",
+    "compress gate runs/tiny-llama-int4-gptq/KEY --recipe stricter.yaml --json"))
 def gate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/NAME/KEY, or runs/NAME for its newest) with stored reports.")],
     recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Take the gate policy from this recipe instead.")] = None,
@@ -605,7 +613,9 @@ def gate(
     raise typer.Exit(result.exit_code)
 
 
-@app.command(epilog="Examples:  compress export runs/tiny-llama-int4-gptq/KEY --to dist/tiny-llama-int4-gptq", rich_help_panel="Release")
+@app.command(rich_help_panel="Release", epilog=examples(
+    "compress export runs/tiny-llama-int4-gptq --to dist/tiny-llama-int4-gptq",
+    "compress export runs/tiny-llama-int4-gptq/KEY --to dist/tiny-llama-int4-gptq --sign keys/compress-signing.key --json"))
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A gated run directory (runs/NAME/KEY, or runs/NAME for its newest).")],
     to: Annotated[Path, typer.Option("--to", help="Where to write the exported artifact.")],
@@ -640,8 +650,8 @@ def export(
     console.out.print(f"[green]Exported[/green] {run_dir} -> {to}{signed} (verify with: compress verify {to}{key_flag})")
 
 
-@app.command(epilog="Examples:  compress verify dist/tiny-llama-int4-gptq   ·   "
-                    "compress verify dist/tiny-llama-int4-gptq --key keys/compress-signing.pub",
+@app.command(epilog=examples("compress verify dist/tiny-llama-int4-gptq",
+                             "compress verify dist/tiny-llama-int4-gptq --key keys/compress-signing.pub --json"),
              rich_help_panel="Release")
 def verify(
     path: Annotated[Path, typer.Argument(help="An exported artifact directory.")],
@@ -773,7 +783,8 @@ def run_(
     raise typer.Exit(result.gate.exit_code)
 
 
-@app.command(epilog="Examples:  compress report runs   ·   compress report runs --plot runs.png --json", rich_help_panel="Release")
+@app.command(epilog=examples("compress report runs", "compress report runs --plot runs.png --json"),
+             rich_help_panel="Release")
 def report(
     runs_dir: Annotated[Path, typer.Argument(help="Directory of runs.")] = Path("runs"),
     plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of accuracy against size and cost (Pareto front marked).")] = None,

@@ -62,3 +62,39 @@ def test_help_shows_flags_as_flags_answers_h_and_the_version():
         assert "Usage: compress" in p.stdout and "<bool>" not in p.stdout and "list[Path]" not in p.stdout, args
     p = _probe(["--version"])
     assert p.returncode == 0 and p.stdout.splitlines()[0] == f"compress {__version__}"
+
+
+def _leaf_commands(group, path=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_command_has_examples_in_one_layout_that_its_own_parser_accepts():
+    """`Examples:`, then one example per paragraph, indented two spaces, naming the command, and
+    each one parses with the command's own options (a renamed flag breaks its example here)."""
+    import shlex
+
+    import click
+    import typer.main
+
+    from compress.cli import app
+
+    for path, cmd in _leaf_commands(typer.main.get_command(app)):
+        epilog = cmd.epilog or ""
+        assert epilog.startswith("Examples:\n\n"), path
+        lines = [p for p in epilog.split("\n\n")[1:] if p.startswith("  ")]
+        assert lines, path
+        for line in lines:
+            argv = shlex.split(line.split("  #")[0])
+            if argv[:3] == ["accelerate", "launch", "-m"]:
+                argv = argv[3:]
+            assert argv[:1 + len(path)] == ["compress", *path], (path, line)
+            try:
+                cmd.make_context(" ".join(path), argv[1 + len(path):])
+            except click.exceptions.Exit:
+                pass
+            except click.ClickException as e:
+                raise AssertionError(f"{line}: {e.format_message()}") from None
