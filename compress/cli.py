@@ -629,7 +629,7 @@ def export(
     from compress.pipeline import load_reports
     from compress.provenance import choose_signer
     from compress.models import newest_run
-    from compress.report import model_card
+    from compress.report import local_base, model_card
 
     run_dir = newest_run(run_dir)
     if not (run_dir / "model").is_dir():
@@ -637,7 +637,8 @@ def export(
                          hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")
     recipe = _run_recipe(run_dir, None)
     signer = choose_signer(sign, recipe.export.sign_key)  # a bad key fails here, before any work
-    card = (lambda m, g: model_card(recipe, m, g, load_reports(run_dir))) if recipe.export.model_card else None
+    card = (lambda m, g: model_card(recipe, m, g, load_reports(run_dir), path=to, base_path=local_base(recipe))) \
+        if recipe.export.model_card else None
     exported = export_run(run_dir, to, model_card=card, force=force, signer=signer)
     gate_result, own = GateResult.model_validate(exported["gate"]), policy_hash(recipe.gate)
     (_log if own_policy(gate_result, own) else console.warn)(policy_line(gate_result, own))

@@ -181,7 +181,10 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     exported = None
     if gate.verdict == PASS and export:
         to = export_to or Path(recipe.export.to or f"dist/{recipe.name}")
-        card = (lambda m, g: model_card(recipe, m, g, reports)) if (model_card and recipe.export.model_card) else None
+        from compress.report import local_base
+
+        card = (lambda m, g: model_card(recipe, m, g, reports, path=to, base_path=local_base(recipe))) \
+            if (model_card and recipe.export.model_card) else None
         before = (to / MANIFEST).exists() and read_json(to / MANIFEST).get("content_hash")
         stage("export", lambda: export_run(run_dir, to, model_card=card, force=force, signer=signer),
               lambda m: before == m.get("content_hash"))

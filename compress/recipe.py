@@ -447,6 +447,9 @@ class GateSpec(Strict):
 class ExportSpec(Strict):
     to: str | None = Field(default=None, description="export directory; default dist/<name>")
     model_card: bool = True
+    license: str | None = Field(
+        default=None, description="the license the model card states (a hub license id such as apache-2.0); "
+        "default: the base model card's own, else 'other'")
     sign_key: str | None = Field(
         default=None,
         description="path of an Ed25519 private key (compress keygen) to sign the export with; "

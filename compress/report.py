@@ -189,14 +189,74 @@ def _policy_sentence(recipe: Any, gate: Any) -> str:
     return policy_line(gate, policy_hash(recipe.gate))
 
 
-def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) -> str:
-    """README.md for an exported artifact: what it is, how it was made, what it was measured to do."""
+FORMAT_TAGS = {"compressed-tensors": "compressed-tensors", "gptq": "gptq", "bitsandbytes": "bitsandbytes"}
+
+
+def card_data(recipe: Any, manifest: dict[str, Any], gate: Any, base_path: Any = None) -> Any:
+    """The model card's front matter (huggingface_hub ``ModelCardData``): base model, license,
+    library, tags, pipeline tag, and a ``model-index`` of the gated accuracy results."""
+    from huggingface_hub import ModelCardData
+
+    method = manifest["method"]
+    results = []
+    for c in gate.checks:
+        if c.kind != "quality" or c.candidate is None:
+            continue
+        task, _, metric = c.metric.partition("/")
+        interval = c.interval or {}
+        spread = (f", {gate.confidence:.0%} interval of the change [{interval['lower']:+.4g}, {interval['upper']:+.4g}]"
+                  if {"lower", "upper"} <= interval.keys() else "")
+        results.append({"task": {"type": "text-generation"}, "dataset": {"name": task, "type": task},
+                        "metrics": [{"type": metric, "value": round(c.candidate, 6),
+                                     "name": f"{metric} (base {c.baseline:.4g}; gate {c.verdict}: {c.shown}{spread})"
+                                     if c.baseline is not None else metric, "verified": False}]})
+    tags = ["compress", "quantized" if method["kind"] != "distill" else "distilled",
+            method["name"], FORMAT_TAGS.get(method["format"], "safetensors")]
+    data = ModelCardData(
+        base_model=manifest["base_model"]["id"], license=recipe.export.license or _base_license(base_path) or "other",
+        library_name="transformers", pipeline_tag="text-generation", tags=list(dict.fromkeys(tags)))
+    if results:
+        data.model_index = [{"name": recipe.name, "results": results}]
+    return data
+
+
+def local_base(recipe: Any) -> Any:
+    """The base model's folder when the recipe names a local one (its card may state a license)."""
+    from pathlib import Path
+
+    from compress.models import BUILTIN_MODELS
+
+    spec = recipe.model.id
+    if spec.startswith("builtin:"):
+        return BUILTIN_MODELS.get(spec.split(":", 1)[1])
+    return Path(spec) if Path(spec).expanduser().is_dir() else None
+
+
+def _base_license(base_path: Any) -> str | None:
+    """The license the base model's own card states in its front matter, if it has one."""
+    from pathlib import Path
+
+    if base_path is None or not (Path(base_path) / "README.md").is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(Path(base_path) / "README.md").data.license
+    except Exception:  # noqa: BLE001 - a base card that does not parse states no license
+        return None
+
+
+def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, *, path: Any = "PATH/TO/THIS/DIR",
+               base_path: Any = None) -> str:
+    """README.md for an exported artifact: front matter a model hub reads, what it is, how it was
+    made, what it was measured to do, how to serve it from ``path``."""
     from compress.recipe import dump_recipe
 
     method = manifest["method"]
     base = manifest["base_model"]
     size = manifest["size"]
     parts = [
+        "---", card_data(recipe, manifest, gate, base_path).to_yaml(), "---", "",
         f"# {recipe.name}",
         "",
         f"**{method['scheme']}** of `{base['id']}`, in the **{method['format']}** format, made by "
@@ -223,12 +283,18 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict) 
     if speed is not None:
         parts += ["", "## Speed, memory and cost", "", f"Measured with {speed_heading(speed)}.", "",
                   speed_markdown(speed, gate.confidence)]
-    snippet = LOAD_SNIPPETS.get(method["format"], LOAD_SNIPPETS["safetensors"]).format(path="PATH/TO/THIS/DIR")
+    snippet = LOAD_SNIPPETS.get(method["format"], LOAD_SNIPPETS["safetensors"]).format(path=path)
+    checked = sorted({c.metric for c in gate.checks if c.kind == "quality"})
     parts += [
+        "", "## Intended use and limitations", "",
+        f"A drop-in, cheaper-to-serve replacement for `{base['id']}` for the uses the base model serves. "
+        f"The gate measured quality only on {', '.join(f'`{m}`' for m in checked) or 'no task'}; behaviour "
+        "on other tasks, languages and prompts was not measured and may have changed. Speed figures hold for "
+        "the machine and engine named above.",
         "", "## Use", "", snippet, "",
-        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "model = AutoModelForCausalLM.from_pretrained(\"PATH/TO/THIS/DIR\")\n"
-        "tokenizer = AutoTokenizer.from_pretrained(\"PATH/TO/THIS/DIR\")\n```",
+        f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"model = AutoModelForCausalLM.from_pretrained(\"{path}\")\n"
+        f"tokenizer = AutoTokenizer.from_pretrained(\"{path}\")\n```",
         "", "## Recipe", "", "```yaml", dump_recipe(recipe).rstrip(), "```", "",
     ]
     return "\n".join(p for p in parts if p is not None)

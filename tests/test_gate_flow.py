@@ -49,6 +49,16 @@ def test_pass_is_exported_with_manifest_and_model_card(flow):
                    "builtin:tiny-llama", "## Recipe", "kind: int4"]:
         assert needle in card, needle
     assert (dist / "recipe.yaml").exists() and (dist / "model.safetensors").exists()
+    # The card is what a model hub reads: front matter, with the gated results in a model-index.
+    from huggingface_hub import ModelCard
+
+    hub = ModelCard.load(dist / "README.md").data
+    assert hub.base_model == "builtin:tiny-llama" and hub.library_name == "transformers"
+    assert hub.pipeline_tag == "text-generation" and {"compress", "int4-rtn", "compressed-tensors"} <= set(hub.tags)
+    assert hub.license == "other"
+    results = {r["dataset"]["name"]: r["metrics"][0] for r in hub.model_index[0]["results"]}
+    assert 0 < results["tiny_facts_mc"]["value"] <= 1 and "interval" in results["tiny_facts_mc"]["name"]
+    assert f"from_pretrained(\"{dist}\")" in card and "## Intended use and limitations" in card
     v = run_cli("verify", str(dist), env=flow["env"])
     assert v.returncode == 0 and "OK" in v.stdout
     v = run_cli("verify", str(dist), "--json", env=flow["env"])
