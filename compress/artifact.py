@@ -259,7 +259,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise UsageError(f"{final} already exists", hint="choose another --out or pass --force to replace it")
+        raise UsageError(f"{final} already exists", hint="choose another -o/--output or pass --force to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final.parent)
     tmp = final.with_name(_temp_name(final))

@@ -1,4 +1,4 @@
-"""Typed errors for users. Only `cli.py` turns them into a message and an exit code.
+"""Typed errors for users. Only `compress.cli` turns them into a message and an exit code.
 
 Exit codes are a CI contract (see README, "Exit codes"):
 

@@ -127,7 +127,7 @@ def export_run(run_dir: Path, to: Path, *, model_card: Callable[[dict[str, Any],
             return previous
         if to.exists() and not force:
             raise UsageError(f"{to} already exists and holds something else",
-                             hint="choose another --to or pass --force")
+                             hint="choose another -o/--output or pass --force")
         with atomic_dir(to, overwrite=force) as tmp:
             _copy_tree(run_dir, tmp, manifest, gate, model_card(manifest, gate) if model_card else None)
             fault_point("export.before-manifest")

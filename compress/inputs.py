@@ -38,7 +38,7 @@ def check_inside_tree(path: str | Path, what: str) -> Path:
     if Path(text).is_absolute() or text.startswith("~") or (parts and parts[0] == ".."):
         raise InputError(f"{what} '{text}' is outside the working tree ({Path.cwd()})",
                          hint="a recipe may only write below the directory it runs in; to write there on purpose, "
-                              "give it on the command line with --export-to PATH")
+                              "give it on the command line with -o PATH")
     return Path(text)
 
 

@@ -46,6 +46,32 @@ def needs(recipe: Recipe) -> tuple[bool, bool]:
     return quality, efficiency
 
 
+def plan(recipe: Recipe, export: bool = True) -> list[str]:
+    """The stages `run` goes through for this recipe, in order (export only after a PASS)."""
+    quality, efficiency = needs(recipe)
+    names = ["artifact"] + (["eval baseline", "eval candidate"] if quality else []) \
+        + (["bench both"] if efficiency else [])
+    if recipe.gate.servable is not None:
+        names.append(f"servable {recipe.gate.servable.engine}")
+    return names + ["gate"] + (["export"] if export else [])
+
+
+class LogStages:
+    """Stage progress as log lines, for callers without a console (the default of `run`)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def start(self, name: str) -> None:
+        pass
+
+    def end(self, name: str, seconds: float, reused: bool, note: str = "") -> None:
+        self.log(f"{name}: {'reused' if reused else 'done'} ({seconds:.1f} s){f' ({note})' if note else ''}")
+
+    def skip(self) -> None:
+        pass
+
+
 def load_reports(run_dir: Path) -> dict[tuple[str, str], Any]:
     """The reports stored in a run directory (missing ones left out)."""
     return _load_folder(run_dir / "reports")
@@ -115,7 +141,7 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
 def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, export: bool = True,
         export_to: Path | None = None, device: str = "auto", log: Callable[[str], None] = print,
         warn: Callable[[str], None] = print, model_card: Callable[..., str] | None = None,
-        signer: Callable[[Path], None] | None = None) -> RunResult:
+        signer: Callable[[Path], None] | None = None, stages: Any = None) -> RunResult:
     """The whole flow for one recipe. See the module docstring for what each stage reuses.
 
     The recipe's runs folder is locked for the whole run: a second `compress run` of the same
@@ -124,26 +150,29 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
     if not recipe.gate.checks and recipe.gate.servable is None:
         raise UsageError(f"recipe {recipe.name} has no gate checks, so nothing could be exported",
                          hint="add gate.checks, e.g. - {metric: tiny_facts_mc/acc, max_regression: 0.02}")
-    with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=log):
+    with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=warn):
         return _run(recipe, force=force, rerun_reports=rerun_reports, export=export, export_to=export_to,
-                    device=device, log=log, warn=warn, model_card=model_card, signer=signer)
+                    device=device, log=log, warn=warn, model_card=model_card, signer=signer,
+                    stages=stages or LogStages(log))
 
 
 def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, export_to: Path | None, device: str,
          log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
-         signer: Callable[[Path], None] | None) -> RunResult:
+         signer: Callable[[Path], None] | None, stages: Any) -> RunResult:
     from compress.evals.accuracy import run_eval
     from compress.evals.bench import run_speed
 
     start = time.time()
-    stages: list[dict[str, Any]] = []
+    done: list[dict[str, Any]] = []
 
-    def stage(name: str, fn: Callable[[], Any], reused: Callable[[Any], bool]) -> Any:
+    def stage(name: str, fn: Callable[[], Any], reused: Callable[[Any], bool],
+              note: Callable[[Any], str] = lambda _: "") -> Any:
         t = time.time()
+        stages.start(name)
         value = fn()
         entry = {"stage": name, "seconds": round(time.time() - t, 2), "reused": bool(reused(value))}
-        stages.append(entry)
-        log(f"{name}: {'reused' if entry['reused'] else 'done'} ({entry['seconds']:.1f} s)")
+        done.append(entry)
+        stages.end(name, entry["seconds"], entry["reused"], note(value))
         fault_point(f"run.after-{name.replace(' ', '-')}")
         return value
 
@@ -176,7 +205,7 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
         report, _ = stage(f"servable {recipe.gate.servable.engine}", lambda: servable_report(
             model_dir, recipe, run_dir, log=log, rerun=rerun_reports), lambda r: r[1])
         reports[("candidate", "servable")] = report
-    gate = stage("gate", lambda: gate_run(run_dir, recipe, reports), lambda _: False)
+    gate = stage("gate", lambda: gate_run(run_dir, recipe, reports), lambda _: False, lambda g: g.verdict)
     manifest = read_json(model_dir / MANIFEST)
     exported = None
     if gate.verdict == PASS and export:
@@ -189,8 +218,10 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
         stage("export", lambda: export_run(run_dir, to, model_card=card, force=force, signer=signer),
               lambda m: before == m.get("content_hash"))
         exported = to
+    elif export:
+        stages.skip()  # nothing to export after a FAIL or INCONCLUSIVE
     result = RunResult(recipe=recipe, run_dir=run_dir, manifest=manifest, gate=gate, reports=reports,
-                       exported_to=exported, stages=stages, seconds=round(time.time() - start, 2))
-    write_json(run_dir / "stages.json", {"recipe": recipe.name, "seconds": result.seconds, "stages": stages,
+                       exported_to=exported, stages=done, seconds=round(time.time() - start, 2))
+    write_json(run_dir / "stages.json", {"recipe": recipe.name, "seconds": result.seconds, "stages": done,
                                          "verdict": gate.verdict, "exported_to": str(exported) if exported else None})
     return result

@@ -281,7 +281,7 @@ def generate_keypair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path,
     existing = [str(p) for p in (priv_path, pub_path) if p.exists() or p.is_symlink()]
     if existing and not force:
         raise UsageError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}",
-                         hint="choose another --out, or pass --force to replace the key pair "
+                         hint="choose another -o/--output, or pass --force to replace the key pair "
                               "(exports signed with the old key then no longer verify with the new one)")
     out_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -384,7 +384,7 @@ def verify_signature(export_dir: Path, public_key_path: Path) -> dict[str, Any]:
     envelope = read_envelope(export_dir)
     if envelope is None:
         raise IntegrityError(f"{export_dir} is not signed (no {PROVENANCE})",
-                             hint="export it with `compress export RUN --to DIR --sign KEY`")
+                             hint="export it with `compress export RUN -o DIR --sign KEY`")
     if envelope.get("payloadType") != PAYLOAD_TYPE:
         raise IntegrityError(f"{PROVENANCE}: payloadType is {envelope.get('payloadType')!r}, "
                              f"not {PAYLOAD_TYPE}", hint=hint)

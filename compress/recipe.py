@@ -54,7 +54,7 @@ class ModelSpec(Strict):
     offload: Literal["auto", "memory", "disk"] = Field(
         default="auto", description="where calibrated quantization (GPTQ, AWQ, SmoothQuant, static FP8) keeps the "
         "weights: memory; disk (each layer read from the checkpoint when its turn comes, updated layers written to "
-        "the work directory next to --out); auto: disk when the weights take more than a quarter of the memory "
+        "the work directory next to -o/--output); auto: disk when the weights take more than a quarter of the memory "
         "available. The artifact is the same either way")
 
 

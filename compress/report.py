@@ -173,13 +173,42 @@ def _environment_line(env: dict[str, Any]) -> str:
     return f"{where}; " + ", ".join(f"{k} {libs[k]}" for k in keys if k in libs)
 
 
-LOAD_SNIPPETS = {
-    "compressed-tensors": ("vLLM / SGLang load compressed-tensors directly:\n\n```bash\nvllm serve {path}\n```\n\n"
-                           "transformers (needs `compressed-tensors` installed):"),
-    "bitsandbytes": "transformers and TGI (needs `bitsandbytes` installed):",
-    "gptq": "transformers (needs `optimum` and `gptqmodel`), TGI and vLLM:",
-    "safetensors": "Any engine that loads Hugging Face checkpoints; in transformers:",
+# How to serve an artifact, per format: the engines that load it, with the export's own path.
+SERVE = {
+    "compressed-tensors": [
+        ("vLLM", "vllm serve {path}"),
+        ("SGLang", "python -m sglang.launch_server --model-path {path}"),
+    ],
+    "gptq": [
+        ("vLLM", "vllm serve {path}"),
+        ("TGI", "text-generation-launcher --model-id {path} --quantize gptq"),
+    ],
+    "bitsandbytes": [
+        ("TGI", "text-generation-launcher --model-id {path} --quantize {bnb}"),
+        ("vLLM", "vllm serve {path} --quantization bitsandbytes"),
+    ],
+    "safetensors": [
+        ("vLLM", "vllm serve {path}"),
+        ("SGLang", "python -m sglang.launch_server --model-path {path}"),
+        ("TGI", "text-generation-launcher --model-id {path}"),
+    ],
 }
+TRANSFORMERS_NEEDS = {"compressed-tensors": "`compressed-tensors`", "gptq": "`optimum` and `gptqmodel`",
+                      "bitsandbytes": "`bitsandbytes`", "safetensors": "nothing more"}
+
+
+def serve_markdown(fmt: str, path: Any, method: str = "") -> str:
+    """The card's serving section for a format, with the export's own path."""
+    fmt = fmt if fmt in SERVE else "safetensors"
+    bnb = "bitsandbytes-nf4" if "nf4" in method else "bitsandbytes"
+    lines = []
+    for engine, command in SERVE[fmt]:
+        lines += [f"{engine}:", "", "```bash", command.format(path=path, bnb=bnb), "```", ""]
+    lines += [f"transformers (needs {TRANSFORMERS_NEEDS[fmt]} installed):", "",
+              "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+              f"model = AutoModelForCausalLM.from_pretrained(\"{path}\")\n"
+              f"tokenizer = AutoTokenizer.from_pretrained(\"{path}\")\n```"]
+    return "\n".join(lines)
 
 
 def _policy_sentence(recipe: Any, gate: Any) -> str:
@@ -195,7 +224,9 @@ FORMAT_TAGS = {"compressed-tensors": "compressed-tensors", "gptq": "gptq", "bits
 def card_data(recipe: Any, manifest: dict[str, Any], gate: Any, base_path: Any = None) -> Any:
     """The model card's front matter (huggingface_hub ``ModelCardData``): base model, license,
     library, tags, pipeline tag, and a ``model-index`` of the gated accuracy results."""
-    from huggingface_hub import ModelCardData
+    import re
+
+    from huggingface_hub import EvalResult, ModelCardData
 
     method = manifest["method"]
     results = []
@@ -203,21 +234,19 @@ def card_data(recipe: Any, manifest: dict[str, Any], gate: Any, base_path: Any =
         if c.kind != "quality" or c.candidate is None:
             continue
         task, _, metric = c.metric.partition("/")
-        interval = c.interval or {}
-        spread = (f", {gate.confidence:.0%} interval of the change [{interval['lower']:+.4g}, {interval['upper']:+.4g}]"
-                  if {"lower", "upper"} <= interval.keys() else "")
-        results.append({"task": {"type": "text-generation"}, "dataset": {"name": task, "type": task},
-                        "metrics": [{"type": metric, "value": round(c.candidate, 6),
-                                     "name": f"{metric} (base {c.baseline:.4g}; gate {c.verdict}: {c.shown}{spread})"
-                                     if c.baseline is not None else metric, "verified": False}]})
+        bracket = re.search(r"\[[^\]]*\]", c.note or "")
+        spread = f", {gate.confidence:.0%} interval {bracket[0]}" if bracket else ""
+        name = f"{metric} (gate {c.verdict}: {c.shown}{spread}; base {c.baseline:.4g})" if c.baseline is not None \
+            else metric
+        results.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
+                                  metric_type=metric, metric_value=round(c.candidate, 6), metric_name=name,
+                                  verified=False))
     tags = ["compress", "quantized" if method["kind"] != "distill" else "distilled",
             method["name"], FORMAT_TAGS.get(method["format"], "safetensors")]
-    data = ModelCardData(
+    return ModelCardData(
         base_model=manifest["base_model"]["id"], license=recipe.export.license or _base_license(base_path) or "other",
-        library_name="transformers", pipeline_tag="text-generation", tags=list(dict.fromkeys(tags)))
-    if results:
-        data.model_index = [{"name": recipe.name, "results": results}]
-    return data
+        library_name="transformers", pipeline_tag="text-generation", tags=list(dict.fromkeys(tags)),
+        model_name=recipe.name if results else None, eval_results=results or None)
 
 
 def local_base(recipe: Any) -> Any:
@@ -250,8 +279,6 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
                base_path: Any = None) -> str:
     """README.md for an exported artifact: front matter a model hub reads, what it is, how it was
     made, what it was measured to do, how to serve it from ``path``."""
-    from compress.recipe import dump_recipe
-
     method = manifest["method"]
     base = manifest["base_model"]
     size = manifest["size"]
@@ -281,9 +308,14 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
         parts += ["", "## Accuracy (lm-evaluation-harness, same documents for both)", "", accuracy_markdown(*acc)]
     speed = reports.get(("both", "speed"))
     if speed is not None:
-        parts += ["", "## Speed, memory and cost", "", f"Measured with {speed_heading(speed)}.", "",
+        parts += ["", "## Speed, memory and cost", "", f"Measured with {speed_heading(speed)}; figures in brackets "
+                  f"are {gate.confidence:.0%} intervals over the rounds.", "",
                   speed_markdown(speed, gate.confidence)]
-    snippet = LOAD_SNIPPETS.get(method["format"], LOAD_SNIPPETS["safetensors"]).format(path=path)
+        if warning := spread_warning(speed, gate.confidence):
+            parts += ["", f"> **Warning:** {warning}"]
+    parts += ["", "## How it was made", "", *how_made(recipe, manifest), "",
+              "The recipe's settings that differ from compress's defaults (the artifact's `recipe.yaml` holds "
+              "all of them):", "", "```yaml", recipe_excerpt(recipe).rstrip(), "```"]
     checked = sorted({c.metric for c in gate.checks if c.kind == "quality"})
     parts += [
         "", "## Intended use and limitations", "",
@@ -291,13 +323,74 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
         f"The gate measured quality only on {', '.join(f'`{m}`' for m in checked) or 'no task'}; behaviour "
         "on other tasks, languages and prompts was not measured and may have changed. Speed figures hold for "
         "the machine and engine named above.",
-        "", "## Use", "", snippet, "",
-        f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"model = AutoModelForCausalLM.from_pretrained(\"{path}\")\n"
-        f"tokenizer = AutoTokenizer.from_pretrained(\"{path}\")\n```",
-        "", "## Recipe", "", "```yaml", dump_recipe(recipe).rstrip(), "```", "",
+        "", "## Serve it", "", serve_markdown(method["format"], path, method["name"]), "",
     ]
     return "\n".join(p for p in parts if p is not None)
+
+
+def how_made(recipe: Any, manifest: dict[str, Any]) -> list[str]:
+    """Bullets: the method, and the data it saw (calibration or training) with its size."""
+    method, details = manifest["method"], manifest["method"].get("details", {})
+    lines = [f"- Method: {method['name']} ({method['scheme']}), saved as {method['format']}; "
+             f"{fmt_seconds(manifest['timings'].get('total_s'))} to build."]
+    cal = recipe.calibration
+    if recipe.method.kind == "distill":
+        t = recipe.method.training
+        lines.append(f"- Training data: `{t.dataset}` ({t.split} split, field `{t.text_field}`), blocks of "
+                     f"{t.max_seq_length} tokens, {t.max_steps} steps of {t.batch_size}; the teacher is the base model.")
+    elif details.get("calibration_samples"):
+        lines.append(f"- Calibration data: {details['calibration_samples']} samples of `{cal.dataset}` ({cal.split} "
+                     f"split, field `{cal.text_field}`), up to {cal.max_seq_length} tokens each, seed {cal.seed}. "
+                     "Calibration text should look like the traffic the model will serve; text unlike it "
+                     "can cost accuracy the gate's tasks do not show.")
+    else:
+        lines.append("- Calibration data: none (the method is data-free: weights are rounded on their own).")
+    if method.get("details", {}).get("ignore"):
+        lines.append(f"- Left in the base precision: {', '.join(f'`{x}`' for x in details['ignore'])}.")
+    return lines
+
+
+def recipe_excerpt(recipe: Any) -> str:
+    """The recipe as YAML with only what differs from the defaults; the method in full (its
+    defaults are part of what was done)."""
+    import yaml
+
+    data = recipe.model_dump(mode="json", exclude_defaults=True)
+    data["method"] = {k: v for k, v in recipe.model_dump(mode="json")["method"].items() if v is not None}
+    order = ["name", "description", "model", "method", "calibration", "evals", "bench", "gate", "export"]
+    return yaml.safe_dump({k: data[k] for k in order if k in data}, sort_keys=False)
+
+
+# A speed ratio or throughput whose interval spans more than this share of its value is flagged.
+WIDE_SPREAD = 0.25
+
+
+def spread_warning(report: SpeedReport, confidence: float = 0.95) -> str | None:
+    """A sentence when the speed figures are too noisy to be taken as facts, else None."""
+    from compress.compare import level_intervals, speed_rows
+
+    widest, where = 0.0, ""
+    for row in speed_rows(report, level_intervals(report, confidence=confidence)):
+        if any(tail in row["figure"] for tail in ("p90", "p99")):
+            continue  # a tail percentile over a few rounds is noisy by nature; the headline figures are judged
+        iv = row.get("interval")
+        if iv is not None and iv.n > 1 and iv.estimate:
+            width = (iv.upper - iv.lower) / abs(iv.estimate)
+            if width > widest:
+                widest, where = width, row["figure"]
+        for who in ("baseline", "candidate"):
+            sp = row.get(f"{who}_spread")
+            if sp is not None and sp.rounds > 1 and sp.value:
+                width = (sp.upper - sp.lower) / abs(sp.value)
+                if width > widest:
+                    widest, where = width, f"{row['figure']} ({who})"
+    if widest <= WIDE_SPREAD:
+        return None
+    rounds = report.settings.get("rounds", 1)
+    return (f"the speed figures vary widely between rounds: the {confidence:.0%} interval of {where} spans "
+            f"{widest:.0%} of its value over {rounds} rounds. The machine was probably shared or busy; treat these "
+            "figures as indicative and measure again on the serving machine (`compress bench`, more "
+            "`bench.rounds`).")
 
 
 def run_summary_markdown(result: Any) -> str:
@@ -395,64 +488,122 @@ def _figures(reports: Any, who: str, headline: str | None) -> dict[str, Any]:
     if acc_path.exists():
         acc = AccuracyReport.load(acc_path)
         name = headline or acc.metric_names()[0]
-        out["metric"], out["accuracy"] = name, acc.metric(name).value
+        m = acc.metric(name)
+        out.update(metric=name, accuracy=m.value, accuracy_stderr=m.stderr, accuracy_unit=m.unit,
+                   higher_is_better=m.higher_is_better)
     if speed_path.exists():
         side = SpeedReport.load(speed_path).side(who)
         b = max(side.batches, key=lambda x: x.batch_size)
         out.update(latency_p50_s=b.e2e.p50, cost_per_mtok=b.cost_per_mtok_usd, batch=b.batch_size,
                    peak_memory=side.peak_memory_bytes, runtime=side.runtime.engine)
+        sp = b.output_tokens_per_s_spread
+        if sp is not None and sp.rounds > 1 and sp.lower > 0:
+            # Cost is price / throughput: its interval over rounds follows from throughput's.
+            out["cost_interval"] = [b.cost_per_mtok_usd * sp.value / sp.upper, b.cost_per_mtok_usd * sp.value / sp.lower]
     return out
 
 
 def pareto(rows: list[dict[str, Any]], cost_key: str) -> list[dict[str, Any]]:
     """Rows not dominated in (higher accuracy, lower cost_key), sorted by cost."""
     pts = [r for r in rows if r.get("accuracy") is not None and r.get(cost_key) is not None]
+
+    def good(r: dict[str, Any]) -> float:  # higher is better, whatever the metric (perplexity is lower)
+        return r["accuracy"] if r.get("higher_is_better", True) else -r["accuracy"]
+
     front = [r for r in pts if not any(
-        o["accuracy"] >= r["accuracy"] and o[cost_key] <= r[cost_key]
-        and (o["accuracy"] > r["accuracy"] or o[cost_key] < r[cost_key]) for o in pts)]
+        good(o) >= good(r) and o[cost_key] <= r[cost_key]
+        and (good(o) > good(r) or o[cost_key] < r[cost_key]) for o in pts)]
     return sorted(front, key=lambda r: r[cost_key])
 
 
+def _shared(rows: list[dict[str, Any]], key: str) -> Any:
+    """The value every row that has ``key`` shares, else None."""
+    values = {r[key] for r in rows if r.get(key) is not None}
+    return values.pop() if len(values) == 1 else None
+
+
 def runs_table(rows: list[dict[str, Any]]) -> Table:
+    """One row per run; the load (batch size or concurrency) and runtime that measured latency and
+    cost are named in the headers when all runs share them, in the cells when not."""
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "-": "dim"}
     front_size = {r["name"] for r in pareto(rows, "size_bytes")}
+    batch, runtime, metric = _shared(rows, "batch"), _shared(rows, "runtime"), _shared(rows, "metric")
+    load = f"{runtime or 'hf'}, batch {batch}" if batch is not None else None
     out = []
     for r in rows:
-        acc = "-" if r.get("accuracy") is None else fmt_value(r["accuracy"], "fraction" if r["accuracy"] <= 1 else "")
+        acc = "-" if r.get("accuracy") is None else fmt_value(r["accuracy"], r.get("accuracy_unit") or (
+            "fraction" if r["accuracy"] <= 1 else ""))
+        if r.get("accuracy_stderr") is not None and r.get("accuracy") is not None:
+            acc += f" ± {fmt_value(1.96 * r['accuracy_stderr'], r.get('accuracy_unit') or '')}"
+        cost = "-" if r.get("cost_per_mtok") is None else f"${r['cost_per_mtok']:.4g}"
+        latency = fmt_seconds(r.get("latency_p50_s"))
+        if load is None and r.get("batch") is not None:
+            cost += f" ({r.get('runtime', 'hf')}, batch {r['batch']})"
+            latency += f" (batch {r['batch']})"
         out.append([r["name"] + (" *" if r["name"] in front_size else ""), r["method"], fmt_bytes(r["size_bytes"]),
-                    acc, fmt_seconds(r.get("latency_p50_s")),
-                    "-" if r.get("cost_per_mtok") is None else
-                    f"${r['cost_per_mtok']:.4g} ({r.get('runtime', 'hf')}, {r.get('batch')} at once)",
-                    f"[{colour[r['verdict']]}]{r['verdict']}[/{colour[r['verdict']]}]"])
+                    acc, latency, cost, f"[{colour[r['verdict']]}]{r['verdict']}[/{colour[r['verdict']]}]"])
+    at = f" ({load})" if load else ""
     return table("Runs (* = on the accuracy/size Pareto front)",
-                 ["run", "method", "weights", "accuracy", "latency p50", "$/1M out (runtime, load)", "verdict"], out)
+                 ["run", "method", "weights", f"{metric or 'accuracy'} [95%]", f"latency p50{at}", f"$/1M out{at}",
+                  "verdict"], out)
+
+
+def _accuracy_axis(values: list[tuple[float, float]], percent: bool) -> tuple[float, float]:
+    """Limits for the accuracy axis: the points and their error bars, in a window at least 10
+    points wide (or 10% of the value), so that a 1-point drop does not look like a cliff."""
+    lo = min(v - e for v, e in values)
+    hi = max(v + e for v, e in values)
+    span = 10.0 if percent else 0.1 * max(abs(v) for v, _ in values)
+    if hi - lo < span:
+        mid = (hi + lo) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if percent:
+        lo, hi = max(lo, 0.0), min(hi, 100.0)
+    return lo, hi
 
 
 def pareto_plot(rows: list[dict[str, Any]], path: Any) -> None:
-    """PNG: accuracy against size and against cost, Pareto fronts marked."""
+    """PNG: accuracy against size and against cost, with 95% error bars (accuracy from its standard
+    error, cost from throughput's interval over rounds) and the Pareto fronts marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {"PASS": "tab:green", "FAIL": "tab:red", "INCONCLUSIVE": "tab:orange", "-": "tab:blue"}
+    pts_all = [r for r in rows if r.get("accuracy") is not None]
+    percent = all((r.get("accuracy_unit") or "fraction") == "fraction" for r in pts_all)
+    scale_y = 100.0 if percent else 1.0
+    batch, runtime, metric = _shared(rows, "batch"), _shared(rows, "runtime"), _shared(rows, "metric")
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key, label, scale in [(axes[0], "size_bytes", "weights on disk (MB)", 1e-6),
-                                  (axes[1], "cost_per_mtok", "USD per million output tokens", 1.0)]:
-        pts = [r for r in rows if r.get("accuracy") is not None and r.get(key) is not None]
+    cost_label = "USD per million output tokens" + (f" ({runtime or 'hf'}, batch {batch})" if batch is not None else "")
+    for ax, key, axis_label, scale in [(axes[0], "size_bytes", "weights on disk (MB)", 1e-6),
+                                       (axes[1], "cost_per_mtok", cost_label, 1.0)]:
+        pts = [r for r in pts_all if r.get(key) is not None]
         for r in pts:
-            ax.scatter(r[key] * scale, 100 * r["accuracy"], color=colours[r["verdict"]], s=40, zorder=3)
-            label = r["name"].replace("base: ", "")
-            if key == "cost_per_mtok" and r.get("runtime"):
-                label += f" ({r['runtime']}, {r.get('batch')} at once)"  # which runtime measured the cost
-            ax.annotate(label, (r[key] * scale, 100 * r["accuracy"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+            x, y = r[key] * scale, scale_y * r["accuracy"]
+            yerr = 1.96 * scale_y * r["accuracy_stderr"] if r.get("accuracy_stderr") is not None else None
+            xerr = None
+            if key == "cost_per_mtok" and r.get("cost_interval"):
+                lo, hi = r["cost_interval"]
+                xerr = [[max(x - lo, 0.0)], [max(hi - x, 0.0)]]
+            ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="o", color=colours[r["verdict"]], ms=6, capsize=3,
+                        elinewidth=1, zorder=3)
+            name = r["name"].replace("base: ", "")
+            if key == "cost_per_mtok" and batch is None and r.get("runtime"):
+                name += f" ({r['runtime']}, batch {r.get('batch')})"  # which runtime and load measured the cost
+            ax.annotate(name, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
         front = pareto(rows, key)
         if front:
-            ax.step([r[key] * scale for r in front], [100 * r["accuracy"] for r in front], where="post",
-                    color="black", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"accuracy (%) — {pts[0]['metric'] if pts and pts[0].get('metric') else ''}")
+            ax.step([r[key] * scale for r in front], [scale_y * r["accuracy"] for r in front], where="post",
+                    color="black", linestyle="--", linewidth=1, zorder=2)
+        if pts:
+            ax.set_ylim(*_accuracy_axis([(scale_y * r["accuracy"], 1.96 * scale_y * (r.get("accuracy_stderr") or 0))
+                                         for r in pts], percent))
+        ax.set_xlabel(axis_label)
+        ax.set_ylabel(f"{metric or 'accuracy'}{' (%)' if percent else ''}, 95% error bars")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v if v != "-" else "base")
                for v, c in colours.items()]

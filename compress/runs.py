@@ -53,11 +53,15 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
     base_hash = model_content_hash(base.path)
     key = artifact_key(recipe, base_hash)
     target = out if out is not None else run_dir(recipe, key) / "model"
+    if out is None:
+        from compress import console
+
+        console.log_into(target.parent / "logs")  # the back ends' output of this command, kept with its run
     # Runs of one recipe share a lock; an artifact written elsewhere locks the folder it goes in.
     folder = recipe_dir(recipe) if out is None else Path(out).absolute().parent
     # Only the main process of a multi-process launch writes, so only it locks (the others
     # must not wait for it: they train alongside it).
-    lock = locked(folder, f"runs of {recipe.name}" if out is None else str(folder), log=log) \
+    lock = locked(folder, f"runs of {recipe.name}" if out is None else str(folder), log=warn) \
         if process_rank() == 0 else contextlib.nullcontext()
     with lock:
         sweep_stale(target.parent)  # temporaries of an earlier build that was killed

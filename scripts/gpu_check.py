@@ -102,7 +102,7 @@ def main() -> None:
     rows = {}
     for label, scheme in [("fp8-dynamic", "fp8-dynamic"), ("int4-rtn", "int4-rtn")]:
         t = time.time()
-        built = compress_cli("quantize", "--model", str(work / "base"), "--scheme", scheme, "--out",
+        built = compress_cli("quantize", "--model", str(work / "base"), "--scheme", scheme, "-o",
                              str(work / label), "--set", "model.dtype=bfloat16", "--device", "cuda")
         rows[label] = {"build_s": round(time.time() - t, 1), "size_ratio": built["manifest"]["size"]["ratio"]}
         print(f"{label}: built in {rows[label]['build_s']} s, {rows[label]['size_ratio']:.2f}x the bf16 weights", flush=True)

@@ -129,7 +129,7 @@ def main() -> None:
         for scheme in schemes:
             out = args.workdir / f"llama-{size}-{scheme}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [*compress, "quantize", "--model", str(ckpt), "--scheme", scheme, "--out", str(out), "--force"]
+            cmd = [*compress, "quantize", "--model", str(ckpt), "--scheme", scheme, "-o", str(out), "--force"]
             if scheme == "int4-gptq":
                 cmd += ["--set", "calibration.num_samples=8", "--set", "calibration.max_seq_length=128"]
             r = measure(f"compress {scheme}", cmd, env)

@@ -56,8 +56,8 @@ def main() -> None:
         measure("baseline bench", ["bench", "builtin:tiny-llama"], env, work),
     ]
     env_run = dict(env, COMPRESS_RUNS_DIR=str(work / "runs2"), COMPRESS_CACHE_DIR=str(work / "cache2"))
-    rows.append(measure("run (first)", ["run", recipe, "--export-to", str(work / "dist")], env_run, work))
-    rows.append(measure("run (rerun)", ["run", recipe, "--export-to", str(work / "dist")], env_run, work))
+    rows.append(measure("run (first)", ["run", recipe, "-o", str(work / "dist")], env_run, work))
+    rows.append(measure("run (rerun)", ["run", recipe, "-o", str(work / "dist")], env_run, work))
     import platform
 
     result = {"rows": rows, "cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -64,7 +64,7 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("arch,scheme", CASES)
 def test_scheme_on_architecture(models, arch, scheme, tmp_path, runs_dir):
     out = tmp_path / "q"
-    p = run_cli("quantize", "--model", str(models[arch]), "--scheme", scheme, "--out", str(out),
+    p = run_cli("quantize", "--model", str(models[arch]), "--scheme", scheme, "-o", str(out),
                 "--set", "calibration.num_samples=8", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     manifest = json.loads(p.stdout)["manifest"]

@@ -87,9 +87,12 @@ def cache_skip(place: Place) -> Path | None:
 def assert_one_error_line(err: str, *needles: str, exact: bool = True, multi: bool = False) -> str:
     """One ``Error:`` line naming the thing and the fix; no traceback. ``exact``: it is all of
     stderr (in-process cases, where no library has started printing); ``multi``: a recipe with
-    several problems lists them below it, indented."""
+    several problems lists them below it, indented. A runtime failure may end with one line
+    naming the back ends' log (what they printed before it), which must exist."""
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
+    if lines and lines[-1].startswith("  back-end log: "):
+        assert Path(lines.pop()[len("  back-end log: "):].split(" (or rerun")[0]).is_file(), err
     errors = [line for line in lines if line.startswith("Error:")]
     assert len(errors) == 1, err
     if multi:
@@ -198,7 +201,7 @@ def _eval(model: str) -> list[str]:
 
 
 def _quantize(p: Place, model: str = "builtin:tiny-llama", *extra: str, scheme: str = "int4-rtn") -> list[str]:
-    return ["quantize", "--model", model, "--scheme", scheme, "--out", str(p.out / "q"), *extra]
+    return ["quantize", "--model", model, "--scheme", scheme, "-o", str(p.out / "q"), *extra]
 
 
 def _calibrate(p: Place, data: Path | str) -> list[str]:
@@ -219,7 +222,7 @@ CASES = [
     Case("typo-option", lambda p: ["eval", "builtin:tiny-llama", "--limt", "5"], 2,
          ("No such option: --limt", "--limit", "compress eval --help")),
     Case("typo-command", lambda p: ["quantiz"], 2, ("No such command 'quantiz'", "'quantize'", "compress --help")),
-    Case("missing-argument", lambda p: ["eval"], 2, ("Missing argument 'model'", "compress eval --help")),
+    Case("missing-argument", lambda p: ["eval"], 2, ("Missing argument 'MODEL'", "compress eval --help")),
     Case("no-command", lambda p: [], 2, ("missing command", "compress --help")),
     Case("bad-integer", lambda p: ["eval", "builtin:tiny-llama", "--limit", "abc"], 2,
          ("'--limit'", "valid number")),
@@ -277,9 +280,9 @@ CASES = [
          ("no gate checks", "gate.checks")),
     Case("export-to-absolute", lambda p: ["run", str(p.recipe(_recipe_text(extra=f"export:\n  to: {p.out}\n")))], 2,
          ("recipe export.to '/", "/out' is outside the working tree",
-          "give it on the command line with --export-to PATH")),
+          "give it on the command line with -o PATH")),
     Case("export-to-dotdot", lambda p: ["run", str(p.recipe(_recipe_text(extra="export:\n  to: dist/../../x\n")))], 2,
-         ("recipe export.to 'dist/../../x' is outside the working tree", "--export-to PATH")),
+         ("recipe export.to 'dist/../../x' is outside the working tree", "-o PATH")),
     Case("export-to-home", lambda p: ["run", str(p.recipe(_recipe_text(extra="export:\n  to: ~/models/x\n")))], 2,
          ("recipe export.to '~/models/x' is outside the working tree",)),
     # --- models
@@ -349,7 +352,7 @@ CASES = [
     # --- release commands on the wrong folder
     Case("verify-not-a-directory", lambda p: ["verify", str(p.file("artifact.tar", b"x"))], 2,
          ("artifact.tar is not a directory", "compress export")),
-    Case("export-not-a-run", lambda p: ["export", str(p.inputs), "--to", str(p.out / "x")], 2,
+    Case("export-not-a-run", lambda p: ["export", str(p.inputs), "-o", str(p.out / "x")], 2,
          ("is not a run directory (it has no model/)", "runs/NAME/KEY")),
     Case("gate-without-reports", lambda p: ["gate", str(p.inputs)], 2, ("has no reports/", "compress run")),
     Case("report-no-runs", lambda p: ["report", str(p.inputs / "runs")], 2, ("no runs directory",)),
@@ -381,10 +384,10 @@ def test_no_command_prints_the_help(place, capfd):
 
 
 def test_an_explicit_export_path_may_point_anywhere(place, capfd):
-    """`--export-to` (typed by the user) and `--no-export` skip the export.to check: the run
+    """`-o` (typed by the user) and `--no-export` skip the export.to check: the run
     then goes on to the next check, here the recipe's truncated model."""
     recipe = place.recipe(_recipe_text(model=str(place.model(mutate=_truncate)), extra="export:\n  to: /etc/x\n"))
-    for flags in (["--export-to", str(place.out / "anywhere")], ["--no-export"]):
+    for flags in (["-o", str(place.out / "anywhere")], ["--no-export"]):
         assert main(["run", str(recipe), *flags]) == 2
         line = assert_one_error_line(capfd.readouterr().err)
         assert "is truncated" in line and "export.to" not in line
@@ -501,7 +504,7 @@ def test_read_only_output_folder(place, ordinary_user):
     ro.mkdir()
     ro.chmod(0o555)
     before = snapshot(place.root, skip=cache_skip(place))
-    p = _compress(place, "quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "--out", str(ro / "q"),
+    p = _compress(place, "quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "-o", str(ro / "q"),
                   preexec_fn=ordinary_user)
     assert p.returncode == 4, p.stderr[-3000:]
     line = assert_one_error_line(p.stderr, f"cannot write {ro / 'q'}: Permission denied",
@@ -544,7 +547,7 @@ def test_full_disk_leaves_no_partial_artifact(place):
     place.cache.mkdir()
     place.out.mkdir()
     before = snapshot(place.root, skip=place.cache)
-    p = _compress(place, "quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "--out",
+    p = _compress(place, "quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "-o",
                   str(place.out / "q"), preexec_fn=_small_disk)
     assert p.returncode == 4, p.stderr[-3000:]
     assert_one_error_line(p.stderr, f"cannot write {place.out / 'q' / WEIGHTS}: File too large",
@@ -558,7 +561,8 @@ def test_ctrl_c_prints_interrupted_and_exits_130(place):
     place.cache.mkdir()
     env = dict(os.environ, COMPRESS_RUNS_DIR=str(place.runs), COMPRESS_CACHE_DIR=str(place.cache))
     env.pop("COMPRESS_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "compress", "eval", "builtin:tiny-llama"], cwd=place.work,
+    # -v: lm-eval's progress on stderr tells when the scoring has started.
+    proc = subprocess.Popen([sys.executable, "-m", "compress", "eval", "builtin:tiny-llama", "-v"], cwd=place.work,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     chunks: list[bytes] = []
     evaluating = threading.Event()

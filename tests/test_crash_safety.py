@@ -36,7 +36,7 @@ QUALITY_ONLY = ["--set", "evals.tasks=[tiny_facts_mc]", "--set", "evals.limit=60
 WITH_BENCH = ["--set", "evals.tasks=[tiny_facts_mc]", "--set", "evals.limit=60", "--set", "bench.repeats=2",
               "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=4", "--set", "bench.warmup=1",
               "--set", "gate.checks=[{metric: tiny_facts_mc/acc, max_regression: 0.1}, {metric: size_ratio, max: 0.5}]"]
-RUN = ["run", RECIPE, *QUALITY_ONLY, "--export-to", "dist/x", "--json"]
+RUN = ["run", RECIPE, *QUALITY_ONLY, "-o", "dist/x", "--json"]
 TEMP = re.compile(r"^\..+\.(tmp|old)-\d+-[0-9a-f]+$")
 
 _ctx = multiprocessing.get_context("forkserver")
@@ -202,7 +202,7 @@ def test_run_killed_at_every_stage_boundary_and_mid_write(tmp_path, reference):
 def test_bench_stages_killed(tmp_path):
     root = tmp_path / "state"
     root.mkdir()
-    argv = ["run", RECIPE, *WITH_BENCH, "--export-to", "dist/x", "--json"]
+    argv = ["run", RECIPE, *WITH_BENCH, "-o", "dist/x", "--json"]
 
     def passes(copy, text, fault):
         out = _json_out(text)
@@ -215,7 +215,7 @@ def test_bench_stages_killed(tmp_path):
 def test_quantize_killed_leaves_no_artifact_and_reruns_to_the_same_bytes(tmp_path):
     root = tmp_path / "state"
     root.mkdir()
-    argv = ["quantize", RECIPE, "--out", "out/q", "--json"]
+    argv = ["quantize", RECIPE, "-o", "out/q", "--json"]
     ref_root = tmp_path / "ref"
     ref_root.mkdir()
     code, text = compress(ref_root, *argv)
@@ -247,10 +247,10 @@ def test_export_force_killed_is_the_old_or_the_new_export_never_neither(tmp_path
         assert code == 0, text[-2000:]
         out = _json_out(text)
         runs[group] = (out["run_dir"], out["gate"]["candidate_hash"])
-    code, text = compress(root, "export", runs[128][0], "--to", "dist/x")
+    code, text = compress(root, "export", runs[128][0], "-o", "dist/x")
     assert code == 0, text[-2000:]
     old, new = runs[128][1], runs[64][1]
-    argv = ["export", runs[64][0], "--to", "dist/x", "--force"]
+    argv = ["export", runs[64][0], "-o", "dist/x", "--force"]
     for fault in ["export.after-file#1", "atomic_dir.after-swap", "atomic_dir.between-renames"]:
         code, text = compress(root, *argv, fault=fault)
         assert code == -signal.SIGKILL, f"{fault}: exit {code}\n{text[-2000:]}"
@@ -265,7 +265,7 @@ def test_export_force_killed_is_the_old_or_the_new_export_never_neither(tmp_path
         assert code == 0, text[-2000:]
         assert verify(root / "dist" / "x")["manifest"]["content_hash"] == new
         assert not temporaries(root), temporaries(root)
-        code, text = compress(root, "export", runs[128][0], "--to", "dist/x", "--force")  # back to the old one
+        code, text = compress(root, "export", runs[128][0], "-o", "dist/x", "--force")  # back to the old one
         assert code == 0 and verify(root / "dist" / "x")["manifest"]["content_hash"] == old
 
 
@@ -275,7 +275,7 @@ def test_distill_killed_mid_training_and_after_a_checkpoint(tmp_path):
     texts = [json.loads(line)["text"] for line in
              (ROOT / "compress" / "assets" / "data" / "train.jsonl").read_text().splitlines()[:200]]
     (root / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    argv = ["distill", DISTILL, "--out", "out/student", "--set", "method.training.max_steps=4",
+    argv = ["distill", DISTILL, "-o", "out/student", "--set", "method.training.max_steps=4",
             "--set", "method.training.save_steps=2", "--set", "method.training.batch_size=2",
             "--set", "method.training.max_seq_length=64",
             "--set", "method.training.logging_steps=2", "--set", "method.training.dataset=train.jsonl",

@@ -96,14 +96,14 @@ def test_pruned_student_loads_in_plain_transformers_and_generates(tmp_path):
 
 
 def _distill(tmp_path, *extra):
-    return run_cli("distill", str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
+    return run_cli("distill", str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "-o", str(tmp_path / "student"),
                    "--set", "method.training.max_steps=30", "--set", "method.training.batch_size=8",
                    "--set", "method.training.logging_steps=10", "--set", "calibration.num_samples=32",
                    *extra, "--json")
 
 
 def test_short_distillation_lowers_kl_to_the_teacher(tmp_path, runs_dir):
-    p = _distill(tmp_path)
+    p = _distill(tmp_path, "-v")  # -v: the training steps' lines on stderr (else in the log file)
     assert p.returncode == 0, p.stderr[-3000:]
     manifest = json.loads(p.stdout)["manifest"]
     d = manifest["method"]["details"]
@@ -133,7 +133,7 @@ def test_student_with_another_vocabulary_is_refused(tmp_path, runs_dir):
 
 def test_interrupted_distillation_resumes_from_its_checkpoint(tmp_path, runs_dir):
     args = [sys.executable, "-m", "compress", "distill", str(ROOT / "recipes" / "tiny-llama-distill.yaml"),
-            "--out", str(tmp_path / "student"), "--set", "method.training.max_steps=40",
+            "-o", str(tmp_path / "student"), "--set", "method.training.max_steps=40",
             "--set", "method.training.save_steps=10", "--set", "method.training.batch_size=8",
             "--set", "calibration.num_samples=16", "--json"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -159,7 +159,7 @@ def test_distilled_student_is_gated_and_can_be_quantized_by_another_recipe(tmp_p
             "--set", "calibration.num_samples=16"]
     p = run_cli("run", str(ROOT / "recipes" / "tiny-llama-distill.yaml"), *fast,
                 "--set", "method.training.max_steps=60", "--set", "method.training.batch_size=8",
-                "--export-to", str(tmp_path / "dist" / "student"), "--json", cwd=tmp_path)
+                "-o", str(tmp_path / "dist" / "student"), "--json", cwd=tmp_path)
     assert p.returncode in (0, 1, 3), p.stderr[-3000:]  # gated like any artifact, whatever the verdict
     out = json.loads(p.stdout)
     checks = {c["metric"]: c for c in out["gate"]["checks"]}
@@ -181,7 +181,7 @@ def test_data_parallel_training_over_two_processes_writes_one_artifact(tmp_path,
     process writes the artifact and prints the result."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     p = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "compress", "distill",
-                        str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
+                        str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "-o", str(tmp_path / "student"),
                         "--set", "method.training.max_steps=10", "--set", "method.training.batch_size=4",
                         "--set", "calibration.num_samples=16", "--json"],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -198,7 +198,7 @@ def _accelerate_fsdp(tmp_path, processes: int, lift_cpu_rule: bool = False):
     program = [str(ROOT / "tests" / "fsdp_on_cpu.py")] if lift_cpu_rule else ["-m", "compress"]
     return subprocess.run([accelerate, "launch", "--config_file", str(ROOT / "configs" / "accelerate-fsdp.yaml"),
                            "--num_processes", str(processes), *program, "distill",
-                           str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "--out", str(tmp_path / "student"),
+                           str(ROOT / "recipes" / "tiny-llama-distill.yaml"), "-o", str(tmp_path / "student"),
                            "--set", "method.training.max_steps=10", "--set", "method.training.batch_size=4",
                            "--set", "calibration.num_samples=16", "--json"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -109,7 +109,7 @@ def test_the_compression_environment_never_imports_vllm():
 @pytest.fixture(scope="module")
 def int4_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("engine") / "tiny-llama-int4-rtn"
-    proc = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "--out", str(out))
+    proc = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 

@@ -139,7 +139,7 @@ def test_vllm_backend_pairs_with_hf_on_the_bundled_tasks(runs_dir):
 
 def quantize(tmp_path_factory, scheme: str):
     out = tmp_path_factory.mktemp("servable") / f"tiny-llama-{scheme}"
-    proc = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "--out", str(out))
+    proc = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 

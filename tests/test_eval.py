@@ -95,7 +95,7 @@ def test_unknown_task_suggests_close_names():
 ])
 def test_bad_input_is_one_clear_line_and_no_report(tmp_path, runs_dir, args, code, text):
     out = tmp_path / "report.json"
-    p = run_cli(*args, "--out", str(out))
+    p = run_cli(*args, "-o", str(out))
     assert p.returncode == code, p.stderr
     assert text in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()

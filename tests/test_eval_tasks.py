@@ -232,7 +232,7 @@ def test_include_path_tasks_and_their_content_in_the_cache_key(tmp_path, runs_di
 def generative_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("generative")
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache")}
-    p = run_cli("run", str(GENERATIVE), "--export-to", str(root / "dist"), "--junit", str(root / "gate.xml"),
+    p = run_cli("run", str(GENERATIVE), "-o", str(root / "dist"), "--junit", str(root / "gate.xml"),
                 "--json", env=env, cwd=root)
     return {"root": root, "env": env, "run": p}
 

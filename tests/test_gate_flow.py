@@ -28,12 +28,32 @@ def flow(tmp_path_factory):
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache"),
            "GITHUB_STEP_SUMMARY": str(root / "step-summary.md")}
     start = time.time()
-    good = run_cli("run", str(GOOD), *FAST, "--export-to", str(root / "dist" / "good"), "--junit",
+    good = run_cli("run", str(GOOD), *FAST, "-o", str(root / "dist" / "good"), "--junit",
                    str(root / "good.xml"), "--summary", str(root / "good.md"), "--json", env=env, cwd=root)
     first_seconds = time.time() - start
-    bad = run_cli("run", str(BAD), *FAST, "--export-to", str(root / "dist" / "bad"), "--junit", str(root / "bad.xml"),
+    bad = run_cli("run", str(BAD), *FAST, "-o", str(root / "dist" / "bad"), "--junit", str(root / "bad.xml"),
                   "--json", env=env, cwd=root)
     return {"root": root, "env": env, "good": good, "bad": bad, "first_seconds": first_seconds}
+
+
+NOISE = ("it/s]", "Running loglikelihood", "Loading weights", "torchao", "Warning", "_pytree", "INFO")
+
+
+def test_run_says_little_and_keeps_the_back_ends_output_in_its_log(flow):
+    """Off a terminal, `compress run` prints one line per stage and its result; what torch,
+    transformers, lm-eval and llm-compressor print goes to the run's logs/ folder."""
+    for p in (flow["good"], flow["bad"]):
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert len(lines) <= 15, p.stderr
+        assert not any(n in p.stderr for n in NOISE), p.stderr
+        assert [line.split(":")[0] for line in lines if line.startswith("• [")] \
+            == ["• [1/6] artifact", "• [2/6] eval baseline", "• [3/6] eval candidate", "• [4/6] bench both",
+                "• [5/6] gate"] + (["• [6/6] export"] if p is flow["good"] else [])
+    run_dir = Path(json.loads(flow["good"].stdout)["run_dir"])
+    logs = sorted((run_dir / "logs").glob("compress-run-*.log"))
+    assert logs, list(run_dir.iterdir())
+    text = logs[0].read_text()
+    assert "Running loglikelihood requests" in text and "[compress " in text
 
 
 def test_pass_is_exported_with_manifest_and_model_card(flow):
@@ -46,8 +66,12 @@ def test_pass_is_exported_with_manifest_and_model_card(flow):
     assert manifest["gate"]["verdict"] == "PASS" and manifest["gate"]["candidate_hash"] == manifest["content_hash"]
     card = (dist / "README.md").read_text()
     for needle in ["## Gate", "PASS", "tiny_facts_mc/acc", "## Accuracy", "## Speed, memory and cost",
-                   "builtin:tiny-llama", "## Recipe", "kind: int4"]:
+                   "builtin:tiny-llama", "## How it was made", "kind: int4", "Calibration data: none",
+                   "## Intended use and limitations", f"vllm serve {dist}", f"--model-path {dist}"]:
         assert needle in card, needle
+    # The recipe excerpt holds what differs from the defaults, not every default.
+    excerpt = card.split("## How it was made")[1].split("```yaml")[1].split("```")[0]
+    assert "null" not in excerpt and "algorithm: rtn" in excerpt and "bootstrap_resamples" not in excerpt
     assert (dist / "recipe.yaml").exists() and (dist / "model.safetensors").exists()
     # The card is what a model hub reads: front matter, with the gated results in a model-index.
     from huggingface_hub import ModelCard
@@ -56,8 +80,11 @@ def test_pass_is_exported_with_manifest_and_model_card(flow):
     assert hub.base_model == "builtin:tiny-llama" and hub.library_name == "transformers"
     assert hub.pipeline_tag == "text-generation" and {"compress", "int4-rtn", "compressed-tensors"} <= set(hub.tags)
     assert hub.license == "other"
-    results = {r["dataset"]["name"]: r["metrics"][0] for r in hub.model_index[0]["results"]}
-    assert 0 < results["tiny_facts_mc"]["value"] <= 1 and "interval" in results["tiny_facts_mc"]["name"]
+    assert "model-index:" in card.split("---")[1]  # the key a hub reads (not model_index)
+    results = {r.dataset_name: r for r in hub.eval_results}
+    acc = results["tiny_facts_mc"]
+    assert acc.metric_type == "acc" and 0 < acc.metric_value <= 1 and acc.task_type == "text-generation"
+    assert "95% interval [" in acc.metric_name and "pts" in acc.metric_name and hub.model_name == "tiny-llama-int4-rtn"
     assert f"from_pretrained(\"{dist}\")" in card and "## Intended use and limitations" in card
     v = run_cli("verify", str(dist), env=flow["env"])
     assert v.returncode == 0 and "OK" in v.stdout
@@ -66,7 +93,7 @@ def test_pass_is_exported_with_manifest_and_model_card(flow):
     assert v.returncode == 0 and checked["ok"] and checked["content_hash"] == manifest["content_hash"]
     assert checked["files"] >= len(manifest["files"]) and checked["signature"] is None
     # Exporting again to the same place is a no-op that says so, in JSON too; runs/NAME is its newest run.
-    e = run_cli("export", str(flow["root"] / "runs" / "tiny-llama-int4-rtn"), "--to", str(dist), "--json",
+    e = run_cli("export", str(flow["root"] / "runs" / "tiny-llama-int4-rtn"), "-o", str(dist), "--json",
                 env=flow["env"])
     assert e.returncode == 0, e.stderr[-2000:]
     assert json.loads(e.stdout)["content_hash"] == manifest["content_hash"]
@@ -103,14 +130,14 @@ def test_too_aggressive_recipe_fails_and_exports_nothing(flow):
     assert acc["verdict"] == "FAIL" and acc["interval"]["lower"] > 0.03
     # Asking for an export explicitly is refused too.
     run_dir = out["run_dir"]
-    e = run_cli("export", run_dir, "--to", str(flow["root"] / "dist" / "forced"), env=flow["env"])
+    e = run_cli("export", run_dir, "-o", str(flow["root"] / "dist" / "forced"), env=flow["env"])
     assert e.returncode == 1 and "gate verdict is FAIL" in e.stderr
     assert not (flow["root"] / "dist" / "forced").exists()
 
 
 def test_rerun_of_a_passed_recipe_reuses_every_stage(flow):
     start = time.time()
-    p = run_cli("run", str(GOOD), *FAST, "--export-to", str(flow["root"] / "dist" / "good"), "--json",
+    p = run_cli("run", str(GOOD), *FAST, "-o", str(flow["root"] / "dist" / "good"), "--json",
                 env=flow["env"], cwd=flow["root"])
     seconds = time.time() - start
     assert p.returncode == 0, p.stderr[-2000:]
@@ -128,7 +155,7 @@ def test_edited_weight_file_blocks_export_and_fails_verify(flow, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # one bit in the last tensor
     weights.write_bytes(bytes(data))
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1
     assert "files changed after gating" in e.stderr and "model.safetensors" in e.stderr
     assert not (tmp_path / "out").exists()
@@ -174,6 +201,21 @@ def test_report_table_and_pareto_plot(flow, tmp_path):
     assert rows["tiny-llama-int4-rtn"]["verdict"] == "PASS" and rows["tiny-llama-int2-rtn"]["verdict"] == "FAIL"
     assert rows["base: builtin:tiny-llama"]["accuracy"] > rows["tiny-llama-int2-rtn"]["accuracy"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # Each row carries the interval its plot draws, and the table names the load its latency and cost are at.
+    # (Another test re-gates the PASS run on perplexity, which has no standard error: only the FAIL
+    # run's headline is still an accuracy here.)
+    assert rows["tiny-llama-int2-rtn"]["accuracy_stderr"] > 0
+    table = run_cli("report", str(flow["root"] / "runs"), env=flow["env"])
+    header = next(line for line in table.stdout.splitlines() if "latency p50" in line)
+    assert "latency p50 (hf, batch 1)" in header and "$/1M out (hf, batch 1)" in header, table.stdout
+    assert "[95%]" in header and " ± " in table.stdout
+    # No runs yet: an empty list for a script, a sentence for a person; neither is an error.
+    empty = tmp_path / "no-runs"
+    empty.mkdir()
+    j = run_cli("report", str(empty), "--json", env=flow["env"])
+    assert j.returncode == 0 and json.loads(j.stdout) == []
+    t = run_cli("report", str(empty), env=flow["env"])
+    assert t.returncode == 0 and "No gated runs" in t.stdout
 
 
 def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path, runs_dir):
@@ -215,14 +257,14 @@ def test_forged_gate_verdict_is_refused(flow, tmp_path):
     for check in gate["checks"]:
         check["verdict"] = "PASS"
     (copy / "gate.json").write_text(json.dumps(gate))
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1, e.stderr
     assert "does not follow from its reports" in e.stderr and "verdict: recorded PASS, the reports give FAIL" in e.stderr
     assert not (tmp_path / "out").exists()
     # A gentler policy written into gate.json without its hash is caught too.
     gate["policy"]["checks"][0]["max_regression"] = 0.9
     (copy / "gate.json").write_text(json.dumps(gate))
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1 and "policy does not match its own hash" in e.stderr
 
 
@@ -234,19 +276,19 @@ def test_forged_accuracy_report_is_refused(flow, tmp_path):
     report = json.loads(report_path.read_text())
     report["tasks"]["tiny_facts_mc"]["metrics"]["acc,none"]["value"] = 0.99  # a better headline for the model card
     report_path.write_text(json.dumps(report))
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1 and "candidate-accuracy.json: differs from the report the decision was made on" in e.stderr
     # Recording the forged report's hash in gate.json does not help: the figure disagrees with its documents.
     gate = json.loads((copy / "gate.json").read_text())
     gate["reports"]["candidate-accuracy.json"] = hashlib.sha256(report_path.read_bytes()).hexdigest()
     (copy / "gate.json").write_text(json.dumps(gate))
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1 and "tiny_facts_mc/acc is 0.99 but its documents give" in e.stderr, e.stderr
     # A report about other bytes than the candidate's (the base model's, relabelled) is refused too.
     shutil.copyfile(copy / "reports" / "baseline-accuracy.json", report_path)
     g = run_cli("gate", str(copy), env=flow["env"])
     assert g.returncode == 0, g.stdout
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 1 and "the PASS was given to different bytes than the ones on disk" in e.stderr, e.stderr
     assert not (tmp_path / "out").exists()
 
@@ -286,7 +328,7 @@ def test_a_lax_policy_is_visible_in_export_model_card_and_verify(flow, tmp_path)
     (tmp_path / "lax.yaml").write_text(yaml.safe_dump(lax))
     g = run_cli("gate", str(copy), "--recipe", str(tmp_path / "lax.yaml"), env=flow["env"])
     assert g.returncode == 0, g.stdout + g.stderr
-    e = run_cli("export", str(copy), "--to", str(tmp_path / "out"), env=flow["env"])
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "out"), env=flow["env"])
     assert e.returncode == 0, e.stderr
     assert "warning:" in e.stderr and "lax.yaml, NOT the artifact's own recipe" in e.stderr
     card = (tmp_path / "out" / "README.md").read_text()

@@ -64,7 +64,7 @@ def test_kv_cache_makes_a_different_artifact_that_depends_on_the_calibration_dat
 def kv_artifact(tmp_path_factory):
     """int4-rtn + FP8 KV cache of the embedded model, calibrated on 8 short samples."""
     out = tmp_path_factory.mktemp("kv") / "tiny-llama-int4-rtn-kv-fp8"
-    p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "--out", str(out),
+    p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "-o", str(out),
                 "--set", "method.kv_cache=fp8", "--set", "calibration.num_samples=8",
                 "--set", "calibration.max_seq_length=64", "--json",
                 env={"COMPRESS_RUNS_DIR": str(out.parent / "runs"), "COMPRESS_CACHE_DIR": str(out.parent / "cache")})

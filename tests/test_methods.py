@@ -57,7 +57,7 @@ def test_scheme_from_flags_reloads_in_plain_transformers(scheme, tmp_path, runs_
     out = tmp_path / scheme
     work = tmp_path / "work"
     work.mkdir()
-    p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "--out", str(out),
+    p = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", scheme, "-o", str(out),
                 "--set", "calibration.num_samples=16", "--json", cwd=work)
     assert p.returncode == 0, p.stderr[-3000:]
     # Back ends leave nothing in the user's working directory (GPTQModel writes `logs/` there).

@@ -290,7 +290,7 @@ def test_recipe_refuses_key_material_in_export_sign_key(tmp_path, keys):
 
 def test_keygen_writes_a_usable_pair_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "keys"
-    assert main(["keygen", "--out", str(out), "--json"]) == 0
+    assert main(["keygen", "-o", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     priv, pub = Path(info["private_key"]), Path(info["public_key"])
     assert (priv.name, pub.name) == ("compress-signing.key", "compress-signing.pub")
@@ -302,9 +302,9 @@ def test_keygen_writes_a_usable_pair_and_never_overwrites(tmp_path, capsys):
     assert provenance.signer_from(priv).keyid == info["keyid"]
     assert provenance.keyid(provenance.load_public_key(pub)) == info["keyid"]
     before = priv.read_bytes()
-    assert main(["keygen", "--out", str(out)]) == EXIT_USAGE
+    assert main(["keygen", "-o", str(out)]) == EXIT_USAGE
     assert "already exist" in capsys.readouterr().err and priv.read_bytes() == before
-    assert main(["keygen", "--out", str(out), "--force"]) == 0
+    assert main(["keygen", "-o", str(out), "--force"]) == 0
     text = capsys.readouterr().out
     assert priv.read_bytes() != before and stat.S_IMODE(priv.stat().st_mode) == 0o600
     assert provenance.ENV_KEY in text and "--key" in text and "--sign" in text
@@ -331,11 +331,11 @@ def signed_flow(tmp_path_factory):
     a, b = _keypair(root / "keys-a"), _keypair(root / "keys-b")
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache"),
            provenance.ENV_KEY: "", "COMPRESS_DEBUG": "1"}
-    run = run_cli("run", str(GOOD), *FAST, "--export-to", str(root / "dist" / "signed"), "--sign", str(a["priv"]),
+    run = run_cli("run", str(GOOD), *FAST, "-o", str(root / "dist" / "signed"), "--sign", str(a["priv"]),
                   "--json", env=env, cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
     run_dir = Path(json.loads(run.stdout)["run_dir"])
-    exp = run_cli("export", str(run_dir), "--to", str(root / "dist" / "env-signed"),
+    exp = run_cli("export", str(run_dir), "-o", str(root / "dist" / "env-signed"),
                   env={**env, provenance.ENV_KEY: b["pem"]}, cwd=root)
     assert exp.returncode == 0, exp.stderr[-3000:]
     return {"root": root, "a": a, "b": b, "env": env, "run_dir": run_dir, "logs": [run, exp],
@@ -406,7 +406,7 @@ def test_wrong_key_and_edited_provenance_fail_verify(signed_flow, tmp_path):
 def test_re_export_of_a_signed_run_is_unchanged_and_still_verifies(signed_flow):
     dist = signed_flow["dist"]
     before = (dist / PROVENANCE).read_bytes()
-    e = run_cli("export", str(signed_flow["run_dir"]), "--to", str(dist), "--sign", str(signed_flow["a"]["priv"]),
+    e = run_cli("export", str(signed_flow["run_dir"]), "-o", str(dist), "--sign", str(signed_flow["a"]["priv"]),
                 env=signed_flow["env"])
     assert e.returncode == 0, e.stderr
     assert (dist / PROVENANCE).read_bytes() == before

@@ -1,0 +1,50 @@
+"""Options shared by several commands, as ``Annotated`` aliases: one spelling per meaning.
+
+``-o/--output`` is whatever a command writes, ``--json`` prints the result as JSON on stdout,
+``--set`` overrides a recipe value wherever a recipe is read, ``-q``/``-v`` set how much is said.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SetOverrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a recipe value, e.g. --set method.group_size=64 (repeatable)."),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+Rerun = Annotated[bool, typer.Option("--rerun", help="Ignore cached results and measure again.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+RecipeFile = Annotated[Optional[Path], typer.Option("--recipe", "-r", metavar="FILE",
+                                                    help="Take settings from this recipe.")]
+ArtifactOut = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="DIR", help="Artifact directory.  \\[default: runs/NAME/KEY/model]", show_default=False)]
+ReportOut = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE", help="Also write the report as JSON to this file.")]
+ModelDtype = Annotated[Optional[str], typer.Option(
+    "--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's own).  "
+    "\\[default: the recipe's model.dtype, else auto]")]
+TensorParallel = Annotated[Optional[int], typer.Option(
+    "--tensor-parallel", min=1, help="vllm: GPUs each copy of the model is split over (--tensor-parallel-size).  "
+    "\\[default: 1]")]
+DataParallel = Annotated[Optional[int], typer.Option(
+    "--data-parallel", min=1, help="vllm: copies of the model serving side by side (--data-parallel-size).  "
+    "\\[default: 1]")]
+SignKey = Annotated[
+    Optional[Path],
+    typer.Option("--sign", metavar="KEY",
+                 help="Sign the export with this Ed25519 private key (compress keygen): writes "
+                      "provenance.intoto.json.  \\[default: the recipe's export.sign_key, then $COMPRESS_SIGN_KEY "
+                      "(a path or the key text)]"),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Also show the back ends' output (warnings, logs, progress bars) and compress's "
+    "details on stderr; without it they go to a log file (also: COMPRESS_BACKEND_LOG=1).")]
+
+# Older spellings, still accepted on the command line (rewritten before parsing).
+RENAMED = {"--out": "--output", "--to": "--output", "--export-to": "--output"}

@@ -1,0 +1,156 @@
+"""Ship: run (the whole flow), export (only what passed) and verify (an export against its evidence)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from compress import console
+from compress.cli.common import SHIP, command, examples, print_gate, run_recipe
+from compress.cli.options import Device, Force, JsonOut, Rerun, SetOverrides, SignKey
+from compress.errors import InputError, UsageError
+
+
+@command("export", panel=SHIP, epilog=examples(
+    "compress export runs/tiny-llama-int4-gptq -o dist/tiny-llama-int4-gptq",
+    "compress export runs/tiny-llama-int4-gptq/KEY -o dist/tiny-llama-int4-gptq --sign keys/compress-signing.key --json"))
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="A gated run directory (runs/NAME/KEY, or runs/NAME for its newest).")],
+    to: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Where to write the exported artifact "
+                                     "(--to is the older spelling).")],
+    force: Force = False,
+    sign: SignKey = None,
+    json_: JsonOut = False,
+) -> None:
+    """Export an artifact that passed its gate, with manifest and model card; refuses anything else."""
+    from compress.export import export_run, own_policy, policy_line
+    from compress.gate import GateResult, policy_hash
+    from compress.pipeline import load_reports
+    from compress.provenance import choose_signer
+    from compress.models import newest_run
+    from compress.report import local_base, model_card
+
+    run_dir = newest_run(run_dir)
+    if not (run_dir / "model").is_dir():
+        raise InputError(f"{run_dir} is not a run directory (it has no model/)",
+                         hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")
+    recipe = run_recipe(run_dir, None)
+    signer = choose_signer(sign, recipe.export.sign_key)  # a bad key fails here, before any work
+    card = (lambda m, g: model_card(recipe, m, g, load_reports(run_dir), path=to, base_path=local_base(recipe))) \
+        if recipe.export.model_card else None
+    exported = export_run(run_dir, to, model_card=card, force=force, signer=signer)
+    gate_result, own = GateResult.model_validate(exported["gate"]), policy_hash(recipe.gate)
+    (console.step if own_policy(gate_result, own) else console.warn)(policy_line(gate_result, own))
+    if json_:
+        console.print_json({"run_dir": str(run_dir), "path": str(to), "content_hash": exported["content_hash"],
+                            "verdict": gate_result.verdict, "signed_by": signer.keyid if signer else None})
+        return
+    signed = f", signed by key {signer.keyid[:16]}" if signer else ""
+    key_flag = " --key PUB" if signer else ""
+    console.out.print(f"[green]Exported[/green] {run_dir} -> {to}{signed} (verify with: compress verify {to}{key_flag})")
+
+
+@command("verify", panel=SHIP, epilog=examples(
+    "compress verify dist/tiny-llama-int4-gptq",
+    "compress verify dist/tiny-llama-int4-gptq --key keys/compress-signing.pub --json"))
+def verify(
+    path: Annotated[Path, typer.Argument(metavar="DIR", help="An exported artifact directory.")],
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", metavar="PUB", help="Also check the signed provenance with this Ed25519 public key "
+        "(compress-signing.pub): signed by it, and exactly the signed files.")] = None,
+    json_: JsonOut = False,
+) -> None:
+    """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
+    from compress import provenance
+    from compress.export import verify as verify_artifact
+
+    checked = verify_artifact(path)
+    statement = provenance.verify_signature(path, key) if key is not None else None
+    if json_:
+        console.print_json({"path": str(path), "ok": True, "files": checked["files"],
+                            "content_hash": checked["manifest"]["content_hash"], "policy": checked["policy"],
+                            "signature": None if statement is None else {
+                                "keyid": provenance.keyid(provenance.load_public_key(key)),
+                                "files": len(statement["subject"])},
+                            "signed_by": provenance.signed_by(path)})
+        return
+    console.out.print(f"[green]OK[/green] {path}: all {checked['files']} files match their sha256, nothing added "
+                      f"or missing; the gate PASS follows from the evidence it carries, for content "
+                      f"{checked['manifest']['content_hash'][:16]}…")
+    console.out.print(f"  {escape(checked['policy'])}")
+    if statement is not None:
+        console.out.print(f"[green]signature OK[/green] (key {provenance.keyid(provenance.load_public_key(key))}): "
+                          f"{len(statement['subject'])} signed files, nothing added or missing")
+    elif keyids := provenance.signed_by(path):
+        console.out.print(f"signed by {escape(', '.join(keyids))} (not checked: pass --key PUB)")
+
+
+
+@command("run", panel=SHIP, capture=True, epilog=examples(
+    "compress run recipes/tiny-llama-int4-gptq.yaml",
+    "compress run recipes/tiny-llama-fp8-dynamic.yaml --junit gate.xml --summary gate.md -o dist/fp8",
+    "compress run recipes/demo/tiny-llama-int2-rtn.yaml     # exits 1: the gate fails it, nothing is exported",
+    "compress run recipes/tiny-llama-int4-gptq.yaml -v     # also show the back ends' output")
+    + "\nExit codes: 0 PASS (exported), 1 FAIL, 2 bad usage or recipe, 3 INCONCLUSIVE, 4 runtime failure.\n")
+def run_(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file.")],
+    set_: SetOverrides = None,
+    export_to: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="DIR", help="Export directory "
+                                                      "(--export-to is the older spelling).  \\[default: the recipe's "
+                                                      "export.to, else dist/NAME]", show_default=False)] = None,
+    no_export: Annotated[bool, typer.Option("--no-export", help="Stop after the gate.")] = False,
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML file, one test case per check.")] = None,
+    summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY).")] = None,
+    rerun: Rerun = False,
+    force: Force = False,
+    sign: SignKey = None,
+    device: Device = "auto",
+    json_: JsonOut = False,
+) -> None:
+    """The whole flow: quantize or distill, evaluate, benchmark, gate, export; cached and resumable."""
+    from compress import pipeline
+    from compress.inputs import check_inside_tree, check_recipe
+    from compress.provenance import choose_signer
+    from compress.recipe import load_recipe
+    from compress.report import junit_xml, model_card, run_summary_markdown
+
+    r = load_recipe(recipe, set_ or [])
+    if export_to is None and not no_export and r.export.to:
+        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
+    if sign is not None and no_export:
+        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
+    signer = None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UsageError("`compress run` evaluates and benchmarks in one process",
+                         hint="train with `accelerate launch -m compress distill RECIPE`, then "
+                              "`compress run RECIPE` reuses the artifact")
+    check_recipe(r, evals=True)  # bad inputs fail here, before any compute or write
+    with console.Stages(len(pipeline.plan(r, export=not no_export)), r.name) as stages:
+        result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
+                              device=device, log=console.detail, warn=console.warn, model_card=model_card,
+                              signer=signer, stages=stages)
+    md = run_summary_markdown(result)
+    if summary:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(md)
+    if step := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(step, "a") as f:
+            f.write(md + "\n")
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(result))
+    if json_:
+        console.print_json({"recipe": r.name, "verdict": result.gate.verdict, "run_dir": str(result.run_dir),
+                            "exported_to": str(result.exported_to) if result.exported_to else None,
+                            "seconds": result.seconds, "stages": result.stages,
+                            "gate": result.gate.model_dump(mode="json")})
+    else:
+        print_gate(result.gate, result=f"{r.name}: " + (f"exported to {result.exported_to}" if result.exported_to
+                                                         else "nothing exported")
+                   + f"; run dir {result.run_dir}; {console.fmt_seconds(result.seconds)}")
+    raise typer.Exit(result.gate.exit_code)
+
+
