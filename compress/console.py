@@ -90,15 +90,17 @@ def warn(msg: str) -> None:
 
 
 def detail(msg: str) -> None:
-    """A line about what a stage is doing: the log file always, stderr with -v, the live line on
-    a terminal; not a line of its own off a terminal (a CI log gets one line per stage)."""
+    """A line about what a stage is doing: the log file, and the live line on a terminal; stderr
+    with -v, or when no command captures output (compress used as a library). Off a terminal a
+    command says one line per stage, not one per detail."""
     from rich.markup import escape
 
     _to_log(msg)
-    if state.verbose:
-        err.print(f"[dim]•[/dim] {escape(msg)}")
-    elif _live is not None:
+    if _live is not None and not state.verbose:
         _live.detail(msg)
+    elif state.verbose or (state.log is None and not state.quiet):
+        # -v; or no command is capturing (compress used as a library): stderr, as before
+        err.print(f"[dim]•[/dim] {escape(msg)}")
 
 
 def step(msg: str) -> None:

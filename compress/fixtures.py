@@ -114,10 +114,14 @@ def ensure_fixture(name: str, *, root: Path | None = None,
     final = root / spec.dirname
     if is_complete(final):
         return final
-    log = log or _stderr
+    from compress import console
+
+    # Generating is part of a stage (a detail: the log file, -v); waiting for another process is news.
+    wait = log or console.warn
+    log = log or console.detail
     size = sum(math.prod(shape) * 2 for _, shape, _ in tensor_layout(llama_config(spec.shapes)))
     try:
-        with locked(root, f"fixture builtin:{name}", log=log):
+        with locked(root, f"fixture builtin:{name}", log=wait):
             if is_complete(final):  # another process built it while we waited
                 return final
             log(f"generating builtin:{name} (random weights, {size / GB:.1f} GB; once)")
@@ -130,12 +134,6 @@ def ensure_fixture(name: str, *, root: Path | None = None,
                              hint=f"it needs {size / GB:.1f} GB free there: free some space, or set "
                                   "COMPRESS_CACHE_DIR to a folder with room") from None
     return final
-
-
-def _stderr(msg: str) -> None:
-    from compress import console
-
-    console.err.print(msg, markup=False, highlight=False)
 
 
 def _write_marker(out: Path, name: str, spec: FixtureSpec) -> None:

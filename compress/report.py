@@ -522,7 +522,7 @@ def _shared(rows: list[dict[str, Any]], key: str) -> Any:
     return values.pop() if len(values) == 1 else None
 
 
-def runs_table(rows: list[dict[str, Any]]) -> Table:
+def runs_table(rows: list[dict[str, Any]], plot: Any = None) -> Table:
     """One row per run; the load (batch size or concurrency) and runtime that measured latency and
     cost are named in the headers when all runs share them, in the cells when not."""
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "-": "dim"}
@@ -543,7 +543,7 @@ def runs_table(rows: list[dict[str, Any]]) -> Table:
         out.append([r["name"] + (" *" if r["name"] in front_size else ""), r["method"], fmt_bytes(r["size_bytes"]),
                     acc, latency, cost, f"[{colour[r['verdict']]}]{r['verdict']}[/{colour[r['verdict']]}]"])
     at = f" ({load})" if load else ""
-    return table("Runs (* = on the accuracy/size Pareto front)",
+    return table("Runs (* = on the accuracy/size Pareto front" + (f"; plotted in {plot}" if plot else "") + ")",
                  ["run", "method", "weights", f"{metric or 'accuracy'} [95%]", f"latency p50{at}", f"$/1M out{at}",
                   "verdict"], out)
 

@@ -71,7 +71,5 @@ def report(
     if json_:
         console.print_json(rows)
         return
-    console.out.print(runs_table(rows))
-    if plot:
-        console.out.print(f"Plot written to {plot}")
+    console.out.print(runs_table(rows, plot=plot))
 
