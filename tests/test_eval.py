@@ -120,8 +120,10 @@ def test_compare_two_models_side_by_side(tmp_path, runs_dir):
     assert {"TTFT p99 (batch 2)", "output tok/s (batch 2)", "$ / 1M output tokens (batch 2)", "size on disk"} <= figures
     size = next(r for r in result["speed"] if r["figure"] == "size on disk")
     assert size["ratio"] < 0.25
-    table = run_cli("compare", "builtin:tiny-llama", candidate, "--recipe", str(recipe), "--no-bench")
+    saved = tmp_path / "compare.json"
+    table = run_cli("compare", "builtin:tiny-llama", candidate, "--recipe", str(recipe), "--no-bench", "-o", str(saved))
     assert table.returncode == 0 and "worse" in table.stdout and "tiny_facts_mc/acc" in table.stdout
+    assert json.loads(saved.read_text())["accuracy"] == result["accuracy"]  # -o keeps what --json prints
 
 
 def test_set_changes_the_recipe_eval_reads(tmp_path, runs_dir):
