@@ -243,8 +243,17 @@ def captured(command: str) -> Iterator[None]:
     """
     state.command, state.log_home, state.log_path = command, None, None
     if state.verbose:
-        with stdout_to_stderr():
-            yield
+        # The back ends' stdout joins stderr; results still reach the real stdout.
+        out_stream, out_copy = _stream_for(sys.stdout, 1)
+        out.file = out_stream
+        try:
+            with stdout_to_stderr():
+                yield
+        finally:
+            out.file = None
+            if out_copy is not None:
+                with contextlib.suppress(Exception):
+                    out_stream.close()
         return
     folder = Path(tempfile.gettempdir()) / "compress-logs"
     folder.mkdir(exist_ok=True)

@@ -157,7 +157,8 @@ def train(ctx: MethodContext, student: Any, teacher: Any, tokenizer: Any,
     checkpoints = claim_work_dir(ctx) / "checkpoints"
     resume = last_complete_checkpoint(checkpoints)
     if resume:
-        ctx.log(f"resuming from the last checkpoint in {checkpoints} ({resume.name})")
+        # News, not a detail: the training this run does is the rest of an interrupted one.
+        ctx.warn(f"resuming from the last checkpoint in {checkpoints} ({resume.name}) of an interrupted run")
     cuda = torch.cuda.is_available() and ctx.device.startswith("cuda")
     args = TrainingArguments(
         output_dir=str(checkpoints), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
