@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give them room (a table
@@ -82,8 +83,6 @@ def _to_log(line: str) -> None:
 
 def warn(msg: str) -> None:
     """One warning line on stderr (in the back-end log only, with -q)."""
-    from rich.markup import escape
-
     _to_log(f"warning: {msg}")
     if not state.quiet:
         err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
@@ -93,8 +92,6 @@ def detail(msg: str) -> None:
     """A line about what a stage is doing: the log file, and the live line on a terminal; stderr
     with -v, or when no command captures output (compress used as a library). Off a terminal a
     command says one line per stage, not one per detail."""
-    from rich.markup import escape
-
     _to_log(msg)
     if _live is not None and not state.verbose:
         _live.detail(msg)
@@ -105,8 +102,6 @@ def detail(msg: str) -> None:
 
 def step(msg: str) -> None:
     """A stage line: compress's own progress on stderr (not with -q)."""
-    from rich.markup import escape
-
     _to_log(msg)
     if not state.quiet:
         err.print(f"[dim]•[/dim] {escape(msg)}")

@@ -81,14 +81,6 @@ def test_older_option_spellings_still_work():
                                                                                 "a=--out"]
 
 
-def _leaves(group, path=()):
-    for name, cmd in group.commands.items():
-        if hasattr(cmd, "commands"):
-            yield from _leaves(cmd, (*path, name))
-        else:
-            yield (*path, name), cmd
-
-
 # What each command writes (-o/--output) and which read a recipe (--set).
 WRITES = {"quantize", "distill", "eval", "bench", "compare", "report", "export", "run", "keygen"}
 READS_RECIPE = {"quantize", "distill", "eval", "bench", "compare", "gate", "run", "validate"}
@@ -99,7 +91,9 @@ def test_one_naming_scheme_across_commands():
 
     from compress.cli import app
 
-    for path, cmd in _leaves(typer.main.get_command(app)):
+    from test_cli_lean import _leaf_commands
+
+    for path, cmd in _leaf_commands(typer.main.get_command(app)):
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
         name = path[-1]
         assert {"--json", "-q", "--quiet", "-v", "--verbose"} <= opts, path
