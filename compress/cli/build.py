@@ -29,15 +29,12 @@ def quantize(
     json_: JsonOut = False,
 ) -> None:
     """Quantize a model into a servable, self-describing artifact (model, tokenizer, recipe, manifest)."""
-    from compress.inputs import check_recipe
     from compress.recipe import build_recipe
 
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
         raise UsageError("this recipe distills", hint="use `compress distill` or `compress run`")
-    check_recipe(r)  # bad inputs fail here, before any compute or write
-    manifest, reused, path = build(r, out, force, device)
-    _artifact_summary(manifest, reused, path, json_)
+    build(r, out, force, device, json_)
 
 
 @command("distill", panel=BUILD, capture=True, epilog=examples(
@@ -53,30 +50,30 @@ def distill(
     json_: JsonOut = False,
 ) -> None:
     """Train a smaller student on the teacher's outputs (pruned teacher or given student); resumes from checkpoints."""
-    from compress.inputs import check_recipe
     from compress.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     if r.method.kind != "distill":
         raise UsageError(f"{recipe} is a {r.method.kind} recipe", hint="use `compress quantize` for it")
-    check_recipe(r)  # bad inputs fail here, before any compute or write
-    manifest, reused, path = build(r, out, force, device)
-    _artifact_summary(manifest, reused, path, json_)
+    build(r, out, force, device, json_)
 
 
-def build(r, out: Optional[Path], force: bool, device: str):
-    """Build the recipe's artifact with compress's own progress: what it does, then how long it took."""
+def build(r, out: Optional[Path], force: bool, device: str, json_: bool) -> None:
+    """Check the recipe's inputs (before any compute or write), build its artifact with compress's
+    own progress (what it does, then how long it took), and print the result."""
     import time
 
     from compress import runs
+    from compress.inputs import check_recipe
 
+    check_recipe(r)
     with console.Stages(1, r.name) as stages:
         stages.start(r.method.kind)
         start = time.time()
         manifest, reused, path = runs.build(r, out=out, force=force, device=device, log=console.detail,
                                             warn=console.warn)
         stages.end(method_name(r.method), time.time() - start, reused)
-    return manifest, reused, path
+    _artifact_summary(manifest, reused, path, json_)
 
 
 def _artifact_summary(manifest: Optional[dict], reused: bool, path: Path, json_: bool) -> None:
