@@ -467,6 +467,26 @@ class ExportSpec(Strict):
         return v or None
 
 
+class SearchSpec(Strict):
+    """`compress search`: candidate methods to try, smallest predicted weights first, until one
+    passes the gate. Each candidate is this recipe with that method (named NAME-SLUG)."""
+
+    ladder: Literal["default"] | None = Field(
+        default=None, description="a built-in list of candidates: 'default' is 2, 3 and 4 bits (RTN, GPTQ, AWQ), "
+        "then int8 and fp8")
+    candidates: list[Method] = Field(default_factory=list, description="methods to try (beside the ladder's)")
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
+                              description="layers every candidate leaves unquantized (unless it sets its own)")
+
+    @model_validator(mode="after")
+    def _something_to_try(self) -> "SearchSpec":
+        if not self.ladder and not self.candidates:
+            raise ValueError("give a ladder (ladder: default) or a list of candidates")
+        if any(c.kind == "distill" for c in self.candidates):
+            raise ValueError("candidates are quantization methods (fp8, int8, int4); distill with `compress run`")
+        return self
+
+
 # ---------------------------------------------------------------------------- recipe
 
 class Recipe(Strict):
@@ -479,10 +499,25 @@ class Recipe(Strict):
     bench: BenchSpec = Field(default_factory=BenchSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    search: SearchSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_needs_no_method(cls, data: Any) -> Any:
+        # A search recipe's candidates are its methods: the first stands in as `method`.
+        if isinstance(data, dict) and "method" not in data and isinstance(data.get("search"), dict):
+            search = data["search"]
+            first = (search.get("candidates") or [None])[0] if not search.get("ladder") else None
+            if first is None and search.get("ladder") in (None, "default"):
+                first = {"kind": "int4", "algorithm": "rtn"}
+            if isinstance(first, dict):
+                data = {**data, "method": first}
+        return data
 
     def effective(self) -> dict[str, Any]:
-        """The recipe with every default filled in, as plain JSON data."""
-        return self.model_dump(mode="json")
+        """The recipe with every default filled in, as plain JSON data (no search section when
+        there is none: the recipes of artifacts never have one)."""
+        return self.model_dump(mode="json", exclude={"search"} if self.search is None else None)
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the named sections (all of them when none given)."""

@@ -34,6 +34,8 @@ def quantize(
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
         raise UsageError("this recipe distills", hint="use `compress distill` or `compress run`")
+    if r.search is not None:
+        raise UsageError("this recipe searches (it lists candidates)", hint="use `compress search RECIPE`")
     build(r, out, force, device, json_)
 
 

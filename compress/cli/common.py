@@ -151,9 +151,14 @@ def run_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional[list[s
     return load_recipe(source, overrides or [])
 
 
-def method_name(method) -> str:
+def method_name(method, search=None) -> str:
+    """A recipe's method in a few words; a search recipe's is what it searches."""
     from compress.methods import describe_method
 
+    if search is not None:
+        what = [f"ladder {search.ladder}"] if search.ladder else []
+        what += [f"{len(search.candidates)} candidate(s)"] if search.candidates else []
+        return "search: " + ", ".join(what)
     return describe_method(method.model_dump())
 
 

@@ -39,7 +39,7 @@ def recipes_validate(
                 for p in e.problems:
                     console.err.print(f"    {p}", markup=False)
             continue
-        results.append({"file": str(f), "valid": True, "name": recipe.name, "method": method_name(recipe.method)})
+        results.append({"file": str(f), "valid": True, "name": recipe.name, "method": method_name(recipe.method, recipe.search)})
         if show and not json_:
             console.out.print(f"# {f}", markup=False)
             console.out.print(dump_recipe(recipe), markup=False)
@@ -74,7 +74,7 @@ def recipes_list(
             continue
         try:
             r = load_recipe(f)
-            rows.append({"file": str(f), "name": r.name, "method": method_name(r.method), "model": r.model.id,
+            rows.append({"file": str(f), "name": r.name, "method": method_name(r.method, r.search), "model": r.model.id,
                          "purpose": _purpose(f), "valid": True})
         except RecipeError as e:
             rows.append({"file": str(f), "name": f.stem, "method": "-", "model": "-",

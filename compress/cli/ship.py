@@ -118,6 +118,9 @@ def run_(
     from compress.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, set_ or [])
+    if r.search is not None:
+        raise UsageError(f"{recipe} is a search recipe (it lists candidates)",
+                         hint=f"run `compress search {recipe}`, then `compress run` on the chosen recipe it writes")
     if export_to is None and not no_export and r.export.to:
         check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
     if sign is not None and no_export:
@@ -154,3 +157,101 @@ def run_(
     raise typer.Exit(result.gate.exit_code)
 
 
+
+
+@command("search", panel=SHIP, capture=True, epilog=examples(
+    "compress search recipes/tiny-llama-search.yaml",
+    "compress search recipes/tiny-llama-search.yaml --all --json",
+    "compress search recipes/tiny-llama-search.yaml --no-export --chosen release/chosen.yaml --summary search.md")
+    + "\nExit codes: 0 a candidate passed (chosen, exported), 1 every candidate failed, 2 bad usage or recipe, "
+    "3 none passed and one was INCONCLUSIVE, 4 runtime failure.\n")
+def search_(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="A recipe with a search section.")],
+    set_: SetOverrides = None,
+    all_: Annotated[bool, typer.Option("--all", help="Try every candidate (the whole frontier), not only up to the "
+                                       "cheapest that passes.")] = False,
+    chosen: Annotated[Optional[Path], typer.Option(
+        "--chosen", metavar="FILE", help="Where to write the chosen recipe.  \\[default: NAME.chosen.yaml beside "
+        "RECIPE]")] = None,
+    export_to: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="DIR", help="Export directory of the chosen artifact.  \\[default: the recipe's "
+        "export.to, else dist/NAME-CANDIDATE]", show_default=False)] = None,
+    no_export: Annotated[bool, typer.Option("--no-export", help="Choose, but export nothing.")] = False,
+    junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML file, one test "
+                                                  "case per candidate tried.")] = None,
+    summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary "
+                                                    "(also appended to $GITHUB_STEP_SUMMARY).")] = None,
+    rerun: Rerun = False,
+    force: Force = False,
+    device: Device = "auto",
+    json_: JsonOut = False,
+) -> None:
+    """The cheapest compression that passes the gate: try candidates from the smallest, gate each like `run`."""
+    from compress import pipeline
+    from compress import search as s
+    from compress.export import export_run
+    from compress.inputs import check_recipe
+    from compress.recipe import load_recipe
+    from compress.report import local_base, model_card
+
+    r = load_recipe(recipe, set_ or [])
+    if r.search is None:
+        raise UsageError(f"{recipe} has no search section",
+                         hint="add `search: {ladder: default}` (or a list of candidates), or use `compress run`")
+    check_recipe(r, evals=True)  # bad inputs fail here, before any compute or write
+    target = chosen or Path(recipe).parent / f"{r.name}.chosen.yaml"
+    ordered = s.plan(r)
+
+    def run_one(candidate):
+        return pipeline.run(candidate, force=force, rerun_reports=rerun, export=False, device=device,
+                            log=console.detail, warn=console.warn)
+
+    with console.Stages(len(ordered), f"{r.name} (search)") as stages:
+        result = s.search(r, all_candidates=all_, run=run_one, log=console.detail, progress=stages)
+    if result.chosen is not None:
+        result.chosen_path = s.write_chosen(result, target, force=force)
+        if not no_export:
+            c = result.chosen
+            to = export_to or Path(r.export.to or f"dist/{c.recipe.name}")
+            card = (lambda m, g: model_card(c.recipe, m, g, c.run.reports, path=to, base_path=local_base(c.recipe))) \
+                if c.recipe.export.model_card else None
+            export_run(c.run.run_dir, to, model_card=card, force=force)
+            result.exported_to = to
+    md = s.summary_markdown(result)
+    if summary:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(md)
+    if step := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(step, "a") as f:
+            f.write(md + "\n")
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(s.junit_xml(result))
+    rows = s.frontier_rows(result)
+    if json_:
+        console.print_json({"recipe": r.name, "chosen": result.chosen.candidate.slug if result.chosen else None,
+                            "chosen_recipe": str(result.chosen_path) if result.chosen_path else None,
+                            "exported_to": str(result.exported_to) if result.exported_to else None,
+                            "candidates": rows, "not_tried": [c.slug for c in result.skipped],
+                            "seconds": result.seconds})
+    else:
+        _print_frontier(rows)
+        if result.chosen is not None:
+            where = f"exported to {result.exported_to}" if result.exported_to else "nothing exported"
+            console.out.print(f"[green]chose {result.chosen.candidate.slug}[/green] · recipe {result.chosen_path}; "
+                              f"{where}; {console.fmt_seconds(result.seconds)}")
+        else:
+            console.out.print(f"[red]no candidate passed[/red] ({len(result.tried)} tried); nothing chosen or exported")
+    raise typer.Exit(s.exit_code(result))
+
+
+def _print_frontier(rows: list[dict]) -> None:
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
+    table = [[("* " if row["chosen"] else "") + row["candidate"], console.fmt_bytes(row["predicted_bytes"]),
+              console.fmt_bytes(row["weights_bytes"]), f"{row['size_ratio']:.3f}x",
+              f"{row['quality_metric']} {row['quality_change']}" if row["quality_metric"] else "-",
+              row["cost_ratio"] or "-", f"[{colour[row['verdict']]}]{row['verdict']}[/{colour[row['verdict']]}]",
+              row["documents"]] for row in rows]
+    console.out.print(console.table("Search (* = chosen: the smallest that passed)",
+                                    ["candidate", "predicted", "weights", "size", "quality", "cost", "verdict",
+                                     "documents"], table))
