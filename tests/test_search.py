@@ -1,0 +1,133 @@
+"""`compress search`: candidates tried from the smallest predicted weights, each gated as
+`compress run` gates, stopping at the cheapest PASS; the chosen recipe rebuilds the same bytes."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from compress.errors import RecipeError, UsageError
+from compress.recipe import load_recipe, validate_document
+from conftest import RECIPES, run_cli
+
+# Quality only (no bench: a size or speed check would benchmark every candidate) on part of
+# the documents, so that each candidate takes seconds.
+SEARCH = {
+    "name": "s",
+    "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
+    "search": {"candidates": [{"kind": "fp8"}, {"kind": "int4", "algorithm": "rtn", "bits": 4, "group_size": 128},
+                              {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 128}]},
+    "evals": {"tasks": ["tiny_facts_mc"], "limit": 300},
+    "gate": {"checks": [{"metric": "tiny_facts_mc/acc", "max_regression": 0.06}]},
+}
+
+
+def _recipe(tmp_path, doc=SEARCH, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_candidates_are_ordered_by_predicted_weights_which_match_what_is_built(tmp_path, runs_dir):
+    from compress import search
+
+    r = load_recipe(RECIPES / "tiny-llama-search.yaml")
+    plan = search.plan(r)
+    assert len(plan) >= 8 and [c.predicted_bytes for c in plan] == sorted(c.predicted_bytes for c in plan)
+    assert plan[0].slug.startswith("int4-rtn-b2") and {c.slug for c in plan[-2:]} == {"fp8-dynamic", "int8-w8a8"}
+    # At equal size the cheaper build goes first: RTN before GPTQ.
+    four = [c.slug for c in plan if "-b4-" in c.slug]
+    assert four.index("int4-rtn-b4-g128") < four.index("int4-gptq-b4-g128")
+    # The prediction is the size of the artifact, within 10% (scales and packing).
+    built = run_cli("quantize", "--model", "builtin:tiny-llama", "--scheme", "int4-rtn", "-o", str(tmp_path / "q"),
+                    "--json")
+    assert built.returncode == 0, built.stderr[-2000:]
+    actual = json.loads(built.stdout)["manifest"]["size"]["weights_bytes"]
+    predicted = next(c for c in plan if c.slug == "int4-rtn-b4-g128").predicted_bytes
+    assert abs(predicted - actual) / actual < 0.10, (predicted, actual)
+
+
+def test_a_candidate_is_the_search_recipe_with_its_method_and_own_name():
+    from compress import search
+
+    r = validate_document(SEARCH, "s.yaml")
+    cands = {c.slug: c for c in search.plan(r)}
+    c = search.candidate_recipe(r, cands["int4-rtn-b4-g128"])
+    assert c.name == "s-int4-rtn-b4-g128" and c.search is None and "search" not in c.effective()
+    assert c.method.algorithm == "rtn" and c.method.ignore == ["lm_head"] and c.gate == r.gate
+    assert c.evals == r.evals
+
+
+def test_search_sections_are_checked():
+    with pytest.raises(RecipeError, match="give a ladder"):
+        validate_document({**SEARCH, "search": {}}, "x.yaml")
+    with pytest.raises(RecipeError, match="quantization methods"):
+        validate_document({**SEARCH, "search": {"candidates": [{"kind": "distill"}]}}, "x.yaml")
+
+
+def test_run_and_quantize_refuse_a_search_recipe(tmp_path):
+    path = _recipe(tmp_path)
+    for args in (["run", str(path)], ["quantize", str(path)]):
+        p = run_cli(*args)
+        assert p.returncode == 2 and "compress search" in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache")}
+    recipe = _recipe(root)
+    p = run_cli("search", str(recipe), "-o", str(root / "dist"), "--junit", str(root / "search.xml"), "--json",
+                env=env, cwd=root)
+    return {"root": root, "env": env, "recipe": recipe, "p": p}
+
+
+def test_search_stops_at_the_cheapest_pass_and_exports_it(searched):
+    p, root = searched["p"], searched["root"]
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    tried = [(c["candidate"], c["verdict"]) for c in out["candidates"]]
+    assert tried == [("int4-rtn-b2-g128", "FAIL"), ("int4-rtn-b4-g128", "PASS")]  # smallest first
+    assert out["chosen"] == "int4-rtn-b4-g128" and out["not_tried"] == ["fp8-dynamic"]
+    assert all(c["documents"] == 300 for c in out["candidates"])
+    manifest = json.loads((root / "dist" / "manifest.json").read_text())
+    assert manifest["gate"]["verdict"] == "PASS" and manifest["name"] == "s-int4-rtn-b4-g128"
+    assert "a candidate passes" in (root / "search.xml").read_text()
+    # stderr: one line per candidate tried.
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and "[1/3] int4-rtn-b2-g128" in lines[0] and "PASS" in lines[1], p.stderr
+
+
+def test_the_chosen_recipe_rebuilds_the_same_artifact(searched):
+    root, env = searched["root"], searched["env"]
+    chosen = root / "s.chosen.yaml"
+    text = chosen.read_text()
+    assert text.startswith("# Chosen by `compress search`") and "int4-rtn-b2-g128" in text and "FAIL" in text
+    exported = json.loads((root / "dist" / "manifest.json").read_text())["content_hash"]
+    # Built again from nothing (the run removed), it is the same bytes, and it passes again.
+    shutil.rmtree(root / "runs" / "s-int4-rtn-b4-g128")
+    p = run_cli("run", str(chosen), "--no-export", "--json", env=env, cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["verdict"] == "PASS" and not out["stages"][0]["reused"]
+    run_dir = root / "runs" / "s-int4-rtn-b4-g128"
+    key = (run_dir / "LATEST").read_text().strip()
+    assert json.loads((run_dir / key / "model" / "manifest.json").read_text())["content_hash"] == exported
+
+
+def test_no_candidate_passing_exits_1_and_chooses_nothing(searched, tmp_path):
+    doc = {**SEARCH, "name": "none", "search": {"candidates": [{"kind": "int4", "algorithm": "rtn", "bits": 2}]}}
+    p = run_cli("search", str(_recipe(tmp_path, doc)), "--json", env=searched["env"], cwd=tmp_path)
+    assert p.returncode == 1, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["chosen"] is None and out["exported_to"] is None and not (tmp_path / "none.chosen.yaml").exists()
+
+
+def test_a_file_the_search_did_not_write_is_not_replaced(tmp_path):
+    from compress import search
+
+    mine = tmp_path / "s.chosen.yaml"
+    mine.write_text("name: mine\n")
+    with pytest.raises(UsageError, match="not written by compress search"):
+        search.write_chosen(None, mine)
+    assert mine.read_text() == "name: mine\n"
