@@ -34,7 +34,8 @@ def test_checked_in_recipes_validate():
         kinds.add(recipe.method.kind)
         first = path.read_text().splitlines()[0]
         assert first.startswith("# "), f"{path} must open with a comment saying what it is for"
-        assert "compress run" in path.read_text().split("\nname:")[0], f"{path} must say how to run it"
+        verb = "compress search" if recipe.search is not None else "compress run"
+        assert verb in path.read_text().split("\nname:")[0], f"{path} must say how to run it"
     assert kinds == {"fp8", "int8", "int4", "distill"}
 
 
