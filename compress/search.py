@@ -324,3 +324,46 @@ def junit_xml(result: SearchResult) -> str:
         out.append(f'      <failure type="FAIL" message="no candidate passed the gate"/>')
     out += ["    </testcase>", "  </testsuite>", "</testsuites>", ""]
     return "\n".join(out)
+
+
+def frontier_plot(result: SearchResult, path: Path) -> None:
+    """PNG: each candidate's quality change (with its interval) against its weight bytes, coloured
+    by verdict, the gate's bound dashed, the chosen one circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {PASS: "tab:green", FAIL: "tab:red", INCONCLUSIVE: "tab:orange"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    metric, bound = None, None
+    for t in result.tried:
+        check = next((c for c in t.run.gate.checks if c.kind == "quality"), None)
+        if check is None or not check.interval:
+            continue
+        metric = metric or check.metric
+        scale = 100.0 if "pts" in (check.shown or "") else (100.0 if "%" in (check.shown or "") else 1.0)
+        x = t.run.manifest["size"]["weights_bytes"] / 1e6
+        y, lo, hi = (scale * check.interval[k] for k in ("estimate", "lower", "upper"))
+        ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="o", color=colours[t.verdict], capsize=3, zorder=3)
+        ax.annotate(t.candidate.slug, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
+        if result.chosen is t:
+            ax.scatter([x], [y], s=220, facecolors="none", edgecolors="black", zorder=4)
+        if bound is None and check.threshold:
+            import re
+
+            m = re.search(r"([-+]?\d+(?:\.\d+)?)", check.threshold)
+            bound = float(m[1]) if m else None
+    if bound is not None:
+        ax.axhline(bound, color="black", linestyle="--", linewidth=1, label="gate bound")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("weights on disk (MB)")
+    ax.set_ylabel(f"{metric or 'quality'}: worse by (95% interval)")
+    ax.set_title(f"compress search {result.recipe.name}: the chosen candidate circled")
+    ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v) for v, c in colours.items()]
+    ax.legend(handles=handles + ([plt.Line2D([], [], linestyle="--", color="black", label="gate bound")]
+                                 if bound is not None else []), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

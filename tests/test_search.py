@@ -77,8 +77,8 @@ def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache")}
     recipe = _recipe(root)
-    p = run_cli("search", str(recipe), "-o", str(root / "dist"), "--junit", str(root / "search.xml"), "--json",
-                env=env, cwd=root)
+    p = run_cli("search", str(recipe), "-o", str(root / "dist"), "--junit", str(root / "search.xml"),
+                "--plot", str(root / "frontier.png"), "--json", env=env, cwd=root)
     return {"root": root, "env": env, "recipe": recipe, "p": p}
 
 
@@ -93,6 +93,7 @@ def test_search_stops_at_the_cheapest_pass_and_exports_it(searched):
     manifest = json.loads((root / "dist" / "manifest.json").read_text())
     assert manifest["gate"]["verdict"] == "PASS" and manifest["name"] == "s-int4-rtn-b4-g128"
     assert "a candidate passes" in (root / "search.xml").read_text()
+    assert (root / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # stderr: one line per candidate tried.
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 2 and "[1/3] int4-rtn-b2-g128" in lines[0] and "PASS" in lines[1], p.stderr

@@ -161,7 +161,7 @@ def run_(
 
 @command("search", panel=SHIP, capture=True, epilog=examples(
     "compress search recipes/tiny-llama-search.yaml",
-    "compress search recipes/tiny-llama-search.yaml --all --json",
+    "compress search recipes/tiny-llama-search.yaml --all --plot frontier.png --json",
     "compress search recipes/tiny-llama-search.yaml --no-export --chosen release/chosen.yaml --summary search.md")
     + "\nExit codes: 0 a candidate passed (chosen, exported), 1 every candidate failed, 2 bad usage or recipe, "
     "3 none passed and one was INCONCLUSIVE, 4 runtime failure.\n")
@@ -181,6 +181,8 @@ def search_(
                                                   "case per candidate tried.")] = None,
     summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary "
                                                     "(also appended to $GITHUB_STEP_SUMMARY).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PNG", help="Plot each candidate's quality "
+                                                 "change (with its interval) against its size.")] = None,
     rerun: Rerun = False,
     force: Force = False,
     device: Device = "auto",
@@ -227,6 +229,8 @@ def search_(
     if junit:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(s.junit_xml(result))
+    if plot:
+        s.frontier_plot(result, plot)
     rows = s.frontier_rows(result)
     if json_:
         console.print_json({"recipe": r.name, "chosen": result.chosen.candidate.slug if result.chosen else None,
