@@ -467,6 +467,15 @@ class ExportSpec(Strict):
         return v or None
 
 
+class MixedSpec(Strict):
+    """A mixed-precision candidate: an int4-family method whose layers that suffer most from
+    rounding (KL per extra byte, measured once per base model) stay unquantized, within a budget."""
+
+    method: Int4Method
+    budget: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.1, description="extra weight bytes allowed, as a fraction of the uniform candidate's")
+
+
 class SearchSpec(Strict):
     """`compress search`: candidate methods to try, smallest predicted weights first, until one
     passes the gate. Each candidate is this recipe with that method (named NAME-SLUG)."""
@@ -475,12 +484,14 @@ class SearchSpec(Strict):
         default=None, description="a built-in list of candidates: 'default' is 2, 3 and 4 bits (RTN, GPTQ, AWQ), "
         "then int8 and fp8")
     candidates: list[Method] = Field(default_factory=list, description="methods to try (beside the ladder's)")
+    mixed: list[MixedSpec] = Field(default_factory=list,
+                                   description="mixed-precision candidates (beside the ladder's)")
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
                               description="layers every candidate leaves unquantized (unless it sets its own)")
 
     @model_validator(mode="after")
     def _something_to_try(self) -> "SearchSpec":
-        if not self.ladder and not self.candidates:
+        if not self.ladder and not self.candidates and not self.mixed:
             raise ValueError("give a ladder (ladder: default) or a list of candidates")
         if any(c.kind == "distill" for c in self.candidates):
             raise ValueError("candidates are quantization methods (fp8, int8, int4); distill with `compress run`")

@@ -27,18 +27,25 @@ from compress.stats import FAIL, INCONCLUSIVE, PASS
 
 # Built-in ladders: from the fewest bits up. RTN before GPTQ at the same size (no calibration to
 # pay for when plain rounding already passes), 8-bit formats last.
-LADDERS: dict[str, list[dict[str, Any]]] = {
-    "default": [
-        {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 32},
-        {"kind": "int4", "algorithm": "gptq", "bits": 2, "group_size": 32},
-        {"kind": "int4", "algorithm": "rtn", "bits": 3, "group_size": 64},
-        {"kind": "int4", "algorithm": "gptq", "bits": 3, "group_size": 64},
-        {"kind": "int4", "algorithm": "rtn", "bits": 4, "group_size": 128},
-        {"kind": "int4", "algorithm": "gptq", "bits": 4, "group_size": 128},
-        {"kind": "int4", "algorithm": "awq", "bits": 4, "group_size": 128},
-        {"kind": "int8", "scheme": "w8a8"},
-        {"kind": "fp8", "scheme": "dynamic"},
-    ],
+LADDERS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "default": {
+        "uniform": [
+            {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 32},
+            {"kind": "int4", "algorithm": "gptq", "bits": 2, "group_size": 32},
+            {"kind": "int4", "algorithm": "rtn", "bits": 3, "group_size": 64},
+            {"kind": "int4", "algorithm": "gptq", "bits": 3, "group_size": 64},
+            {"kind": "int4", "algorithm": "rtn", "bits": 4, "group_size": 128},
+            {"kind": "int4", "algorithm": "gptq", "bits": 4, "group_size": 128},
+            {"kind": "int4", "algorithm": "awq", "bits": 4, "group_size": 128},
+            {"kind": "int8", "scheme": "w8a8"},
+            {"kind": "fp8", "scheme": "dynamic"},
+        ],
+        # The most sensitive layers of a 2- or 3-bit model kept unquantized, for 15% more bytes.
+        "mixed": [
+            {"method": {"kind": "int4", "algorithm": "gptq", "bits": 2, "group_size": 32}, "budget": 0.15},
+            {"method": {"kind": "int4", "algorithm": "rtn", "bits": 3, "group_size": 64}, "budget": 0.15},
+        ],
+    },
 }
 # Building effort, to order candidates of the same predicted size (the cheaper build first).
 EFFORT = {"rtn": 0, "dynamic": 0, "nf4": 1, "awq": 2, "gptq": 3, "gptq-hf": 3, "static": 3, "w8a8": 3, "llm-int8": 1}
@@ -88,7 +95,7 @@ def candidate_methods(recipe: Recipe) -> list[dict[str, Any]]:
     """The search's candidate methods, as validated method sections (ladder first, then the
     listed ones), without duplicates."""
     spec = recipe.search
-    raw = list(LADDERS[spec.ladder]) if spec.ladder else []
+    raw = list(LADDERS[spec.ladder]["uniform"]) if spec.ladder else []
     # Listed candidates as written (their unset keys take the defaults and the search's ignore).
     raw += [c.model_dump(mode="json", exclude_unset=True) for c in spec.candidates]
     seen, out = set(), []
@@ -157,17 +164,49 @@ def predicted_bytes(method: dict[str, Any], linears: list[tuple[str, int, int]],
     return total
 
 
-def plan(recipe: Recipe) -> list[Candidate]:
+def plan(recipe: Recipe, log: Callable[[str], None] = lambda m: None) -> list[Candidate]:
     """The candidates in the order they are tried: smallest predicted weights first, then the
-    cheaper build."""
+    cheaper build. Mixed-precision candidates need the layers' sensitivity (measured once per
+    base model and cached)."""
     linears, rest, itemsize = layer_shapes(recipe)
     names = {n for n, _, _ in linears}
     out = []
     for method in candidate_methods(recipe):
         ignore = _ignored(names, method.get("ignore", []))
         out.append(Candidate(method, slug(method), predicted_bytes(method, linears, rest, itemsize, ignore)))
+    for method, budget in mixed_specs(recipe):
+        cand = mixed_candidate(recipe, method, budget, linears, rest, itemsize, log)
+        if cand is not None and all(c.method != cand.method for c in out):
+            out.append(cand)
     return sorted(out, key=lambda c: (c.predicted_bytes,
                                       EFFORT.get(c.method.get("algorithm") or c.method.get("scheme"), 9)))
+
+
+def mixed_specs(recipe: Recipe) -> list[tuple[dict[str, Any], float]]:
+    """(method as validated, budget) of each mixed-precision candidate: the ladder's, then the listed."""
+    spec = recipe.search
+    raw = list(LADDERS[spec.ladder]["mixed"]) if spec.ladder else []
+    raw += [{"method": m.method.model_dump(mode="json", exclude_unset=True), "budget": m.budget} for m in spec.mixed]
+    return [(_with_method(recipe, m["method"]).effective()["method"], m["budget"]) for m in raw]
+
+
+def mixed_candidate(recipe: Recipe, method: dict[str, Any], budget: float, linears: list[tuple[str, int, int]],
+                    rest: int, itemsize: int, log: Callable[[str], None]) -> Candidate | None:
+    """The method with the layers that lose the most per extra byte kept unquantized, within
+    ``budget`` times the uniform candidate's bytes (None when no layer fits)."""
+    from compress.sensitivity import budget_for, keep_within_budget, layer_sensitivity
+
+    names = {n for n, _, _ in linears}
+    ignored = _ignored(names, method.get("ignore", []))
+    uniform = predicted_bytes(method, linears, rest, itemsize, ignored)
+    kl = layer_sensitivity(recipe, method["bits"], method.get("group_size"), log=log)
+    shapes = {n: (o, i) for n, o, i in linears if n not in ignored}
+    kept = keep_within_budget(kl, shapes, method["bits"], itemsize, budget_for(uniform, budget))
+    if not kept:
+        return None
+    mixed = {**method, "ignore": sorted(set(method.get("ignore", [])) | set(kept))}
+    return Candidate(mixed, f"{slug(method)}-keep{len(kept)}",
+                     predicted_bytes(mixed, linears, rest, itemsize, ignored | set(kept)))
 
 
 def _ignored(names: set[str], ignore: list[str]) -> set[str]:

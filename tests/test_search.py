@@ -132,3 +132,50 @@ def test_a_file_the_search_did_not_write_is_not_replaced(tmp_path):
     with pytest.raises(UsageError, match="not written by compress search"):
         search.write_chosen(None, mine)
     assert mine.read_text() == "name: mine\n"
+
+
+def test_rounding_error_falls_with_more_bits_and_smaller_groups():
+    import torch
+
+    from compress.sensitivity import fake_quant
+
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    err = {(b, g): float((fake_quant(w, b, g) - w).pow(2).mean()) for b in (2, 3, 4) for g in (32, 128)}
+    assert err[(2, 128)] > err[(3, 128)] > err[(4, 128)] > 0
+    assert err[(3, 32)] < err[(3, 128)]
+    q = fake_quant(w, 4, 128)
+    # Symmetric 4-bit: at most 16 levels per group of 128 columns.
+    assert q.shape == w.shape and all(len(torch.unique(q[0, i:i + 128])) <= 16 for i in (0, 128))
+
+
+def test_layers_are_kept_by_loss_per_extra_byte_within_the_budget():
+    from compress.sensitivity import keep_within_budget
+
+    shapes = {"a": (100, 100), "b": (100, 100), "c": (200, 100), "d": (100, 100)}
+    kl = {"a": 0.5, "b": 0.1, "c": 0.8, "d": 0.0}
+    extra = 100 * 100 * (2 - 0.25)  # bf16 instead of 2 bits, for a 100x100 layer
+    assert keep_within_budget(kl, shapes, 2, 2, int(extra)) == ["a"]          # c costs twice as much per KL
+    assert keep_within_budget(kl, shapes, 2, 2, int(3 * extra)) == ["a", "c"]
+    assert keep_within_budget(kl, shapes, 2, 2, int(10 * extra)) == ["a", "b", "c"]  # d loses nothing: never kept
+    assert keep_within_budget(kl, shapes, 2, 2, 0) == []
+
+
+def test_mixed_candidates_keep_their_most_sensitive_layers_and_the_measure_is_cached(runs_dir, monkeypatch):
+    from compress import search, sensitivity
+
+    r = load_recipe(RECIPES / "tiny-llama-search.yaml")
+    plan = {c.slug: c for c in search.plan(r)}
+    mixed = [c for s, c in plan.items() if "-keep" in s]
+    assert len(mixed) == 2 and len(plan) >= 11
+    for c in mixed:
+        uniform = plan[c.slug.split("-keep")[0]]
+        kept = set(c.method["ignore"]) - {"lm_head"}
+        assert kept and len(kept) == int(c.slug.split("-keep")[1])
+        # Within the ladder's budget (15% more bytes than the uniform candidate), and more than it.
+        assert uniform.predicted_bytes < c.predicted_bytes <= 1.15 * uniform.predicted_bytes
+        # The chosen recipe of a mixed candidate is a plain recipe: its kept layers are its ignore list.
+        rec = search.candidate_recipe(r, c)
+        assert set(rec.method.ignore) == kept | {"lm_head"}
+    # Measured once per base model and setting: a second plan reads the cache.
+    monkeypatch.setattr(sensitivity, "_measure", lambda *a, **k: pytest.fail("measured again"))
+    assert [c.slug for c in search.plan(r)] == list(plan)
