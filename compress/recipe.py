@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from compress.errors import RecipeError, UsageError
 
@@ -134,10 +135,23 @@ class Int4Method(Strict):
         default=None, description="nf4 only: quantize the block scales too (bitsandbytes' double quantization; "
         "on by default for nf4; ignored by the other algorithms)")
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    int8_layers: list[str] = Field(
+        default_factory=list, description="layers quantized to 8 bits (weights only, one scale per output channel) "
+        "instead of `bits`: a mixed-precision artifact (compressed-tensors config groups, which vLLM and "
+        "transformers read). Exact module names or 're:PATTERN'. `compress search` fills it in")
     kv_cache: Literal["fp8"] | None = Field(
         default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
         "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
         "engines use them with --kv-cache-dtype fp8")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without 8-bit layers the key is left out, so every recipe written before it existed
+        # keeps its content hash (and its cached artifacts and reports).
+        data = handler(self)
+        if not data.get("int8_layers"):
+            data.pop("int8_layers", None)
+        return data
 
     @field_validator("group_size")
     @classmethod
@@ -160,6 +174,16 @@ class Int4Method(Strict):
             # Recipes written before this field was nf4's alone carry its old default (true);
             # refusing them would strand their runs, so it is dropped where it means nothing.
             self.double_quant = None
+        if self.int8_layers and self.algorithm in ("nf4", "gptq-hf"):
+            # GPTQModel can write 8-bit layers into the HF GPTQ format (its per-module `dynamic`
+            # config), but transformers' GPTQ loader ignores that config and reads them as `bits`.
+            why = ("has one format for every layer" if self.algorithm == "nf4" else
+                   "artifacts with per-layer bits load wrongly in transformers (its GPTQ loader ignores "
+                   "GPTQModel's per-module config)")
+            raise ValueError(f"{self.algorithm} {why}: remove int8_layers, or use algorithm gptq, awq or rtn "
+                             f"(compressed-tensors) for mixed precision")
+        if self.int8_layers and self.bits == 8:
+            raise ValueError("int8_layers means nothing at bits 8: remove it")
         if self.kv_cache is not None and self.algorithm in ("gptq-hf", "nf4"):
             raise ValueError(f"kv_cache works only with the llm-compressor algorithms gptq, awq and rtn; "
                              f"{self.algorithm} cannot quantize the KV cache: remove kv_cache or pick one of those")
@@ -469,11 +493,24 @@ class ExportSpec(Strict):
 
 class MixedSpec(Strict):
     """A mixed-precision candidate: an int4-family method whose layers that suffer most from
-    rounding (KL per extra byte, measured once per base model) stay unquantized, within a budget."""
+    rounding (KL per extra byte, measured once per base model) are kept at 8 bits (or
+    unquantized), within a budget."""
 
     method: Int4Method
     budget: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.1, description="extra weight bytes allowed, as a fraction of the uniform candidate's")
+    keep: Literal["int8", "unquantized"] = Field(
+        default="int8", description="int8: the kept layers at 8 bits per output channel (method.int8_layers); "
+        "unquantized: in the checkpoint's dtype (method.ignore)")
+
+    @model_validator(mode="after")
+    def _mixable(self) -> "MixedSpec":
+        if self.keep == "int8" and self.method.algorithm in ("nf4", "gptq-hf"):
+            raise ValueError(f"{self.method.algorithm} cannot keep layers at 8 bits: use keep: unquantized, "
+                             f"or algorithm gptq, awq or rtn")
+        if self.method.bits == 8:
+            raise ValueError("an 8-bit method has nothing to keep at higher precision: use bits 2, 3 or 4")
+        return self
 
 
 class SearchSpec(Strict):

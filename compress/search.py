@@ -40,7 +40,7 @@ LADDERS: dict[str, dict[str, list[dict[str, Any]]]] = {
             {"kind": "int8", "scheme": "w8a8"},
             {"kind": "fp8", "scheme": "dynamic"},
         ],
-        # The most sensitive layers of a 2- or 3-bit model kept unquantized, for 15% more bytes.
+        # The most sensitive layers of a 2- or 3-bit model kept at 8 bits, for 15% more bytes.
         "mixed": [
             {"method": {"kind": "int4", "algorithm": "gptq", "bits": 2, "group_size": 32}, "budget": 0.15},
             {"method": {"kind": "int4", "algorithm": "rtn", "bits": 3, "group_size": 64}, "budget": 0.15},
@@ -144,22 +144,21 @@ def layer_shapes(recipe: Recipe) -> tuple[list[tuple[str, int, int]], int, int]:
 
 
 def predicted_bytes(method: dict[str, Any], linears: list[tuple[str, int, int]], rest: int, itemsize: int,
-                    ignore: set[str]) -> int:
+                    ignore: set[str], int8: set[str] = frozenset()) -> int:
     """Weight bytes of the artifact a method would write: packed weights, their scales (16-bit,
-    one per group or per output channel; a zero point per group when asymmetric), the ignored
-    layers and every other tensor as they are."""
+    one per group or per output channel; a zero point per group when asymmetric), the ``int8``
+    layers at a byte per weight, the ignored layers and every other tensor as they are."""
     total = rest
     for name, out, inp in linears:
         if name in ignore:
             total += itemsize * out * inp
-            continue
-        if method["kind"] == "int4" and method["algorithm"] == "nf4":
+        elif method["kind"] == "int4" and method["algorithm"] == "nf4":
             total += out * inp // 2 + 4 * math.ceil(out * inp / 64)
-        elif method["kind"] == "int4":
+        elif method["kind"] == "int4" and name not in int8:
             groups = math.ceil(inp / method["group_size"]) if method.get("group_size") else 1
             per_group = 2 + (0 if method.get("symmetric", True) else 1)
             total += math.ceil(out * inp * method["bits"] / 8) + out * groups * per_group
-        else:  # 8-bit formats: one byte per weight, a scale per output channel
+        else:  # 8-bit formats and int8 layers: one byte per weight, a scale per output channel
             total += out * inp + 4 * out
     return total
 
@@ -173,27 +172,34 @@ def plan(recipe: Recipe, log: Callable[[str], None] = lambda m: None) -> list[Ca
     out = []
     for method in candidate_methods(recipe):
         ignore = _ignored(names, method.get("ignore", []))
-        out.append(Candidate(method, slug(method), predicted_bytes(method, linears, rest, itemsize, ignore)))
-    for method, budget in mixed_specs(recipe):
-        cand = mixed_candidate(recipe, method, budget, linears, rest, itemsize, log)
+        int8 = _ignored(names, method.get("int8_layers", [])) - ignore
+        out.append(Candidate(method, slug(method), predicted_bytes(method, linears, rest, itemsize, ignore, int8)))
+    for method, budget, keep in mixed_specs(recipe):
+        cand = mixed_candidate(recipe, method, budget, keep, linears, rest, itemsize, log)
         if cand is not None and all(c.method != cand.method for c in out):
             out.append(cand)
     return sorted(out, key=lambda c: (c.predicted_bytes,
                                       EFFORT.get(c.method.get("algorithm") or c.method.get("scheme"), 9)))
 
 
-def mixed_specs(recipe: Recipe) -> list[tuple[dict[str, Any], float]]:
-    """(method as validated, budget) of each mixed-precision candidate: the ladder's, then the listed."""
+def mixed_specs(recipe: Recipe) -> list[tuple[dict[str, Any], float, str]]:
+    """(method as validated, budget, keep) of each mixed-precision candidate: the ladder's, then
+    the listed."""
     spec = recipe.search
     raw = list(LADDERS[spec.ladder]["mixed"]) if spec.ladder else []
-    raw += [{"method": m.method.model_dump(mode="json", exclude_unset=True), "budget": m.budget} for m in spec.mixed]
-    return [(_with_method(recipe, m["method"]).effective()["method"], m["budget"]) for m in raw]
+    raw += [{"method": m.method.model_dump(mode="json", exclude_unset=True), "budget": m.budget, "keep": m.keep}
+            for m in spec.mixed]
+    return [(_with_method(recipe, m["method"]).effective()["method"], m["budget"], m.get("keep", "int8"))
+            for m in raw]
 
 
-def mixed_candidate(recipe: Recipe, method: dict[str, Any], budget: float, linears: list[tuple[str, int, int]],
-                    rest: int, itemsize: int, log: Callable[[str], None]) -> Candidate | None:
-    """The method with the layers that lose the most per extra byte kept unquantized, within
-    ``budget`` times the uniform candidate's bytes (None when no layer fits)."""
+def mixed_candidate(recipe: Recipe, method: dict[str, Any], budget: float, keep: str,
+                    linears: list[tuple[str, int, int]], rest: int, itemsize: int,
+                    log: Callable[[str], None]) -> Candidate | None:
+    """The method with the layers that lose the most per extra byte kept at 8 bits (``keep``
+    int8: the method's ``int8_layers``) or unquantized (``keep`` unquantized: its ignore list),
+    within ``budget`` times the uniform candidate's bytes (None when no layer fits). Layers an
+    engine fuses (q/k/v, gate/up) are kept or not together."""
     from compress.sensitivity import budget_for, keep_within_budget, layer_sensitivity
 
     names = {n for n, _, _ in linears}
@@ -201,9 +207,14 @@ def mixed_candidate(recipe: Recipe, method: dict[str, Any], budget: float, linea
     uniform = predicted_bytes(method, linears, rest, itemsize, ignored)
     kl = layer_sensitivity(recipe, method["bits"], method.get("group_size"), log=log)
     shapes = {n: (o, i) for n, o, i in linears if n not in ignored}
-    kept = keep_within_budget(kl, shapes, method["bits"], itemsize, budget_for(uniform, budget))
+    kept_bytes = 1 if keep == "int8" else itemsize
+    kept = keep_within_budget(kl, shapes, method["bits"], kept_bytes, budget_for(uniform, budget))
     if not kept:
         return None
+    if keep == "int8":
+        mixed = {**method, "int8_layers": kept}
+        size = predicted_bytes(mixed, linears, rest, itemsize, ignored, set(kept))
+        return Candidate(mixed, f"{slug(method)}-int8x{len(kept)}", size)
     mixed = {**method, "ignore": sorted(set(method.get("ignore", [])) | set(kept))}
     return Candidate(mixed, f"{slug(method)}-keep{len(kept)}",
                      predicted_bytes(mixed, linears, rest, itemsize, ignored | set(kept)))

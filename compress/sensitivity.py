@@ -4,7 +4,7 @@ candidate's bits and group size), measured on calibration text.
 
 Measured once per base model, bits, group size and calibration data, and cached beside the
 reports (``<cache>/sensitivity/KEY.json``). A mixed-precision candidate of `compress search`
-leaves the layers that cost the most per byte unquantized, within a byte budget.
+keeps the layers that cost the most per byte at 8 bits (or unquantized), within a byte budget.
 """
 from __future__ import annotations
 
@@ -105,20 +105,46 @@ def _measure(path: Path, recipe: Any, bits: int, group_size: int | None, log: Ca
     return out
 
 
-def keep_within_budget(sensitivity: dict[str, float], shapes: dict[str, tuple[int, int]], bits: int,
-                       itemsize: int, budget_bytes: int) -> list[str]:
-    """The layers to leave unquantized: greedily the most KL saved per extra byte, while their
-    extra bytes (full precision instead of ``bits``) fit in ``budget_bytes``."""
-    def extra(name: str) -> float:
-        out, inp = shapes[name]
-        return out * inp * (itemsize - bits / 8)
+# Layers serving engines fuse into one matrix (vLLM's packed modules: qkv_proj, gate_up_proj):
+# every part of a fused layer must have the same scheme, so they are kept or not together.
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
-    ranked = sorted((n for n in sensitivity if n in shapes), key=lambda n: sensitivity[n] / extra(n), reverse=True)
+
+def units(names: list[str]) -> list[list[str]]:
+    """The layers grouped as an engine fuses them: q/k/v and gate/up of one block together,
+    every other layer alone."""
+    out, seen = [], set()
+    for name in sorted(names):
+        if name in seen:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        group = next((g for g in FUSED if leaf in g), None)
+        members = [f"{parent}.{p}" if parent else p for p in group] if group else [name]
+        members = [m for m in members if m in names] if group else members
+        seen.update(members)
+        out.append(members)
+    return out
+
+
+def keep_within_budget(sensitivity: dict[str, float], shapes: dict[str, tuple[int, int]], bits: int,
+                       kept_bytes: float, budget_bytes: int) -> list[str]:
+    """The layers to keep at ``kept_bytes`` per weight (1 for 8 bits; the checkpoint's item size
+    to leave them unquantized) instead of ``bits``: greedily the fused units (see ``units``)
+    with the most KL saved per extra byte, while their extra bytes fit in ``budget_bytes``. A
+    unit's KL is the sum of its layers' (each measured alone)."""
+    def extra(unit: list[str]) -> float:
+        return sum(shapes[n][0] * shapes[n][1] for n in unit) * (kept_bytes - bits / 8)
+
+    def kl(unit: list[str]) -> float:
+        return sum(sensitivity[n] for n in unit)
+
+    candidates = units([n for n in sensitivity if n in shapes])
+    ranked = sorted(candidates, key=lambda u: kl(u) / extra(u), reverse=True)
     kept, spent = [], 0.0
-    for name in ranked:
-        cost = extra(name)
-        if spent + cost <= budget_bytes and sensitivity[name] > 0:
-            kept.append(name)
+    for unit in ranked:
+        cost = extra(unit)
+        if spent + cost <= budget_bytes and kl(unit) > 0:
+            kept.extend(unit)
             spent += cost
     return sorted(kept)
 

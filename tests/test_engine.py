@@ -250,3 +250,28 @@ def test_a_terminated_caller_still_stops_the_server(tmp_path):
                 caller.kill()
         if pgid is not None and group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
+
+
+@needs_engine
+def test_a_mixed_precision_artifact_serves_each_layer_with_its_own_kernel(tmp_path):
+    """What `compress search` writes for a mixed candidate: 4-bit layers (W4A16) and the most
+    sensitive ones at W8A8, fused q/k/v together. vLLM's CPU build serves both schemes in one
+    model (it has no kernel for 8-bit weight-only: uint8b128 is not among CPUWNA16's types)."""
+    import yaml
+
+    doc = {"name": "mixed", "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
+           "method": {"kind": "int4", "algorithm": "rtn", "bits": 4, "group_size": 64,
+                      "int8_layers": ["re:layers\\.0\\.self_attn\\.[qkv]_proj$", "model.layers.1.mlp.down_proj"]}}
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "mixed"
+    proc = run_cli("quantize", str(tmp_path / "mixed.yaml"), "-o", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prompts = make_prompts(1024, SPECIAL, 2, PROMPT_TOKENS, seed=0)
+    with VllmServer(out, dtype="bfloat16", log_path=tmp_path / "vllm.log", python=ENGINE_PYTHON,
+                    startup_timeout=400) as server:
+        reqs = run_load(server.url, server.served_model_name, prompts, OUTPUT_TOKENS, concurrency=1)
+        kernels = dict(server.kernels)
+    assert set(kernels) >= {"CPUWNA16LinearKernel"} and any("Int8" in k for k in kernels), kernels
+    assert all(r.output_tokens == OUTPUT_TOKENS for r in reqs)
+    expected = hf_greedy(out, prompts[0], 3).strip()
+    assert expected and reqs[0].text.strip().startswith(expected), (expected, reqs[0].text)

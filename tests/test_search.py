@@ -158,6 +158,25 @@ def test_layers_are_kept_by_loss_per_extra_byte_within_the_budget():
     assert keep_within_budget(kl, shapes, 2, 2, int(3 * extra)) == ["a", "c"]
     assert keep_within_budget(kl, shapes, 2, 2, int(10 * extra)) == ["a", "b", "c"]  # d loses nothing: never kept
     assert keep_within_budget(kl, shapes, 2, 2, 0) == []
+    # At 8 bits a kept layer costs 0.75 bytes more per weight instead of 1.75: more fit the same
+    # budget (c, next by KL per byte, does not fit beside a; b does).
+    assert keep_within_budget(kl, shapes, 2, 1, int(extra)) == ["a", "b"]
+    assert keep_within_budget(kl, shapes, 2, 1, 3 * 100 * 100 * 0.75) == ["a", "c"]
+
+
+def test_layers_an_engine_fuses_are_kept_together():
+    from compress.sensitivity import keep_within_budget, units
+
+    names = [f"m.layers.0.self_attn.{p}_proj" for p in "qkvo"] + [f"m.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")]
+    assert sorted(map(sorted, units(names))) == sorted(map(sorted, [
+        names[:3], [names[3]], [names[4], names[5]], [names[6]]]))
+    shapes = dict.fromkeys(names, (64, 64))
+    kl = dict.fromkeys(names, 0.01) | {"m.layers.0.self_attn.k_proj": 1.0}
+    # k_proj alone is the most sensitive, but vLLM serves q, k and v as one matrix with one scheme.
+    kept = keep_within_budget(kl, shapes, 2, 1, int(3 * 64 * 64 * 0.75))
+    assert kept == sorted(names[:3])
+    assert keep_within_budget(kl, shapes, 2, 1, int(2 * 64 * 64 * 0.75)) == ["m.layers.0.mlp.down_proj",
+                                                                             "m.layers.0.self_attn.o_proj"]
 
 
 def test_mixed_candidates_keep_their_most_sensitive_layers_and_the_measure_is_cached(runs_dir, monkeypatch):
@@ -165,17 +184,74 @@ def test_mixed_candidates_keep_their_most_sensitive_layers_and_the_measure_is_ca
 
     r = load_recipe(RECIPES / "tiny-llama-search.yaml")
     plan = {c.slug: c for c in search.plan(r)}
-    mixed = [c for s, c in plan.items() if "-keep" in s]
+    mixed = [c for s, c in plan.items() if "-int8x" in s]
     assert len(mixed) == 2 and len(plan) >= 11
     for c in mixed:
-        uniform = plan[c.slug.split("-keep")[0]]
-        kept = set(c.method["ignore"]) - {"lm_head"}
-        assert kept and len(kept) == int(c.slug.split("-keep")[1])
+        uniform = plan[c.slug.split("-int8x")[0]]
+        kept = c.method["int8_layers"]
+        assert kept and len(kept) == int(c.slug.split("-int8x")[1]) and c.method["ignore"] == ["lm_head"]
         # Within the ladder's budget (15% more bytes than the uniform candidate), and more than it.
         assert uniform.predicted_bytes < c.predicted_bytes <= 1.15 * uniform.predicted_bytes
-        # The chosen recipe of a mixed candidate is a plain recipe: its kept layers are its ignore list.
+        # The chosen recipe of a mixed candidate is a plain recipe naming its 8-bit layers.
         rec = search.candidate_recipe(r, c)
-        assert set(rec.method.ignore) == kept | {"lm_head"}
+        assert rec.method.int8_layers == kept and rec.method.ignore == ["lm_head"]
+    # Kept unquantized instead (keep: unquantized): the layers join the ignore list, and fewer fit.
+    r2 = load_recipe(RECIPES / "tiny-llama-search.yaml", overrides=[
+        "search.ladder=null", 'search.mixed=[{"method": {"kind": "int4", "algorithm": "rtn", "bits": 3, '
+        '"group_size": 64}, "budget": 0.15, "keep": "unquantized"}]'])
+    (unq,) = [c for c in search.plan(r2) if "-keep" in c.slug]
+    assert "int8_layers" not in unq.method
+    assert 0 < len(set(unq.method["ignore"]) - {"lm_head"}) < len(mixed[-1].method["int8_layers"])
     # Measured once per base model and setting: a second plan reads the cache.
     monkeypatch.setattr(sensitivity, "_measure", lambda *a, **k: pytest.fail("measured again"))
     assert [c.slug for c in search.plan(r)] == list(plan)
+
+
+def test_int8_layers_are_written_as_an_8_bit_config_group_that_loads_back(tmp_path, runs_dir):
+    """A mixed artifact: the named layers at 8 bits per output channel, the rest at 2 bits, in
+    compressed-tensors config groups that transformers reads back (and so does vLLM)."""
+    import torch
+    from safetensors import safe_open
+
+    from compress.models import load_model, resolve_model
+
+    fused = "re:layers\\.1\\.self_attn\\.[qkv]_proj$"
+    outs = {}
+    for name, int8 in (("plain", []), ("mixed", ["model.layers.0.mlp.down_proj", fused]), ("all", ["re:.*"])):
+        doc = {"name": name, "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
+               "method": {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 32, "int8_layers": int8}}
+        p = run_cli("quantize", str(_recipe(tmp_path, doc, f"{name}.yaml")), "-o", str(tmp_path / name), "-q")
+        assert p.returncode == 0, p.stderr
+        outs[name] = tmp_path / name
+    groups = json.loads((outs["mixed"] / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert groups["group_0"]["targets"] == ["model.layers.0.mlp.down_proj"] + [
+        f"model.layers.1.self_attn.{p}_proj" for p in "kqv"]
+    assert groups["group_0"]["weights"]["num_bits"] == 8 and groups["group_1"]["weights"]["num_bits"] == 2
+    with safe_open(str(outs["mixed"] / "model.safetensors"), "pt") as f:
+        # int32-packed: four 8-bit weights per word in down_proj (768 inputs), sixteen 2-bit ones in up_proj.
+        assert f.get_tensor("model.layers.0.mlp.down_proj.weight_packed").shape == (256, 192)
+        assert f.get_tensor("model.layers.0.mlp.up_proj.weight_packed").shape == (768, 16)
+    method = json.loads((outs["mixed"] / "manifest.json").read_text())["method"]
+    assert len(method["details"]["int8_layers"]) == 4 and "4 layer(s) W8A16" in method["scheme"]
+
+    base = load_model(resolve_model("builtin:tiny-llama", None).path, "float32", "cpu")
+    x = torch.randint(5, 500, (2, 48), generator=torch.Generator().manual_seed(0))
+    kl = {}
+    with torch.no_grad():
+        ref = torch.log_softmax(base(x).logits, -1)
+        for name, path in outs.items():
+            lp = torch.log_softmax(load_model(path, "float32", "cpu")(x).logits, -1)
+            kl[name] = float((ref.exp() * (ref - lp)).sum(-1).mean())
+    # Every layer at 8 bits is close to the base; four of them already help the 2-bit model.
+    assert kl["all"] < 0.01 < kl["mixed"] < kl["plain"]
+
+
+def test_mixed_precision_is_refused_where_an_engine_would_read_it_wrongly(tmp_path):
+    doc = {"name": "m", "model": {"id": "builtin:tiny-llama"},
+           "method": {"kind": "int4", "algorithm": "gptq-hf", "bits": 3, "int8_layers": ["re:.*"]}}
+    p = run_cli("recipes", "validate", str(_recipe(tmp_path, doc)))
+    assert p.returncode == 2 and "load wrongly in transformers" in p.stderr
+    doc["method"] = {"kind": "int4", "algorithm": "rtn", "int8_layers": ["model.layers.0.mlp.nowhere"]}
+    p = run_cli("quantize", str(_recipe(tmp_path, doc)), "-o", str(tmp_path / "out"))
+    assert p.returncode != 0 and "int8_layers entry 'model.layers.0.mlp.nowhere' names no Linear" in p.stderr
+    assert not (tmp_path / "out").exists()

@@ -53,9 +53,10 @@ def eligible(ctx: MethodContext) -> bool:
     return {f"{n}.weight" for n, mod in meta_model(ctx).named_modules() if isinstance(mod, torch.nn.Linear)} <= stored
 
 
-def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
-    """Quantize ``ctx.base`` tensor by tensor into ``ctx.out_dir`` with one compressed-tensors
-    ``QuantizationScheme`` for every Linear layer not ignored.
+def run(ctx: MethodContext, groups: dict[str, Any], timer: Timer) -> dict[str, Any]:
+    """Quantize ``ctx.base`` tensor by tensor into ``ctx.out_dir`` with compressed-tensors config
+    groups (``{"group_0": QuantizationScheme, ...}``; the first that names a layer is its scheme)
+    for every Linear layer not ignored.
 
     Returns:
         Details for the manifest (ignored layers, layers quantized, shards written, the path taken).
@@ -74,7 +75,7 @@ def run(ctx: MethodContext, scheme: Any, timer: Timer) -> dict[str, Any]:
         ignore = resolve_ignore(skeleton, ctx.recipe.method.ignore)
         linear = {n for n, mod in skeleton.named_modules() if isinstance(mod, torch.nn.Linear)}
     quantized = {f"{n}.weight" for n in linear - set(ignore)}
-    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore,
+    config = QuantizationConfig(config_groups=groups, ignore=ignore,
                                 quantization_status=QuantizationStatus.INITIALIZED)
     converter = ModelFreePtqConverter(config)
     device = torch.device("cuda" if ctx.device.startswith("cuda") else "cpu")

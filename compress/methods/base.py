@@ -78,8 +78,8 @@ def output_embedding_name(model: Any) -> str | None:
     return None
 
 
-def resolve_ignore(model: Any, ignore: list[str]) -> list[str]:
-    """Module names to leave unquantized.
+def resolve_ignore(model: Any, ignore: list[str], key: str = "ignore") -> list[str]:
+    """Module names to leave unquantized (or, with ``key`` int8_layers, to quantize to 8 bits).
 
     ``lm_head`` means the model's output projection, whatever the architecture calls it.
     Entries starting with ``re:`` are regular expressions over module names (as in
@@ -102,7 +102,7 @@ def resolve_ignore(model: Any, ignore: list[str]) -> list[str]:
         else:
             close = [n for n in names if n.endswith(entry) or entry in n]
             hint = f"did you mean {', '.join(sorted(close)[:3])}? " if close else ""
-            raise QuantizationError(f"ignore entry '{entry}' names no Linear layer of this model",
+            raise QuantizationError(f"{key} entry '{entry}' names no Linear layer of this model",
                                     hint=f"{hint}use exact module names or 're:PATTERN'")
     return sorted(set(resolved))
 

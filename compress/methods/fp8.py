@@ -30,7 +30,7 @@ def apply(ctx: MethodContext) -> MethodResult:
     if _streaming.eligible(ctx):  # dynamic FP8 needs no data: tensor by tensor, never loading the model
         from compressed_tensors.quantization import preset_name_to_scheme
 
-        details = _streaming.run(ctx, preset_name_to_scheme(preset, ["Linear"]), timer)
+        details = _streaming.run(ctx, {"group_0": preset_name_to_scheme(preset, ["Linear"])}, timer)
         details["preset"] = preset
         return MethodResult(format="compressed-tensors", scheme=name, details=details, warnings=warnings,
                             timings=timer.timings)
