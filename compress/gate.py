@@ -58,6 +58,8 @@ class GateResult(ReportModel):
     policy: dict[str, Any] | None = None
     policy_hash: str | None = None
     policy_source: str | None = None  # "recipe" (the artifact's own) or the file given to `compress gate --recipe`
+    # `compress search` stopped the candidate's evaluation at a look: which, on how many documents.
+    stopped_early: dict[str, Any] | None = None
     reports: dict[str, str] = {}  # report file name -> sha256 of the file the decision was made on
 
     def summary(self) -> str:

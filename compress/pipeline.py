@@ -78,18 +78,20 @@ def load_reports(run_dir: Path) -> dict[tuple[str, str], Any]:
 
 
 def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] | None = None,
-             policy_source: str = "recipe") -> GateResult:
+             policy_source: str = "recipe", decided: GateResult | None = None) -> GateResult:
     """Evaluate the recipe's gate on a run's stored reports; write gate.json (with the policy and
     the sha256 of each report it was decided on) and record the decision in the manifest.
 
     Args:
         reports: the reports as already loaded (they must be the ones stored in the run).
         policy_source: "recipe" for the artifact's own recipe, else the file the policy came from.
+        decided: a decision already made on those reports (a search's early stop), recorded as is.
     """
     with locked(run_dir.parent, f"runs of {recipe.name}"):
         reports = load_reports(run_dir) if reports is None else reports
-        result = evaluate(recipe.gate, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                          reports.get(("both", "speed")), reports.get(("candidate", "servable")))
+        result = decided or evaluate(recipe.gate, reports.get(("baseline", "accuracy")),
+                                     reports.get(("candidate", "accuracy")), reports.get(("both", "speed")),
+                                     reports.get(("candidate", "servable")))
         hashes = report_hashes(run_dir / "reports")
         used = {REPORT_FILES[k] for k in reports}
         result.reports = {name: digest for name, digest in hashes.items() if name in used}
@@ -138,10 +140,81 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
     return report, False
 
 
+def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "auto",
+           log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> RunResult | None:
+    """`compress search`'s early stop: build the candidate, then evaluate it on growing shares of
+    the documents (``design``: a ``compress.sequential.Design``; lm-eval's request cache keeps
+    each answer, so the documents of one look are not computed again at the next) and compare
+    each share with the baseline's same documents at the look's error-spending confidence. At
+    the first look where a quality check is certain to FAIL, the run is decided there: its
+    reports (the candidate's share, the baseline restricted to it) and a FAIL gate are written,
+    and the result returned. None when no look stops it: `run` then gates it on every document.
+    """
+    from compress.evals.accuracy import cached_eval, run_eval
+    from compress.evals.scoring import restrict
+    from compress.gate import EXIT_CODES, policy_hash, quality_check
+    from compress.sequential import Design
+    from compress.stats import FAIL
+
+    quality = [c for c in recipe.gate.checks if "/" in c.metric]
+    if not quality or recipe.evals.backend == "vllm" or not isinstance(design, Design) or design.looks < 2:
+        return None
+    start = time.time()
+    with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=warn):
+        _, _, model_dir = runs.build(recipe, force=force, device=device, log=log, warn=warn)
+        spec = recipe.model
+        if cached_eval(str(model_dir), recipe.evals, dtype=spec.dtype) is not None:
+            return None  # every document is already evaluated: the full gate costs nothing more
+        common = dict(dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, allow_pickle=spec.allow_pickle)
+        base, _ = run_eval(spec.id, recipe.evals, revision=spec.revision, **common)
+        total = max(t.n_samples for t in base.tasks.values())
+        counts = design.counts(total)
+        fractions: list[float] = []
+        for n in counts[:-1]:
+            cand, _ = run_eval(str(model_dir), recipe.evals.model_copy(update={"limit": n}), requests_cache=True,
+                               **common)
+            share = restrict(base, cand)
+            fractions.append(n / total)
+            confidence = design.confidence(fractions, recipe.gate.confidence)
+            policy = recipe.gate.model_copy(update={"confidence": confidence})
+            checks = [quality_check(c, policy, share, cand) for c in quality]
+            log(f"look at {n} of {total} documents per task ({confidence:.5f} confidence): "
+                + ", ".join(f"{c.metric} {c.verdict}" for c in checks))
+            if not any(c.verdict == FAIL for c in checks):
+                continue
+            for c in checks:
+                c.note += (f"; stopped early: look {len(fractions)} of {len(counts)} at {n} of {total} documents, "
+                           f"{design.spending} error spending, {confidence:.5f} confidence at this look")
+            run_dir = model_dir.parent
+            (run_dir / "reports").mkdir(exist_ok=True)
+            reports = {("baseline", "accuracy"): share, ("candidate", "accuracy"): cand}
+            for (who, kind), report in reports.items():
+                report.save(run_dir / "reports" / REPORT_FILES[(who, kind)])
+            for stale in ("both", "speed"), ("candidate", "servable"):  # from an earlier run of these bytes
+                (run_dir / "reports" / REPORT_FILES[stale]).unlink(missing_ok=True)
+            decided = GateResult(verdict=FAIL, exit_code=EXIT_CODES[FAIL], confidence=recipe.gate.confidence,
+                                 test=recipe.gate.test, checks=checks, candidate_hash=cand.model.content_hash,
+                                 baseline_hash=base.model.content_hash,
+                                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 policy=recipe.gate.model_dump(mode="json"), policy_hash=policy_hash(recipe.gate),
+                                 stopped_early={"look": len(fractions), "looks": len(counts), "limit": n,
+                                                "of": total, "spending": design.spending, "confidence": confidence,
+                                                "documents": sum(t.n_samples for t in cand.tasks.values()),
+                                                "saved": sum(t.n_samples for t in base.tasks.values())
+                                                - sum(t.n_samples for t in cand.tasks.values())})
+            gate = gate_run(run_dir, recipe, reports, decided=decided)
+            stages = [{"stage": "screen", "seconds": round(time.time() - start, 2), "reused": False}]
+            write_json(run_dir / "stages.json", {"recipe": recipe.name, "seconds": stages[0]["seconds"],
+                                                 "stages": stages, "verdict": FAIL, "exported_to": None})
+            return RunResult(recipe=recipe, run_dir=run_dir, manifest=read_json(model_dir / MANIFEST), gate=gate,
+                             reports=reports, exported_to=None, stages=stages, seconds=stages[0]["seconds"])
+    return None
+
+
 def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, export: bool = True,
         export_to: Path | None = None, device: str = "auto", log: Callable[[str], None] = print,
         warn: Callable[[str], None] = print, model_card: Callable[..., str] | None = None,
-        signer: Callable[[Path], None] | None = None, stages: Any = None) -> RunResult:
+        signer: Callable[[Path], None] | None = None, stages: Any = None, requests_cache: bool = False) -> RunResult:
     """The whole flow for one recipe. See the module docstring for what each stage reuses.
 
     The recipe's runs folder is locked for the whole run: a second `compress run` of the same
@@ -153,12 +226,12 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
     with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=warn):
         return _run(recipe, force=force, rerun_reports=rerun_reports, export=export, export_to=export_to,
                     device=device, log=log, warn=warn, model_card=model_card, signer=signer,
-                    stages=stages or LogStages(log))
+                    stages=stages or LogStages(log), requests_cache=requests_cache)
 
 
 def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, export_to: Path | None, device: str,
          log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
-         signer: Callable[[Path], None] | None, stages: Any) -> RunResult:
+         signer: Callable[[Path], None] | None, stages: Any, requests_cache: bool = False) -> RunResult:
     from compress.evals.accuracy import run_eval
     from compress.evals.bench import run_speed
 
@@ -188,8 +261,9 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     reports: dict[tuple[str, str], Any] = {}
     if want_acc:
         for who, target in (("baseline", base_spec), ("candidate", str(model_dir))):
-            report, _ = stage(f"eval {who}", lambda t=target: run_eval(
-                t, recipe.evals, revision=spec.revision if t == base_spec else None, **common), lambda r: r[1])
+            report, _ = stage(f"eval {who}", lambda t=target, w=who: run_eval(
+                t, recipe.evals, revision=spec.revision if t == base_spec else None,
+                requests_cache=requests_cache and w == "candidate", **common), lambda r: r[1])
             report.save(run_dir / "reports" / REPORT_FILES[(who, "accuracy")])
             reports[(who, "accuracy")] = report
     if want_bench:

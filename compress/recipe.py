@@ -525,6 +525,12 @@ class SearchSpec(Strict):
                                    description="mixed-precision candidates (beside the ladder's)")
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
                               description="layers every candidate leaves unquantized (unless it sets its own)")
+    looks: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=4, description="early stopping: look at a candidate's quality after each 1/LOOKS of the documents "
+        "and stop it once it is certain to FAIL (group-sequential, error spending); 1 evaluates every document")
+    spending: Literal["obrien-fleming", "pocock"] = Field(
+        default="obrien-fleming", description="how the looks spend the gate's error: obrien-fleming (late stops, "
+        "the last look almost the fixed-sample one) or pocock (earlier stops, a stricter last look)")
 
     @model_validator(mode="after")
     def _something_to_try(self) -> "SearchSpec":

@@ -162,7 +162,8 @@ def run_(
 @command("search", panel=SHIP, capture=True, epilog=examples(
     "compress search recipes/tiny-llama-search.yaml",
     "compress search recipes/tiny-llama-search.yaml --all --plot frontier.png --json",
-    "compress search recipes/tiny-llama-search.yaml --no-export --chosen release/chosen.yaml --summary search.md")
+    "compress search recipes/tiny-llama-search.yaml --no-export --chosen release/chosen.yaml --summary search.md",
+    "compress search recipes/tiny-llama-search.yaml --set search.looks=1   # every candidate on every document")
     + "\nExit codes: 0 a candidate passed (chosen, exported), 1 every candidate failed, 2 bad usage or recipe, "
     "3 none passed and one was INCONCLUSIVE, 4 runtime failure.\n")
 def search_(
@@ -177,6 +178,8 @@ def search_(
         "--output", "-o", metavar="DIR", help="Export directory of the chosen artifact.  \\[default: the recipe's "
         "export.to, else dist/NAME-CANDIDATE]", show_default=False)] = None,
     no_export: Annotated[bool, typer.Option("--no-export", help="Choose, but export nothing.")] = False,
+    no_early_stop: Annotated[bool, typer.Option("--no-early-stop", help="Evaluate every candidate on every document "
+                                                "(search.looks: 1 in the recipe does the same).")] = False,
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML file, one test "
                                                   "case per candidate tried.")] = None,
     summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary "
@@ -195,6 +198,7 @@ def search_(
     from compress.inputs import check_recipe
     from compress.recipe import load_recipe
     from compress.report import local_base, model_card
+    from compress.sequential import Design
 
     r = load_recipe(recipe, set_ or [])
     if r.search is None:
@@ -204,9 +208,16 @@ def search_(
     target = chosen or Path(recipe).parent / f"{r.name}.chosen.yaml"
     ordered = s.plan(r)
 
+    # Looks at growing shares of the documents stop a candidate certain to FAIL (--rerun measures
+    # every candidate afresh on every document).
+    design = None if (no_early_stop or rerun) else Design(r.search.looks, r.search.spending)
+
     def run_one(candidate):
-        return pipeline.run(candidate, force=force, rerun_reports=rerun, export=False, device=device,
-                            log=console.detail, warn=console.warn)
+        stopped = pipeline.screen(candidate, design, force=force, device=device, log=console.detail,
+                                  warn=console.warn)
+        return stopped or pipeline.run(candidate, force=force and design is None, rerun_reports=rerun, export=False,
+                                       device=device, log=console.detail, warn=console.warn,
+                                       requests_cache=design is not None)
 
     with console.Stages(len(ordered), f"{r.name} (search)") as stages:
         result = s.search(r, all_candidates=all_, run=run_one, log=console.detail, progress=stages)
@@ -250,12 +261,17 @@ def search_(
 
 
 def _print_frontier(rows: list[dict]) -> None:
+    from compress import search as s
+
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
     table = [[("* " if row["chosen"] else "") + row["candidate"], console.fmt_bytes(row["predicted_bytes"]),
               console.fmt_bytes(row["weights_bytes"]), f"{row['size_ratio']:.3f}x",
               f"{row['quality_metric']} {row['quality_change']}" if row["quality_metric"] else "-",
               row["cost_ratio"] or "-", f"[{colour[row['verdict']]}]{row['verdict']}[/{colour[row['verdict']]}]",
-              row["documents"]] for row in rows]
+              f"{row['documents']} (stopped at look {row['stopped_at_look']})" if row["stopped_at_look"]
+              else row["documents"]] for row in rows]
     console.out.print(console.table("Search (* = chosen: the smallest that passed)",
                                     ["candidate", "predicted", "weights", "size", "quality", "cost", "verdict",
                                      "documents"], table))
+    if line := s.saved_line(rows):
+        console.out.print(line)

@@ -155,13 +155,17 @@ def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
 
 def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision: str | None = None,
              rerun: bool = False, trust_remote_code: bool = False,
-             allow_pickle: bool = False) -> tuple[AccuracyReport, bool]:
+             allow_pickle: bool = False, requests_cache: bool = False) -> tuple[AccuracyReport, bool]:
     """Evaluate a model or artifact; reuse a cached report for the same bytes and settings.
 
     Args:
         spec: a model reference (see ``compress.models.resolve_model``) or artifact directory.
         settings: tasks, few-shot, limit, batch size, seed, back end.
         rerun: measure again even when a cached report exists.
+        requests_cache: keep each request's answer (lm-eval's request cache, one sqlite file per
+            model and settings but the limit, under ``<cache>/requests/``), so that evaluating
+            more documents later computes only the new ones (`compress search`'s looks).
+            transformers back end only.
 
     Returns:
         (report, whether it came from the cache)
@@ -176,30 +180,45 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision: st
         return hit, True
     start = time.time()
     log_path = cache.report_path("accuracy", key).with_suffix(".vllm.log")  # the engine's, beside the report
-    results = _simple_evaluate(ref.path, settings, dtype, trust_remote_code, allow_pickle, log_path)
+    answers = None
+    if requests_cache and settings.backend != "vllm":
+        answers = cache.cache_root() / "requests" / cache.report_key(
+            "requests", info.content_hash, {**config, "limit": None, "device": pick_device(settings.device)})
+        answers.parent.mkdir(parents=True, exist_ok=True)
+    results = _simple_evaluate(ref.path, settings, dtype, trust_remote_code, allow_pickle, log_path, answers)
     report = to_report(results, info, config, key, time.time() - start, include_dirs(settings))
     cache.store("accuracy", key, report)
     return report, False
 
 
+def cached_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision: str | None = None) -> AccuracyReport | None:
+    """The report `run_eval` would reuse for these bytes and settings, or None (nothing run)."""
+    ref = resolve_model(spec, revision)
+    info = model_info(ref.path, spec)
+    config = eval_settings(settings, resolve_dtype(ref.path, dtype))
+    return cache.load_cached("accuracy", cache.report_key("accuracy", info.content_hash, config), AccuracyReport)
+
+
 def _simple_evaluate(path: Path, settings: EvalSpec, dtype: str, trust_remote_code: bool,
-                     allow_pickle: bool, log_path: Path) -> dict[str, Any]:
+                     allow_pickle: bool, log_path: Path, answers: Path | None = None) -> dict[str, Any]:
     if settings.backend == "vllm":
         return evaluate_served(path, settings, dtype, log_path=log_path, trust_remote_code=trust_remote_code)
     device = pick_device(settings.device)
     if settings.device_map is None:
         model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle)
-        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device)
+        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device, answers)
     # accelerate places the layers over the GPUs, CPU memory and, past them, a scratch folder.
     with tempfile.TemporaryDirectory(prefix="compress-offload-") as offload:
         model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                            allow_pickle=allow_pickle, device_map=settings.device_map, offload_folder=offload)
-        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device)
+        return evaluate_model(model, load_tokenizer(path, trust_remote_code), settings, device, answers)
 
 
-def evaluate_model(model: Any, tokenizer: Any, settings: EvalSpec, device: str = "cpu") -> dict[str, Any]:
-    """Run lm-eval on an in-memory transformers model; return lm-eval's result dictionary."""
+def evaluate_model(model: Any, tokenizer: Any, settings: EvalSpec, device: str = "cpu",
+                   answers: Path | None = None) -> dict[str, Any]:
+    """Run lm-eval on an in-memory transformers model; return lm-eval's result dictionary
+    (with ``answers``, lm-eval's request cache at that path prefix)."""
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
@@ -207,7 +226,7 @@ def evaluate_model(model: Any, tokenizer: Any, settings: EvalSpec, device: str =
         raise UsageError("apply_chat_template is set but the model's tokenizer has no chat template",
                          hint="drop evals.apply_chat_template, or add a chat_template.jinja to the model's folder")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size, device=device)
-    return evaluate_lm(lm, settings)
+    return evaluate_lm(lm, settings, answers)
 
 
 def _quiet_lm_eval() -> None:
@@ -215,8 +234,9 @@ def _quiet_lm_eval() -> None:
     logging.getLogger("lm_eval").setLevel(os.environ.get("COMPRESS_BACKEND_LOG", "ERROR").upper())
 
 
-def evaluate_lm(lm: Any, settings: EvalSpec) -> dict[str, Any]:
-    """Run lm-eval's ``simple_evaluate`` on an lm-eval model object, seeded, with samples logged."""
+def evaluate_lm(lm: Any, settings: EvalSpec, answers: Path | None = None) -> dict[str, Any]:
+    """Run lm-eval's ``simple_evaluate`` on an lm-eval model object, seeded, with samples logged
+    (with ``answers``, through lm-eval's request cache at that path prefix)."""
     import lm_eval
     import torch
 
@@ -236,6 +256,7 @@ def evaluate_lm(lm: Any, settings: EvalSpec) -> dict[str, Any]:
                 random_seed=settings.seed, numpy_random_seed=settings.seed,
                 torch_random_seed=settings.seed, fewshot_random_seed=settings.seed,
                 verbosity=os.environ.get("COMPRESS_BACKEND_LOG", "ERROR").upper(),
+                use_cache=str(answers) if answers is not None else None,
             )
     except torch.OutOfMemoryError:
         raise oom from None

@@ -69,3 +69,25 @@ def recompute(report: AccuracyReport, name: str) -> float:
     if any(p.aggregation not in AGGREGATES for p in ps):
         raise ValueError(f"{name}: aggregation {ps[0].aggregation} cannot be recomputed from documents")
     return float(weighted_value([(np.asarray(p.values(), dtype=float), p.aggregation, p.weight) for p in ps])[0])
+
+
+def restrict(report: AccuracyReport, like: AccuracyReport) -> AccuracyReport:
+    """The report on the documents another report of the same evaluation covers (each task's
+    documents ``like`` has, in both): what `compress search` compares a candidate's partial
+    evaluation with. Each metric's value is recomputed from the documents kept, as the gate
+    computes it (its stderr dropped); counts follow. The result says what it was cut from."""
+    out = report.model_copy(deep=True)
+    for name, task in out.tasks.items():
+        keep = {s.doc_id for s in like.tasks[name].samples} if name in like.tasks else set()
+        task.samples = [s for s in task.samples if s.doc_id in keep]
+        task.n_samples = len({s.doc_id for s in task.samples})
+    for owner, source in [*out.tasks.items(), *out.groups.items()]:
+        for key, metric in source.metrics.items():
+            metric.stderr = None
+            try:
+                metric.value = recompute(out, f"{owner}/{key}")
+            except (KeyError, ValueError, IndexError):
+                continue  # an aggregation without per-document values: left as reported
+    out.documents = sum(t.n_samples for t in out.tasks.values())
+    out.settings = {**report.settings, "limit": like.settings.get("limit"), "restricted_from": report.cache_key}
+    return out
