@@ -77,8 +77,10 @@ def searched(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache")}
     recipe = _recipe(root)
+    assert run_cli("keygen", "-o", str(root / "keys"), env=env, cwd=root).returncode == 0
     p = run_cli("search", str(recipe), "-o", str(root / "dist"), "--junit", str(root / "search.xml"),
-                "--plot", str(root / "frontier.png"), "--json", env=env, cwd=root)
+                "--plot", str(root / "frontier.png"), "--sign", str(root / "keys" / "compress-signing.key"),
+                "--json", env=env, cwd=root)
     return {"root": root, "env": env, "recipe": recipe, "p": p}
 
 
@@ -97,6 +99,10 @@ def test_search_stops_at_the_cheapest_pass_and_exports_it(searched):
     assert chosen["documents"] == 300 and chosen["stopped_at_look"] is None and chosen["documents_saved"] == 0
     manifest = json.loads((root / "dist" / "manifest.json").read_text())
     assert manifest["gate"]["verdict"] == "PASS" and manifest["name"] == "s-int4-rtn-b4-g128"
+    # Signed as `compress run` signs (the release workflow verifies it before uploading).
+    v = run_cli("verify", str(root / "dist"), "--key", str(root / "keys" / "compress-signing.pub"),
+                env=searched["env"], cwd=root)
+    assert v.returncode == 0, v.stderr[-2000:]
     assert "a candidate passes" in (root / "search.xml").read_text()
     assert (root / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # stderr: one line per candidate tried.
@@ -286,3 +292,26 @@ def test_mixed_precision_is_refused_where_an_engine_would_read_it_wrongly(tmp_pa
     p = run_cli("quantize", str(_recipe(tmp_path, doc)), "-o", str(tmp_path / "out"))
     assert p.returncode != 0 and "int8_layers entry 'model.layers.0.mlp.nowhere' names no Linear" in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_release_workflow_searches_search_recipes_and_runs_the_others():
+    """`compress run` refuses a search recipe: the workflow gives those to a search job, which
+    uploads the chosen recipe and its verified export."""
+    import subprocess
+
+    from conftest import ROOT
+
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "model-release.yml").read_text())
+    listing = " ".join(step.get("run", "") for step in flow["jobs"]["recipes"]["steps"])
+    plain = subprocess.run(["bash", "-c", "grep -L '^search:' recipes/*.yaml"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()
+    searches = subprocess.run(["bash", "-c", "grep -l '^search:' recipes/*.yaml"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.split()
+    assert "grep -L '^search:'" in listing and "grep -l '^search:'" in listing
+    assert "recipes/tiny-llama-search.yaml" in searches and "recipes/tiny-llama-search.yaml" not in plain
+    assert all(load_recipe(ROOT / p).search is None for p in plain)
+    job = flow["jobs"]["search"]
+    script = " ".join(step.get("run", "") for step in job["steps"])
+    assert "compress search" in script and "--chosen" in script and "compress verify" in script
+    uploaded = " ".join(str(step.get("with", {}).get("path", "")) for step in job["steps"])
+    assert "chosen/" in uploaded and "dist/" in uploaded

@@ -188,6 +188,7 @@ def search_(
                                                  "change (with its interval) against its size.")] = None,
     rerun: Rerun = False,
     force: Force = False,
+    sign: SignKey = None,
     device: Device = "auto",
     json_: JsonOut = False,
 ) -> None:
@@ -195,7 +196,8 @@ def search_(
     from compress import pipeline
     from compress import search as s
     from compress.export import export_run
-    from compress.inputs import check_recipe
+    from compress.inputs import check_inside_tree, check_recipe
+    from compress.provenance import choose_signer
     from compress.recipe import load_recipe
     from compress.report import local_base, model_card
     from compress.sequential import Design
@@ -204,6 +206,11 @@ def search_(
     if r.search is None:
         raise UsageError(f"{recipe} has no search section",
                          hint="add `search: {ladder: default}` (or a list of candidates), or use `compress run`")
+    if export_to is None and not no_export and r.export.to:
+        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
+    if sign is not None and no_export:
+        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
+    signer = None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
     check_recipe(r, evals=True)  # bad inputs fail here, before any compute or write
     target = chosen or Path(recipe).parent / f"{r.name}.chosen.yaml"
     ordered = s.plan(r)
@@ -228,7 +235,7 @@ def search_(
             to = export_to or Path(r.export.to or f"dist/{c.recipe.name}")
             card = (lambda m, g: model_card(c.recipe, m, g, c.run.reports, path=to, base_path=local_base(c.recipe))) \
                 if c.recipe.export.model_card else None
-            export_run(c.run.run_dir, to, model_card=card, force=force)
+            export_run(c.run.run_dir, to, model_card=card, force=force, signer=signer)
             result.exported_to = to
     md = s.summary_markdown(result)
     if summary:
