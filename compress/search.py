@@ -406,16 +406,22 @@ def frontier_plot(result: SearchResult, path: Path) -> None:
     colours = {PASS: "tab:green", FAIL: "tab:red", INCONCLUSIVE: "tab:orange"}
     fig, ax = plt.subplots(figsize=(8, 5))
     metric, bound = None, None
-    for t in result.tried:
+    stopped_any = False
+    for i, t in enumerate(result.tried):
         check = next((c for c in t.run.gate.checks if c.kind == "quality"), None)
         if check is None or not check.interval:
             continue
+        stopped = t.run.gate.stopped_early is not None
+        stopped_any |= stopped
         metric = metric or check.metric
         scale = 100.0 if "pts" in (check.shown or "") else (100.0 if "%" in (check.shown or "") else 1.0)
         x = t.run.manifest["size"]["weights_bytes"] / 1e6
         y, lo, hi = (scale * check.interval[k] for k in ("estimate", "lower", "upper"))
-        ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="o", color=colours[t.verdict], capsize=3, zorder=3)
-        ax.annotate(t.candidate.slug, (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
+        ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="o", color=colours[t.verdict], capsize=3, zorder=3,
+                    mfc="white" if stopped else colours[t.verdict])
+        # Alternate the labels above and below: candidates of one size sit on top of each other.
+        ax.annotate(t.candidate.slug, (x, y), fontsize=7, xytext=(5, 4 if i % 2 == 0 else -10),
+                    textcoords="offset points")
         if result.chosen is t:
             ax.scatter([x], [y], s=220, facecolors="none", edgecolors="black", zorder=4)
         if bound is None and check.threshold:
@@ -427,10 +433,14 @@ def frontier_plot(result: SearchResult, path: Path) -> None:
         ax.axhline(bound, color="black", linestyle="--", linewidth=1, label="gate bound")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("weights on disk (MB)")
-    ax.set_ylabel(f"{metric or 'quality'}: worse by (95% interval)")
+    confidence = f"{result.recipe.gate.confidence:.0%}"
+    ax.set_ylabel(f"{metric or 'quality'}: worse by ({confidence} interval)")
     ax.set_title(f"compress search {result.recipe.name}: the chosen candidate circled")
     ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v) for v, c in colours.items()]
+    if stopped_any:
+        handles.append(plt.Line2D([], [], marker="o", linestyle="", color="tab:red", mfc="white",
+                                  label="stopped early (the look's wider interval)"))
     ax.legend(handles=handles + ([plt.Line2D([], [], linestyle="--", color="black", label="gate bound")]
                                  if bound is not None else []), fontsize=8)
     fig.tight_layout()
