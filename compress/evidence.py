@@ -15,14 +15,16 @@ from typing import Any
 
 from compress.artifact import EVIDENCE_DIR, sha256_file
 from compress.evals.reports import AccuracyReport, ServableReport, SpeedReport
+from compress.evals.speculative import DraftReport
 
 REPORT_FILES = {
     ("baseline", "accuracy"): "baseline-accuracy.json",
     ("candidate", "accuracy"): "candidate-accuracy.json",
     ("both", "speed"): "speed.json",
     ("candidate", "servable"): "servable.json",
+    ("both", "draft"): "draft.json",  # the baseline generating with the candidate as its draft
 }
-_CLASSES = {"accuracy": AccuracyReport, "speed": SpeedReport, "servable": ServableReport}
+_CLASSES = {"accuracy": AccuracyReport, "speed": SpeedReport, "servable": ServableReport, "draft": DraftReport}
 GATE_FILE = "gate.json"
 __all__ = ["EVIDENCE_DIR", "GATE_FILE", "REPORT_FILES", "check_evidence", "differences", "load_reports",
            "report_hashes"]
@@ -97,8 +99,9 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         return problems
     reports = {k: v for k, v in load_reports(folder).items() if REPORT_FILES[k] in gate.reports}
     for (who, kind), report in reports.items():
-        measured = [("baseline", report.baseline.model), ("candidate", report.candidate.model)] \
-            if kind == "speed" else [(who, report.model)]
+        measured = ([("baseline", report.baseline.model), ("candidate", report.candidate.model)] if kind == "speed"
+                    else [("baseline", report.target), ("candidate", report.draft)] if kind == "draft"
+                    else [(who, report.model)])
         for side, model in measured:
             expected = candidate_hash if side == "candidate" else baseline_hash
             if model.content_hash != expected:
@@ -114,7 +117,8 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         return problems
     try:
         fresh = evaluate(policy, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                         reports.get(("both", "speed")), reports.get(("candidate", "servable")))
+                         reports.get(("both", "speed")), reports.get(("candidate", "servable")),
+                         reports.get(("both", "draft")))
     except Exception as e:  # noqa: BLE001 - a malformed report is a reason, not a crash
         return [f"the reports cannot be gated again: {e}"]
     return differences(gate, fresh)

@@ -192,9 +192,24 @@ def servable_check(spec: ServableSpec, report: ServableReport) -> CheckResult:
                        measured=agreement, shown=shown, threshold=f">= {spec.min_agreement:.0%} agree", note=note)
 
 
+def draft_check(check: GateCheck, draft: Any, policy: GateSpec) -> CheckResult:
+    """draft_speedup: the interval over rounds against the bound; greedy outputs that differ with
+    and without the draft FAIL it whatever the speed (the draft must not change the output)."""
+    figures = draft.figures(confidence=policy.confidence, resamples=policy.bootstrap_resamples)
+    result = efficiency_check(check, {"draft_speedup": figures["draft_speedup"]}, "batch")
+    accept = figures["acceptance_rate"].estimate
+    result.note += (f"; acceptance {accept:.1%}, {figures['tokens_per_target_forward'].estimate:.2f} tokens per "
+                    f"target forward")
+    if not draft.identical:
+        result.verdict = FAIL
+        result.note += f"; greedy outputs differ with the draft on prompts {draft.mismatched_prompts}"
+    return result
+
+
 def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: AccuracyReport | None,
-             speed: SpeedReport | None, servable: ServableReport | None = None) -> GateResult:
-    """Apply every check of a gate policy to the stored reports."""
+             speed: SpeedReport | None, servable: ServableReport | None = None, draft: Any = None) -> GateResult:
+    """Apply every check of a gate policy to the stored reports (``draft``: a speculative-decoding
+    report, the baseline generating with the candidate as its draft)."""
     if not policy.checks and policy.servable is None:
         raise UsageError("the recipe's gate has no checks", hint="add gate.checks, e.g. a max_regression on accuracy")
     results = []
@@ -204,6 +219,11 @@ def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: Accura
             if base_acc is None or cand_acc is None:
                 raise UsageError(f"check {check.metric} needs accuracy reports for both models")
             results.append(quality_check(check, policy, base_acc, cand_acc))
+        elif check.metric == "draft_speedup":
+            if draft is None:
+                raise UsageError("check draft_speedup needs a speculative-decoding report (the baseline with the "
+                                 "candidate as its draft)")
+            results.append(draft_check(check, draft, policy))
         else:
             if speed is None:
                 raise UsageError(f"check {check.metric} needs a speed report (both models benchmarked together)")
@@ -217,8 +237,10 @@ def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: Accura
         results.append(servable_check(policy.servable, servable))
     verdicts = {r.verdict for r in results}
     verdict = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
-    cand_model = cand_acc.model if cand_acc is not None else speed.candidate.model if speed else servable.model
-    base_model = base_acc.model if base_acc is not None else speed.baseline.model if speed else None
+    cand_model = (cand_acc.model if cand_acc is not None else speed.candidate.model if speed else
+                  draft.draft if draft is not None else servable.model)
+    base_model = (base_acc.model if base_acc is not None else speed.baseline.model if speed else
+                  draft.target if draft is not None else None)
     return GateResult(verdict=verdict, exit_code=EXIT_CODES[verdict], confidence=policy.confidence, test=policy.test,
                       checks=results, candidate_hash=cand_model.content_hash,
                       baseline_hash=base_model.content_hash if base_model else "",

@@ -42,15 +42,20 @@ def needs(recipe: Recipe) -> tuple[bool, bool]:
     """Whether the recipe's gate needs accuracy reports, and whether it needs bench reports."""
     checks = recipe.gate.checks
     quality = any("/" in c.metric for c in checks)
-    efficiency = any("/" not in c.metric for c in checks)
+    efficiency = any("/" not in c.metric and c.metric != "draft_speedup" for c in checks)
     return quality, efficiency
+
+
+def needs_draft(recipe: Recipe) -> bool:
+    """Whether the gate checks the candidate as a speculative-decoding draft for the baseline."""
+    return any(c.metric == "draft_speedup" for c in recipe.gate.checks)
 
 
 def plan(recipe: Recipe, export: bool = True) -> list[str]:
     """The stages `run` goes through for this recipe, in order (export only after a PASS)."""
     quality, efficiency = needs(recipe)
     names = ["artifact"] + (["eval baseline", "eval candidate"] if quality else []) \
-        + (["bench both"] if efficiency else [])
+        + (["bench both"] if efficiency else []) + (["bench draft"] if needs_draft(recipe) else [])
     if recipe.gate.servable is not None:
         names.append(f"servable {recipe.gate.servable.engine}")
     return names + ["gate"] + (["export"] if export else [])
@@ -91,7 +96,7 @@ def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] 
         reports = load_reports(run_dir) if reports is None else reports
         result = decided or evaluate(recipe.gate, reports.get(("baseline", "accuracy")),
                                      reports.get(("candidate", "accuracy")), reports.get(("both", "speed")),
-                                     reports.get(("candidate", "servable")))
+                                     reports.get(("candidate", "servable")), reports.get(("both", "draft")))
         hashes = report_hashes(run_dir / "reports")
         used = {REPORT_FILES[k] for k in reports}
         result.reports = {name: digest for name, digest in hashes.items() if name in used}
@@ -190,7 +195,8 @@ def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "a
             reports = {("baseline", "accuracy"): share, ("candidate", "accuracy"): cand}
             for (who, kind), report in reports.items():
                 report.save(run_dir / "reports" / REPORT_FILES[(who, kind)])
-            for stale in ("both", "speed"), ("candidate", "servable"):  # from an earlier run of these bytes
+            # (reports of another measurement of these bytes, left by an earlier run)
+            for stale in ("both", "speed"), ("candidate", "servable"), ("both", "draft"):
                 (run_dir / "reports" / REPORT_FILES[stale]).unlink(missing_ok=True)
             decided = GateResult(verdict=FAIL, exit_code=EXIT_CODES[FAIL], confidence=recipe.gate.confidence,
                                  test=recipe.gate.test, checks=checks, candidate_hash=cand.model.content_hash,
@@ -275,6 +281,15 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
                                             log_dir=run_dir / "logs", log=log, **common), lambda r: r[1])
         report.save(run_dir / "reports" / REPORT_FILES[("both", "speed")])
         reports[("both", "speed")] = report
+    if needs_draft(recipe):
+        from compress.evals.speculative import run_draft
+
+        # The base model generating with this artifact as its draft, against the base alone.
+        report, _ = stage("bench draft", lambda: run_draft(base_spec, str(model_dir), recipe.bench,
+                                                           revision=spec.revision, log=log, **common),
+                          lambda r: r[1])
+        report.save(run_dir / "reports" / REPORT_FILES[("both", "draft")])
+        reports[("both", "draft")] = report
     if recipe.gate.servable is not None:
         report, _ = stage(f"servable {recipe.gate.servable.engine}", lambda: servable_report(
             model_dir, recipe, run_dir, log=log, rerun=rerun_reports), lambda r: r[1])

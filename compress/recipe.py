@@ -383,11 +383,13 @@ EFFICIENCY_METRICS: dict[str, tuple[str, str]] = {
     "cost_ratio": ("candidate / baseline USD per million output tokens, at the largest load level", "lower"),
     "cost_per_mtok": ("candidate USD per million output tokens, at the largest load level", "lower"),
     "slo_throughput_speedup": ("candidate / baseline highest output tokens per second within bench.slo", "higher"),
+    "draft_speedup": ("speculative decoding: the baseline generating with the candidate as its draft / alone "
+                      "(transformers, batch 1; FAIL when greedy outputs differ)", "higher"),
 }
 
 
 # Efficiency metrics measured once per model rather than per load level.
-MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup"}
+MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup", "draft_speedup"}
 
 
 class GateCheck(Strict):
@@ -455,12 +457,31 @@ class ServableSpec(Strict):
         default="bfloat16", description="what both the engine and transformers compute in")
 
 
+class CascadeGate(Strict):
+    """`compress cascade SMALL LARGE`: the cascade must pass the quality checks against the large
+    model on held-out documents, with the small model serving at least ``min_share``."""
+
+    min_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0, description="the least share of requests the small model must serve")
+
+
 class GateSpec(Strict):
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     test: Literal["bootstrap", "mcnemar"] = "bootstrap"
     bootstrap_resamples: Annotated[int, Field(ge=200)] = 2000
     checks: list[GateCheck] = Field(default_factory=list)
     servable: ServableSpec | None = None
+    cascade: CascadeGate | None = Field(
+        default=None, description="checked by `compress cascade` (ignored by `compress run`): the small model's "
+        "least share of the requests, beside the quality checks")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a cascade check the key is left out: the policy hashes of every earlier gate stay.
+        data = handler(self)
+        if data.get("cascade") is None:
+            data.pop("cascade", None)
+        return data
 
     @field_validator("servable", mode="before")
     @classmethod

@@ -83,6 +83,28 @@ def bench_table(report: BenchReport) -> Table:
                          "ITL p99", "E2E p50", "E2E p90", "E2E p99", "$/1M out"], rows)
 
 
+def draft_table(report: Any) -> Table:
+    """`compress bench --draft`: plain and assisted decoding side by side, with intervals over rounds."""
+    f = report.figures()
+
+    def iv(name: str, fmt: str = "{:.3g}") -> str:
+        x = f[name]
+        return f"{fmt.format(x.estimate)} [{fmt.format(x.lower)}, {fmt.format(x.upper)}]"
+
+    rows = [["plain", "1", "-", iv("plain_p50_ms", "{:.0f}"), iv("plain_p90_ms", "{:.0f}"), iv("plain_p99_ms", "{:.0f}"),
+             "1.00x"],
+            ["with draft", iv("tokens_per_target_forward"), iv("acceptance_rate", "{:.1%}"),
+             iv("draft_p50_ms", "{:.0f}"), iv("draft_p90_ms", "{:.0f}"), iv("draft_p99_ms", "{:.0f}"),
+             iv("draft_speedup", "{:.2f}x")]]
+    same = ("greedy outputs identical with and without the draft" if report.identical else
+            f"[red]greedy outputs differ[/red] on prompts {report.mismatched_prompts}")
+    title = (f"Speculative decoding: {report.target.spec} with draft {report.draft.spec} (batch 1, "
+             f"{report.settings['output_tokens']} tokens, {report.settings['repeats']} prompts x "
+             f"{report.settings['rounds']} rounds; {same})")
+    return table(title, ["decoding", "tokens per target forward", "acceptance", "E2E p50 ms", "E2E p90 ms",
+                         "E2E p99 ms", "speedup"], rows)
+
+
 def compare_tables(result: dict[str, Any]) -> list[Table]:
     tables = []
     if "accuracy" in result:
@@ -313,6 +335,17 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
                   speed_markdown(speed, gate.confidence)]
         if warning := spread_warning(speed, gate.confidence):
             parts += ["", f"> **Warning:** {warning}"]
+    draft = reports.get(("both", "draft"))
+    if draft is not None:
+        f = draft.figures(confidence=gate.confidence)
+        same = ("identical" if draft.identical else f"different on prompts {draft.mismatched_prompts}")
+        parts += ["", "## As a speculative-decoding draft", "",
+                  f"`{base['id']}` generating with this model as its draft (transformers assisted generation, batch 1, "
+                  f"{draft.settings['output_tokens']} tokens, {draft.settings['repeats']} prompts x "
+                  f"{draft.settings['rounds']} alternating rounds): **{f['draft_speedup'].estimate:.2f}x** "
+                  f"[{f['draft_speedup'].lower:.2f}, {f['draft_speedup'].upper:.2f}] against plain decoding, "
+                  f"acceptance {f['acceptance_rate'].estimate:.1%}, {f['tokens_per_target_forward'].estimate:.2f} "
+                  f"tokens per forward pass of the target; greedy outputs {same} with and without the draft."]
     parts += ["", "## How it was made", "", *how_made(recipe, manifest), "",
               "The recipe's settings that differ from compress's defaults (the artifact's `recipe.yaml` holds "
               "all of them):", "", "```yaml", recipe_excerpt(recipe).rstrip(), "```"]

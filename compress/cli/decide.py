@@ -1,6 +1,7 @@
 """Decide: gate (a verdict from stored reports) and report (every run side by side)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -8,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from compress import console
-from compress.cli.common import DECIDE, command, examples, print_gate, run_recipe
-from compress.cli.options import JsonOut, SetOverrides
+from compress.cli.common import DECIDE, command, examples, load_optional, print_gate, run_recipe
+from compress.cli.options import Force, JsonOut, RecipeFile, Rerun, SetOverrides
 from compress.errors import UsageError
 
 
@@ -73,3 +74,126 @@ def report(
         return
     console.out.print(runs_table(rows, plot=plot))
 
+
+
+@command("cascade", panel=DECIDE, capture=True, epilog=examples(
+    "compress cascade dist/tiny-llama-int4-gptq builtin:tiny-llama --recipe recipes/tiny-llama-int4-gptq.yaml",
+    "compress cascade run:tiny-llama-distill builtin:tiny-llama --recipe recipes/tiny-llama-distill.yaml "
+    "--min-share 0.5 -o dist/cascade --plot runs/cascade",
+    "compress cascade SMALL LARGE --recipe R --set gate.checks='[{metric: tiny_facts_mc/acc, max_regression: 0.01}]' "
+    "--no-bench --json")
+    + "\nExit codes: 0 PASS (router exported with -o), 1 FAIL, 2 bad usage, 3 INCONCLUSIVE, 4 runtime failure.\n")
+def cascade(
+    small: Annotated[str, typer.Argument(metavar="SMALL", help="The cheap model: builtin:NAME, a model or artifact "
+                                         "directory, run:NAME or a hub id.")],
+    large: Annotated[str, typer.Argument(metavar="LARGE", help="The model it escalates to.")],
+    recipe: RecipeFile = None,
+    set_: SetOverrides = None,
+    min_share: Annotated[Optional[float], typer.Option(
+        "--min-share", help="The least share of requests the small model must serve (gate.cascade.min_share).  "
+        "\\[default: the recipe's, else 0]")] = None,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="Leave out cost (no benchmark of the two models).")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="DIR", help="On PASS, export the router (router.json), the analysis and a card here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="DIR", help="Write cascade-calibration.png and "
+                                                 "cascade-curve.png here.")] = None,
+    rerun: Rerun = False,
+    force: Force = False,
+    json_: JsonOut = False,
+) -> None:
+    """Serve with SMALL, escalate to LARGE when unsure: threshold chosen on half the documents, verified on the rest."""
+    from compress import cascade as cs
+    from compress.artifact import atomic_dir, write_bytes_atomic, write_json
+    from compress.compare import efficiency_metrics, level_word
+    from compress.evals.accuracy import run_eval
+    from compress.evals.bench import run_speed
+    from compress.stats import PASS
+    from compress.gate import EXIT_CODES
+
+    if recipe is None:
+        raise UsageError("a cascade is held to a gate's quality checks, and no --recipe was given",
+                         hint="pass --recipe FILE (its evals, bench and gate.checks apply)")
+    r = load_optional(recipe, set_)
+    if out is not None and out.exists() and not force:
+        raise UsageError(f"{out} exists", hint="pass another -o, or --force to replace it")
+    share = min_share if min_share is not None else (r.gate.cascade.min_share if r.gate.cascade else 0.0)
+    if not 0 <= share <= 1:
+        raise UsageError(f"--min-share {share} is not a fraction", hint="give a number from 0 to 1, e.g. 0.5")
+    common = dict(dtype=r.model.dtype, trust_remote_code=r.model.trust_remote_code, rerun=rerun)
+    def timed(stages, name, fn):
+        t = time.time()
+        stages.start(name)
+        value, reused = fn()
+        stages.end(name, time.time() - t, reused)
+        return value
+
+    costs = None
+    with console.Stages(3 - no_bench, "cascade") as stages:
+        small_report = timed(stages, "eval small", lambda: run_eval(small, r.evals, **common))
+        large_report = timed(stages, "eval large", lambda: run_eval(large, r.evals, **common))
+        if not no_bench:
+            # Both models in the same time window, alternating rounds (large = baseline).
+            speed = timed(stages, "bench both", lambda: run_speed(large, small, r.bench, log=console.detail, **common))
+            figures = efficiency_metrics(speed, confidence=r.gate.confidence)
+            ratio = figures["cost_ratio"]
+            small_cost = figures["cost_per_mtok"].estimate
+            costs = {"cost_ratio": {"estimate": ratio.estimate, "lower": ratio.lower, "upper": ratio.upper},
+                     "small_per_mtok": small_cost, "large_per_mtok": small_cost / ratio.estimate,
+                     "level": max(b.batch_size for b in speed.candidate.batches), "level_word": level_word(speed),
+                     "price_per_hour": float(speed.settings.get("price_per_hour", 1.0))}
+    analysis = cs.analyse(small_report, large_report, r.gate, min_share=share, costs=costs)
+    if plot:
+        cs.plots(analysis, plot)
+    exported = None
+    if out is not None and analysis.verdict == PASS:
+        with atomic_dir(out, overwrite=force) as tmp:
+            write_json(tmp / "router.json", cs.router(analysis, small_report.model.content_hash,
+                                                      large_report.model.content_hash))
+            write_json(tmp / "cascade.json", summary_data(analysis))
+            write_bytes_atomic(tmp / "README.md", cs.card(analysis).encode())
+            cs.plots(analysis, tmp)
+        exported = out
+    if json_:
+        console.print_json({**summary_data(analysis), "exported_to": str(exported) if exported else None})
+    else:
+        print_cascade(analysis, exported)
+    raise typer.Exit(EXIT_CODES[analysis.verdict])
+
+
+def summary_data(analysis) -> dict:
+    """The analysis as JSON: the verdict, the chosen and verified points, the curve, calibration."""
+    return {"verdict": analysis.verdict, "metric": analysis.metric, "score": analysis.score,
+            "small": analysis.small, "large": analysis.large, "small_value": analysis.small_value,
+            "large_value": analysis.large_value, "min_share": analysis.min_share,
+            "chosen_on_documents": analysis.chosen_on, "verified_on_documents": analysis.verified_on,
+            "chosen": analysis.chosen.as_dict() if analysis.chosen else None,
+            "verified": analysis.verified.as_dict() if analysis.verified else None,
+            "costs": analysis.costs, "notes": analysis.notes, "calibration": analysis.calibration,
+            "curve": [p.as_dict() for p in analysis.curve]}
+
+
+def print_cascade(analysis, exported) -> None:
+    from compress.cascade import blended_per_mtok
+
+    rows = []
+    step = max(1, len(analysis.curve) // 10)
+    for p in analysis.curve[::step] + ([analysis.curve[-1]] if (len(analysis.curve) - 1) % step else []):
+        rows.append([f"{p.threshold:.4g}", f"{p.share:.1%}", f"{p.value:.4g}",
+                     next((c.shown for c in p.checks), ""), p.verdict,
+                     f"{p.cost_ratio['estimate']:.3f}x" if p.cost_ratio else "-"])
+    console.out.print(console.table(f"Cascade {analysis.small} -> {analysis.large} (all documents; "
+                                    f"{analysis.score})", ["threshold", "small serves", analysis.metric,
+                                                           "vs large", "verdict", "cost vs large"], rows))
+    v = analysis.verified
+    if analysis.chosen is not None:
+        cost = (f"; cost {v.cost_ratio['estimate']:.3f}x the large model's "
+                f"(${blended_per_mtok(analysis.costs, v.share):.4g} per 1M tokens)" if analysis.costs else "")
+        console.out.print(f"chosen threshold {v.threshold:.4g} on {analysis.chosen_on} documents "
+                          f"(small serves {analysis.chosen.share:.1%} there); verified on the other "
+                          f"{analysis.verified_on}: small serves {v.share:.1%}, "
+                          f"{', '.join(f'{c.metric} {c.shown} {c.verdict}' for c in v.checks)}{cost}")
+    for note in analysis.notes:
+        console.out.print(f"note: {note}")
+    colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[analysis.verdict]
+    console.out.print(f"[{colour}]{analysis.verdict}[/{colour}]"
+                      + (f" · router exported to {exported}" if exported else ""))

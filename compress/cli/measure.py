@@ -115,7 +115,8 @@ def _gen_kwargs(text: Optional[str]) -> dict[str, Any] | None:
     "compress bench ./my-model --price-per-hour 2.50 -o bench.json",
     "compress bench dist/tiny-llama-int4-rtn --engine vllm --concurrency 1,4,16 --rounds 3",
     "compress bench ./my-model --endpoint http://127.0.0.1:8000 --concurrency 1,8",
-    "compress bench ./my-model --recipe recipes/tiny-llama-int4-gptq.yaml --set bench.rounds=8"))
+    "compress bench ./my-model --recipe recipes/tiny-llama-int4-gptq.yaml --set bench.rounds=8",
+    "compress bench builtin:tiny-llama --draft run:tiny-llama-distill --repeats 4   # speculative decoding"))
 def bench(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     engine: Annotated[Optional[str], typer.Option(
@@ -124,6 +125,10 @@ def bench(
     endpoint: Annotated[Optional[str], typer.Option(
         "--endpoint", metavar="URL", help="Benchmark an OpenAI-compatible server already running at this URL "
         "(MODEL gives the tokenizer and the hash recorded).")] = None,
+    draft: Annotated[Optional[str], typer.Option(
+        "--draft", metavar="SMALL", help="Speculative decoding: MODEL generating with SMALL as its draft "
+        "(transformers assisted generation, batch size 1) against MODEL alone, in alternating rounds: speedup, "
+        "acceptance rate, tokens per target forward pass, and whether greedy outputs are identical.")] = None,
     batch_sizes: Annotated[Optional[str], typer.Option(
         "--batch-sizes", "--concurrency", help="Comma-separated batch sizes (hf) or concurrency levels (vllm)."
         + default(BenchSpec, "batch_sizes"))] = None,
@@ -172,6 +177,20 @@ def bench(
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint: '{endpoint}' is not an http(s) URL", hint="e.g. --endpoint http://127.0.0.1:8000")
     check_model(model)  # a bad model fails here, before any compute or write
+    if draft is not None:
+        check_model(draft)
+        if endpoint or settings.engine != "hf" or settings.batch_sizes != [1]:
+            raise UsageError("--draft measures transformers assisted generation, one sequence at a time",
+                             hint="drop --endpoint, --engine vllm and --batch-sizes with --draft")
+        from compress.evals.speculative import run_draft
+        from compress.report import draft_table
+
+        with console.err.status(f"Benchmarking {model} with draft {draft} ({settings.rounds} rounds)"), \
+                console.stdout_to_stderr():
+            report, cached = run_draft(model, draft, settings, dtype=model_dtype(r, dtype), rerun=rerun,
+                                       log=console.detail)
+        emit(report, cached, out, json_, draft_table)
+        return
     where = f"at {endpoint}" if endpoint else f"with {settings.engine}"
     with console.err.status(f"Benchmarking {model} {where} (levels {', '.join(map(str, settings.batch_sizes))}, "
                             f"{settings.rounds} rounds)"), console.stdout_to_stderr():

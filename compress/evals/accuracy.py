@@ -266,7 +266,34 @@ def evaluate_lm(lm: Any, settings: EvalSpec, answers: Path | None = None) -> dic
         raise
     if results is None:
         raise CompressError("lm-eval returned no results")
+    with torch.inference_mode():
+        answer_logprobs(lm, results)
     return results
+
+
+def answer_logprobs(lm: Any, results: dict[str, Any]) -> None:
+    """Record, on each logged sample of a generative task, the mean log-probability per token of
+    the answer the model generated, given the prompt it was asked (one batched loglikelihood
+    pass): the model's confidence in its answer, which a cascade routes on."""
+    from lm_eval.api.instance import Instance
+
+    todo = []
+    for task, samples in (results.get("samples") or {}).items():
+        if results.get("configs", {}).get(task, {}).get("output_type") != "generate_until":
+            continue
+        for raw in samples:
+            try:
+                context, answer = raw["arguments"][0][0], raw["resps"][0][0]
+            except (KeyError, IndexError, TypeError):
+                continue
+            if isinstance(context, str) and isinstance(answer, str) and answer.strip():
+                todo.append((raw, context, answer))
+    if not todo or not hasattr(lm, "_encode_pair"):
+        return
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(c, a), idx=0) for _, c, a in todo]
+    for (raw, context, answer), (ll, _) in zip(todo, lm.loglikelihood(requests, disable_tqdm=True)):
+        tokens = len(lm._encode_pair(context, answer)[1])
+        raw["answer_logprob"] = float(ll) / max(1, tokens)
 
 
 def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Path,
@@ -398,7 +425,7 @@ def _sample(task_type: str | None, raw: dict[str, Any]) -> Sample:
     values = {m: _plain(raw[m]) for m in raw.get("metrics", []) if m in raw}
     sample = Sample(doc_id=int(raw["doc_id"]), filter=str(raw.get("filter") or "none"), doc_hash=raw.get("doc_hash"),
                     prompt_hash=prompt_hash(raw["arguments"]) if "arguments" in raw else None,
-                    target=_plain(raw.get("target")), values=values)
+                    target=_plain(raw.get("target")), values=values, answer_logprob=raw.get("answer_logprob"))
     resps = raw.get("filtered_resps")
     if task_type == "multiple_choice" and resps:
         lls = [float(r[0]) for r in resps]

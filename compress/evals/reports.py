@@ -56,6 +56,9 @@ class Sample(ReportModel):
     target: Any = None
     answer: Any = None
     loglikelihoods: list[float] | None = None
+    # Generative tasks: the mean log-probability per token of the generated answer (the model's
+    # confidence in it, which a cascade routes on).
+    answer_logprob: float | None = None
     correct: bool | None = None
     values: dict[str, Any] = Field(default_factory=dict)
 

@@ -71,23 +71,37 @@ def recompute(report: AccuracyReport, name: str) -> float:
     return float(weighted_value([(np.asarray(p.values(), dtype=float), p.aggregation, p.weight) for p in ps])[0])
 
 
-def restrict(report: AccuracyReport, like: AccuracyReport) -> AccuracyReport:
-    """The report on the documents another report of the same evaluation covers (each task's
-    documents ``like`` has, in both): what `compress search` compares a candidate's partial
-    evaluation with. Each metric's value is recomputed from the documents kept, as the gate
-    computes it (its stderr dropped); counts follow. The result says what it was cut from."""
+def only(report: AccuracyReport, keep: dict[str, set[int]]) -> AccuracyReport:
+    """The report on the documents ``keep`` names per task (a task not named keeps none), with
+    each metric recomputed from them (see ``recompute_values``)."""
     out = report.model_copy(deep=True)
     for name, task in out.tasks.items():
-        keep = {s.doc_id for s in like.tasks[name].samples} if name in like.tasks else set()
-        task.samples = [s for s in task.samples if s.doc_id in keep]
+        docs = keep.get(name, set())
+        task.samples = [s for s in task.samples if s.doc_id in docs]
         task.n_samples = len({s.doc_id for s in task.samples})
-    for owner, source in [*out.tasks.items(), *out.groups.items()]:
+    recompute_values(out)
+    return out
+
+
+def recompute_values(report: AccuracyReport) -> None:
+    """Set every metric's value from the report's per-document results, as the gate computes it
+    (stderrs dropped; an aggregation without per-document values keeps its reported value), and
+    the document count."""
+    for owner, source in [*report.tasks.items(), *report.groups.items()]:
         for key, metric in source.metrics.items():
             metric.stderr = None
             try:
-                metric.value = recompute(out, f"{owner}/{key}")
+                metric.value = recompute(report, f"{owner}/{key}")
             except (KeyError, ValueError, IndexError):
-                continue  # an aggregation without per-document values: left as reported
-    out.documents = sum(t.n_samples for t in out.tasks.values())
+                continue
+    report.documents = sum(t.n_samples for t in report.tasks.values())
+
+
+def restrict(report: AccuracyReport, like: AccuracyReport) -> AccuracyReport:
+    """The report on the documents another report of the same evaluation covers (each task's
+    documents ``like`` has, in both): what `compress search` compares a candidate's partial
+    evaluation with. The result says what it was cut from."""
+    keep = {name: {s.doc_id for s in task.samples} for name, task in like.tasks.items()}
+    out = only(report, keep)
     out.settings = {**report.settings, "limit": like.settings.get("limit"), "restricted_from": report.cache_key}
     return out
