@@ -340,11 +340,12 @@ def card(analysis: Analysis) -> str:
     v = analysis.verified
     cost = ""
     if analysis.costs:
-        cost = (f"- Cost per 1M output tokens: ${blended_per_mtok(analysis.costs, v.share):.4g} blended, against "
-                f"${analysis.costs['large_per_mtok']:.4g} for the large model alone "
+        c = analysis.costs
+        cost = (f"- Cost per 1M output tokens: ${blended_per_mtok(c, v.share):.4g} blended, against "
+                f"${c['large_per_mtok']:.4g} for the large model alone "
                 f"({v.cost_ratio['estimate']:.3f}x, 95% interval [{v.cost_ratio['lower']:.3f}, "
                 f"{v.cost_ratio['upper']:.3f}]; both models benchmarked together at "
-                f"{analysis.costs['level_word']} {analysis.costs['level']}, ${analysis.costs['price_per_hour']}/hour)\n")
+                f"{c['level_word']} {c['level']}, ${c['price_per_hour']}/hour)\n")
     checks = "\n".join(f"- {c.metric}: {c.shown} ({c.threshold}), {c.verdict}; {c.note}" for c in v.checks)
     return f"""# Cascade: {analysis.small} first, {analysis.large} when unsure
 
@@ -354,7 +355,8 @@ large model.
 
 ## What to expect
 - Share of requests the small model serves: **{v.share:.1%}** (on the held-out documents)
-- {analysis.metric}: cascade {v.value:.4g}, large model alone {analysis.large_value:.4g}, small model alone {analysis.small_value:.4g}
+- {analysis.metric}: cascade {v.value:.4g}, large model alone {analysis.large_value:.4g}, small model alone \
+{analysis.small_value:.4g}
 {cost}
 ## How it was decided
 The threshold was chosen on half of the documents ({analysis.chosen_on}) as the largest share whose cascade

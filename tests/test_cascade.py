@@ -103,7 +103,8 @@ def artifacts(tmp_path_factory):
     recipe = {"name": "cascade", "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
               "method": {"kind": "int4"}, "evals": {"tasks": ["tiny_facts_mc", "tiny_bios_ppl"], "limit": 400},
               "gate": {"checks": [{"metric": "tiny_facts_mc/acc", "max_regression": 0.03},
-                                  {"metric": "tiny_bios_ppl/word_perplexity", "max_regression": 0.1, "relative": True}]}}
+                                  {"metric": "tiny_bios_ppl/word_perplexity", "max_regression": 0.1,
+                                   "relative": True}]}}
     (root / "cascade.yaml").write_text(yaml.safe_dump(recipe))
     return {"root": root, "env": env, "small": out, "recipe": root / "cascade.yaml"}
 

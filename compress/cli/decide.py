@@ -92,9 +92,11 @@ def cascade(
     min_share: Annotated[Optional[float], typer.Option(
         "--min-share", help="The least share of requests the small model must serve (gate.cascade.min_share).  "
         "\\[default: the recipe's, else 0]")] = None,
-    no_bench: Annotated[bool, typer.Option("--no-bench", help="Leave out cost (no benchmark of the two models).")] = False,
+    no_bench: Annotated[bool, typer.Option("--no-bench",
+                                           help="Leave out cost (no benchmark of the two models).")] = False,
     out: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", metavar="DIR", help="On PASS, export the router (router.json), the analysis and a card here.")] = None,
+        "--output", "-o", metavar="DIR",
+        help="On PASS, export the router (router.json), the analysis and a card here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="DIR", help="Write cascade-calibration.png and "
                                                  "cascade-curve.png here.")] = None,
     rerun: Rerun = False,

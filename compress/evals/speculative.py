@@ -90,7 +90,8 @@ def prompts(tokenizer: Any, settings: Any, count: int) -> list[list[int]]:
     from compress.data import load_texts
     from compress.errors import UsageError
 
-    texts = load_texts("builtin:tiny-calibration", split="train", config_name=None, text_field="text", seed=settings.seed)
+    texts = load_texts("builtin:tiny-calibration", split="train", config_name=None, text_field="text",
+                       seed=settings.seed)
     stream = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
     n = settings.prompt_tokens
     if len(stream) < count * n:
