@@ -94,12 +94,12 @@ def test_the_largest_share_that_passes_is_chosen_and_verified():
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
     env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache")}
-    out = root / "int2"
     recipe = {"name": "int2", "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
               "method": {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 64}}
     (root / "int2.yaml").write_text(yaml.safe_dump(recipe))
-    p = run_cli("quantize", str(root / "int2.yaml"), "-o", str(out), "-q", env=env, cwd=root)
+    p = run_cli("quantize", str(root / "int2.yaml"), "-q", env=env, cwd=root)
     assert p.returncode == 0, p.stderr[-2000:]
+    out = root / "runs" / "int2"  # a recipe's runs folder stands for its newest artifact
     recipe = {"name": "cascade", "model": {"id": "builtin:tiny-llama", "dtype": "float32"},
               "method": {"kind": "int4"}, "evals": {"tasks": ["tiny_facts_mc", "tiny_bios_ppl"], "limit": 400},
               "gate": {"checks": [{"metric": "tiny_facts_mc/acc", "max_regression": 0.03},

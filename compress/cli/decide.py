@@ -121,6 +121,7 @@ def cascade(
     share = min_share if min_share is not None else (r.gate.cascade.min_share if r.gate.cascade else 0.0)
     if not 0 <= share <= 1:
         raise UsageError(f"--min-share {share} is not a fraction", hint="give a number from 0 to 1, e.g. 0.5")
+    small, large = _model_in(small), _model_in(large)
     common = dict(dtype=r.model.dtype, trust_remote_code=r.model.trust_remote_code, rerun=rerun)
     def timed(stages, name, fn):
         t = time.time()
@@ -160,6 +161,14 @@ def cascade(
     else:
         print_cascade(analysis, exported)
     raise typer.Exit(EXIT_CODES[analysis.verdict])
+
+
+def _model_in(spec: str) -> str:
+    """A run directory (runs/NAME/KEY, or runs/NAME for its newest) stands for its artifact."""
+    from compress.models import newest_run
+
+    path = newest_run(Path(spec))
+    return str(path / "model") if (path / "model" / "config.json").exists() else spec
 
 
 def summary_data(analysis) -> dict:
