@@ -105,6 +105,38 @@ def draft_table(report: Any) -> Table:
                          "E2E p99 ms", "speedup"], rows)
 
 
+def identical_outputs(report: Any) -> tuple[int, int]:
+    """(requests whose text differs between the two sides, requests compared): the same prompts
+    went to both sides in each round and level, decoded greedily."""
+    base = {(r.round, r.level, q.index): q.text for r in report.baseline.runs for q in r.requests}
+    cand = {(r.round, r.level, q.index): q.text for r in report.candidate.runs for q in r.requests}
+    shared = base.keys() & cand.keys()
+    return sum(base[k] != cand[k] for k in shared), len(shared)
+
+
+def served_draft_table(report: Any) -> Table:
+    """`compress bench --draft --engine vllm`: speculative against plain serving at each level."""
+    from compress.compare import efficiency_metrics, level_word
+
+    levels = sorted({b.batch_size for b in report.baseline.batches})
+    rows = []
+    for lvl in levels:
+        f = efficiency_metrics(report, level=lvl)
+        tps = {b.batch_size: b for b in report.candidate.batches}[lvl]
+        base = {b.batch_size: b for b in report.baseline.batches}[lvl]
+        iv = f["throughput_speedup"]
+        rows.append([lvl, fmt_rate(base), fmt_rate(tps), f"{iv.estimate:.2f}x [{iv.lower:.2f}, {iv.upper:.2f}]",
+                     f"{f['latency_p50_ratio'].estimate:.2f}x", f"{f['latency_p99_ratio'].estimate:.2f}x"])
+    differ, total = identical_outputs(report)
+    same = (f"greedy outputs identical on all {total} requests" if not differ else
+            f"[red]greedy outputs differ on {differ} of {total} requests[/red]")
+    d = report.settings.get("draft", {})
+    title = (f"Speculative decoding in vLLM: {report.baseline.model.spec} with draft {d.get('model')} "
+             f"({d.get('num_speculative_tokens')} tokens per step; {same})")
+    return table(title, [level_word(report), "plain tok/s", "with draft tok/s", "speedup [95% over rounds]",
+                         "E2E p50 ratio", "E2E p99 ratio"], rows)
+
+
 def compare_tables(result: dict[str, Any]) -> list[Table]:
     tables = []
     if "accuracy" in result:

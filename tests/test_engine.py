@@ -275,3 +275,29 @@ def test_a_mixed_precision_artifact_serves_each_layer_with_its_own_kernel(tmp_pa
     assert all(r.output_tokens == OUTPUT_TOKENS for r in reqs)
     expected = hf_greedy(out, prompts[0], 3).strip()
     assert expected and reqs[0].text.strip().startswith(expected), (expected, reqs[0].text)
+
+
+@needs_engine
+def test_speculative_decoding_in_vllm_with_a_draft_keeps_greedy_outputs(tmp_path):
+    """`compress bench LARGE --draft SMALL --engine vllm`: LARGE served alone and with SMALL as its
+    draft-model speculator, alternating rounds. In float32 the outputs match request for request."""
+    import json
+
+    import yaml
+
+    recipe = {"name": "d", "model": {"id": "builtin:tiny-llama", "dtype": "float32"}, "method": {"kind": "int4"},
+              "bench": {"engine": "vllm", "engine_dtype": "float32", "batch_sizes": [1, 4], "rounds": 2,
+                        "repeats": 4, "prompt_tokens": 32, "output_tokens": 16}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(recipe))
+    p = run_cli("bench", str(BUILTIN), "--draft", str(BUILTIN), "--recipe", str(tmp_path / "d.yaml"), "--json",
+                env={"COMPRESS_CACHE_DIR": str(tmp_path / "cache")})
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(p.stdout)
+    assert report["settings"]["draft"]["method"] == "draft_model"
+    assert "--speculative-config" in report["candidate"]["runtime"]["command"]
+    assert "--speculative-config" not in report["baseline"]["runtime"]["command"]
+    from compress.evals.reports import SpeedReport
+    from compress.report import identical_outputs
+
+    differ, total = identical_outputs(SpeedReport.model_validate(report))
+    assert total == 2 * (4 + 4) and differ == 0

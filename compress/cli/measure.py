@@ -177,11 +177,24 @@ def bench(
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint: '{endpoint}' is not an http(s) URL", hint="e.g. --endpoint http://127.0.0.1:8000")
     check_model(model)  # a bad model fails here, before any compute or write
+    if draft is not None and settings.engine == "vllm" and not endpoint:
+        # vLLM's draft-model speculative decoding: MODEL served alone and with the draft, in
+        # alternating rounds, at every concurrency level.
+        check_model(draft)
+        from compress.evals.bench import run_speed
+        from compress.report import served_draft_table
+
+        with console.err.status(f"Serving {model} alone and with draft {draft} ({settings.rounds} rounds)"), \
+                console.stdout_to_stderr():
+            report, cached = run_speed(model, model, settings, dtype=model_dtype(r, dtype), rerun=rerun,
+                                       log=console.detail, draft=draft)
+        emit(report, cached, out, json_, served_draft_table)
+        return
     if draft is not None:
         check_model(draft)
-        if endpoint or settings.engine != "hf" or settings.batch_sizes != [1]:
-            raise UsageError("--draft measures transformers assisted generation, one sequence at a time",
-                             hint="drop --endpoint, --engine vllm and --batch-sizes with --draft")
+        if endpoint or settings.batch_sizes != [1]:
+            raise UsageError("--draft measures transformers assisted generation one sequence at a time",
+                             hint="drop --endpoint and --batch-sizes, or use --engine vllm for concurrency levels")
         from compress.evals.speculative import run_draft
         from compress.report import draft_table
 

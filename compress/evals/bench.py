@@ -438,10 +438,15 @@ def measured(info: ModelInfo, side: Side, runs: list[LevelRun], end: dict[str, A
 
 # --------------------------------------------------------------------------- driving
 
+DRAFT_TOKENS = 4  # tokens the draft proposes per step in vLLM's draft-model speculative decoding
+
+
 def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | None = None,
-              endpoint: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False) -> Side:
+              endpoint: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+              draft: Path | None = None) -> Side:
     """The side that measures ``path`` with the settings' engine (or an already running endpoint).
-    ``dtype`` ``auto`` is each model's own checkpoint dtype."""
+    ``dtype`` ``auto`` is each model's own checkpoint dtype. ``draft``: vLLM serves ``path`` with
+    that model as its speculative-decoding draft."""
     from compress.models import resolve_dtype
 
     dtype = resolve_dtype(path, dtype)
@@ -454,6 +459,9 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
         extra = ["--no-enable-prefix-caching", *parallel_args(settings.tensor_parallel, settings.data_parallel)]
         if settings.kv_cache_dtype != "auto":
             extra += ["--kv-cache-dtype", settings.kv_cache_dtype]
+        if draft is not None:
+            extra += ["--speculative-config", json.dumps({"method": "draft_model", "model": str(draft),
+                                                          "num_speculative_tokens": DRAFT_TOKENS})]
         dt = dtype if settings.engine_dtype == "auto" else settings.engine_dtype
         server = VllmServer(path, log_path=log_path or Path(tempfile.mkdtemp(prefix="compress-vllm-")) / "vllm.log",
                             dtype=dt, kv_cache_gib=settings.kv_cache_gib, extra_args=extra,
@@ -508,13 +516,15 @@ def _rate(runs: list[LevelRun], rnd: int) -> float:
 
 def _measure(named: dict[str, tuple[Path, ModelInfo]], settings: BenchSpec, *, dtype: str, log_dir: Path | None,
              endpoint: str | None, trust_remote_code: bool, allow_pickle: bool,
-             log: Callable[[str], None] | None) -> tuple[dict[str, Measured], dict[str, Any]]:
+             log: Callable[[str], None] | None,
+             drafts: dict[str, Path] | None = None) -> tuple[dict[str, Measured], dict[str, Any]]:
     sides: dict[str, Side] = {}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="compress-bench-"))
     try:
         for name, (path, _) in named.items():
             sides[name] = make_side(path, settings, dtype=dtype, log_path=log_dir / f"{name}-vllm.log",
-                                    endpoint=endpoint, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                                    endpoint=endpoint, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                    draft=(drafts or {}).get(name))
         _start_all(list(sides.values()))
         runs = interleave(sides, settings.rounds, log)
         ends = {name: side.finish() for name, side in sides.items()}
@@ -569,7 +579,7 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "auto", revision: 
 def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str = "auto",
               revision: str | None = None, rerun: bool = False, trust_remote_code: bool = False,
               allow_pickle: bool = False, log_dir: Path | None = None,
-              log: Callable[[str], None] | None = None) -> tuple[SpeedReport, bool]:
+              log: Callable[[str], None] | None = None, draft: str | None = None) -> tuple[SpeedReport, bool]:
     """Benchmark a baseline and a candidate in the same time window, in alternating rounds.
 
     The pair is cached as a pair (keyed by both models' bytes and the settings): a figure of
@@ -577,6 +587,8 @@ def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str 
 
     Args:
         revision: the baseline's hub revision (the candidate is a local artifact).
+        draft: vLLM only: the candidate is served with this model as its speculative-decoding
+            draft (pass the same model as baseline and candidate to measure speculation alone).
 
     Returns:
         (report, whether it came from the cache)
@@ -588,12 +600,19 @@ def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str 
     infos = {"baseline": model_info(refs["baseline"].path, baseline),
              "candidate": model_info(refs["candidate"].path, candidate)}
     config = bench_settings(settings, dtype)
+    drafts = {}
+    if draft is not None:
+        d_ref = resolve_model(draft)
+        drafts = {"candidate": d_ref.path}
+        config["draft"] = {"model": draft, "content_hash": model_info(d_ref.path, draft).content_hash,
+                           "method": "draft_model", "num_speculative_tokens": DRAFT_TOKENS}
     key = cache.report_key("speed", f"{infos['baseline'].content_hash}:{infos['candidate'].content_hash}", config)
     if not rerun and (hit := cache.load_cached("speed", key, SpeedReport)) is not None:
         return hit, True
     start = time.time()
     sides, env = _measure({w: (refs[w].path, infos[w]) for w in SIDES}, settings, dtype=dtype, log_dir=log_dir,
-                          endpoint=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, log=log)
+                          endpoint=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, log=log,
+                          drafts=drafts)
     report = SpeedReport(settings=config, baseline=sides["baseline"], candidate=sides["candidate"], environment=env,
                          created=_now(), duration_s=round(time.time() - start, 3), cache_key=key)
     cache.store("speed", key, report)
