@@ -89,6 +89,31 @@ def verify(
 
 
 
+def export_signer(r, export_to: Optional[Path], no_export: bool, sign: Optional[Path]):
+    """Check where the export will go and the signing key before any work; the signer (or None)."""
+    from compress.inputs import check_inside_tree
+    from compress.provenance import choose_signer
+
+    if export_to is None and not no_export and r.export.to:
+        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
+    if sign is not None and no_export:
+        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
+    return None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
+
+
+def write_ci_files(markdown: str, summary: Optional[Path], junit_text: str, junit: Optional[Path]) -> None:
+    """The Markdown summary (to --summary and $GITHUB_STEP_SUMMARY) and the JUnit XML (--junit)."""
+    if summary:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(markdown)
+    if step := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(step, "a") as f:
+            f.write(markdown + "\n")
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_text)
+
+
 @command("run", panel=SHIP, capture=True, epilog=examples(
     "compress run recipes/tiny-llama-int4-gptq.yaml",
     "compress run recipes/tiny-llama-fp8-dynamic.yaml --junit gate.xml --summary gate.md -o dist/fp8",
@@ -112,8 +137,7 @@ def run_(
 ) -> None:
     """The whole flow: quantize or distill, evaluate, benchmark, gate, export; cached and resumable."""
     from compress import pipeline
-    from compress.inputs import check_inside_tree, check_recipe
-    from compress.provenance import choose_signer
+    from compress.inputs import check_recipe
     from compress.recipe import load_recipe
     from compress.report import junit_xml, model_card, run_summary_markdown
 
@@ -121,11 +145,7 @@ def run_(
     if r.search is not None:
         raise UsageError(f"{recipe} is a search recipe (it lists candidates)",
                          hint=f"run `compress search {recipe}`, then `compress run` on the chosen recipe it writes")
-    if export_to is None and not no_export and r.export.to:
-        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
-    if sign is not None and no_export:
-        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
-    signer = None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
+    signer = export_signer(r, export_to, no_export, sign)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UsageError("`compress run` evaluates and benchmarks in one process",
                          hint="train with `accelerate launch -m compress distill RECIPE`, then "
@@ -135,16 +155,7 @@ def run_(
         result = pipeline.run(r, force=force, rerun_reports=rerun, export=not no_export, export_to=export_to,
                               device=device, log=console.detail, warn=console.warn, model_card=model_card,
                               signer=signer, stages=stages)
-    md = run_summary_markdown(result)
-    if summary:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(md)
-    if step := os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(step, "a") as f:
-            f.write(md + "\n")
-    if junit:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(junit_xml(result))
+    write_ci_files(run_summary_markdown(result), summary, junit_xml(result), junit)
     if json_:
         console.print_json({"recipe": r.name, "verdict": result.gate.verdict, "run_dir": str(result.run_dir),
                             "exported_to": str(result.exported_to) if result.exported_to else None,
@@ -196,8 +207,7 @@ def search_(
     from compress import pipeline
     from compress import search as s
     from compress.export import export_run
-    from compress.inputs import check_inside_tree, check_recipe
-    from compress.provenance import choose_signer
+    from compress.inputs import check_recipe
     from compress.recipe import load_recipe
     from compress.report import local_base, model_card
     from compress.sequential import Design
@@ -206,11 +216,7 @@ def search_(
     if r.search is None:
         raise UsageError(f"{recipe} has no search section",
                          hint="add `search: {ladder: default}` (or a list of candidates), or use `compress run`")
-    if export_to is None and not no_export and r.export.to:
-        check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
-    if sign is not None and no_export:
-        raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
-    signer = None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
+    signer = export_signer(r, export_to, no_export, sign)
     check_recipe(r, evals=True)  # bad inputs fail here, before any compute or write
     target = chosen or Path(recipe).parent / f"{r.name}.chosen.yaml"
     ordered = s.plan(r)
@@ -237,16 +243,7 @@ def search_(
                 if c.recipe.export.model_card else None
             export_run(c.run.run_dir, to, model_card=card, force=force, signer=signer)
             result.exported_to = to
-    md = s.summary_markdown(result)
-    if summary:
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(md)
-    if step := os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(step, "a") as f:
-            f.write(md + "\n")
-    if junit:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(s.junit_xml(result))
+    write_ci_files(s.summary_markdown(result), summary, s.junit_xml(result), junit)
     if plot:
         s.frontier_plot(result, plot)
     rows = s.frontier_rows(result)
