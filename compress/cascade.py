@@ -125,7 +125,7 @@ class Point:
     cost_ratio: dict[str, float] | None = None  # blended cost / large alone, with interval
 
     def as_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "share": self.share, "value": self.value, "verdict": self.verdict,
+        return {"threshold": json_number(self.threshold), "share": self.share, "value": self.value, "verdict": self.verdict,
                 "checks": [c.model_dump(mode="json") for c in self.checks], "cost_ratio": self.cost_ratio}
 
 
@@ -229,6 +229,9 @@ def analyse(small: AccuracyReport, large: AccuracyReport, policy: Any, *, min_sh
                      "(the gate's bound is tighter than the noise of half the documents)")
     elif verified.verdict != PASS:
         verdict = verified.verdict
+    elif verified.share == 0:
+        verdict = FAIL
+        notes.append("within the bound the small model serves no request: there is nothing to route")
     elif verified.share < min_share:
         verdict = FAIL
         notes.append(f"the small model serves {verified.share:.1%} of the held-out requests, under the "
@@ -257,6 +260,11 @@ def calibration(small: AccuracyReport, tasks: list[str], scores: dict, bins: int
     return out
 
 
+def json_number(x: float) -> float | str:
+    """A threshold as standard JSON: the number, or "-inf" / "inf" (every request / none)."""
+    return x if math.isfinite(x) else ("-inf" if x < 0 else "inf")
+
+
 def blended_per_mtok(costs: dict[str, Any], share: float) -> float:
     """Cost per 1M tokens of the cascade: the small model on every request, the large one on the
     escalated share."""
@@ -271,8 +279,9 @@ def router(analysis: Analysis, small_hash: str, large_hash: str) -> dict[str, An
         "small": {"model": analysis.small, "content_hash": small_hash},
         "large": {"model": analysis.large, "content_hash": large_hash},
         "score": {"name": analysis.score, "definition": SCORES[analysis.score]},
-        "threshold": v.threshold,
-        "rule": "serve the small model's answer when score >= threshold; otherwise ask the large model",
+        "threshold": json_number(v.threshold),
+        "rule": ("serve the small model's answer when score >= threshold; otherwise ask the large model"
+                 if math.isfinite(v.threshold) else "serve the small model's answer for every request"),
         "expected": {"small_share": v.share, "metric": analysis.metric, "cascade_value": v.value,
                      "blended_cost_vs_large": v.cost_ratio,
                      **({"cost_per_mtok": blended_per_mtok(analysis.costs, v.share)} if analysis.costs else {})},

@@ -90,6 +90,19 @@ def test_the_largest_share_that_passes_is_chosen_and_verified():
     assert route["expected"]["small_share"] == share and route["large"]["content_hash"] == "l" * 64
 
 
+def test_a_cascade_the_small_model_never_serves_fails():
+    """A small model wrong wherever it is sure: only the all-large end passes, and routing
+    nothing to the small model is no cascade."""
+    n = 400
+    small = _report("small", [False] * n, [0.99] * n)
+    large = _report("large", [True] * n, [0.9] * n)
+    policy = GateSpec(checks=[{"metric": "t/acc", "max_regression": 0.01}], test="mcnemar")
+    analysis = cs.analyse(small, large, policy)
+    assert analysis.verified.share == 0 and analysis.verdict == FAIL
+    assert any("serves no request" in note for note in analysis.notes)
+    assert analysis.curve[-1].as_dict()["threshold"] == "inf"  # standard JSON, not Infinity
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
