@@ -109,8 +109,8 @@ def cascade(
     from compress.compare import efficiency_metrics, level_word
     from compress.evals.accuracy import run_eval
     from compress.evals.bench import run_speed
-    from compress.stats import PASS
     from compress.gate import EXIT_CODES
+    from compress.stats import PASS
 
     if recipe is None:
         raise UsageError("a cascade is held to a gate's quality checks, and no --recipe was given",
@@ -123,6 +123,7 @@ def cascade(
         raise UsageError(f"--min-share {share} is not a fraction", hint="give a number from 0 to 1, e.g. 0.5")
     small, large = _model_in(small), _model_in(large)
     common = dict(dtype=r.model.dtype, trust_remote_code=r.model.trust_remote_code, rerun=rerun)
+
     def timed(stages, name, fn):
         t = time.time()
         stages.start(name)
