@@ -219,6 +219,51 @@ def write_json(path: Path, data: Any, *, fault: str = "write_json") -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), fault=fault)
 
 
+def safe_name(name: Any, where: str, allowed: Any = None) -> str:
+    """A name read from a stored file, checked before it may touch the file system.
+
+    It must be a non-empty string, a relative POSIX path with no ``..``, ``.`` or empty part, no
+    backslash, NUL or control character, and, when ``allowed`` is given, one of those names.
+
+    Args:
+        where: the file the name was read from, for the error.
+
+    Raises:
+        UnsafeName: naming ``where`` and the name (exit 1).
+    """
+    from compress.errors import UnsafeName
+
+    def refuse(why: str) -> UnsafeName:
+        return UnsafeName(f"{where}: refusing the name {name!r}: {why}",
+                          hint="the file was changed by hand or forged; rebuild, gate or export it again")
+
+    if not isinstance(name, str) or not name:
+        raise refuse("not a file name")
+    if any(ord(ch) < 32 or ch in "\\\x7f" for ch in name):
+        raise refuse("it holds a NUL, control character or backslash")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise refuse("an absolute path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise refuse("a path that leaves its folder or is not normal")
+    if allowed is not None and name not in allowed:
+        raise refuse(f"not one of {', '.join(sorted(allowed))}")
+    return name
+
+
+def inside(folder: Path, name: str, where: str) -> Path:
+    """``folder / name`` for a name that passed :func:`safe_name`, refusing one that a symlink on the
+    way leads out of ``folder``."""
+    from compress.errors import UnsafeName
+
+    path = Path(folder) / safe_name(name, where)
+    root = Path(folder).resolve()
+    if not path.resolve().is_relative_to(root) or any(
+            p.is_symlink() for p in [path, *path.parents] if p != root and p.is_relative_to(folder)):
+        raise UnsafeName(f"{where}: refusing the name {name!r}: a symbolic link on its way",
+                         hint="the folder was changed by hand; rebuild, gate or export it again")
+    return path
+
+
 def read_json(path: Path) -> Any:
     with path.open() as f:
         return json.load(f)
@@ -296,7 +341,11 @@ def read_manifest(root: Path) -> dict[str, Any]:
 def check_hashes(root: Path, recorded: dict[str, dict[str, Any]]) -> list[str]:
     """Compare the model files under ``root`` with recorded hashes; return every mismatch."""
     problems = []
+    for name in recorded:
+        safe_name(name, f"{root}/{MANIFEST}")
     actual = file_hashes(root)
+    problems += [f"{p.relative_to(root).as_posix()}: is a symbolic link" for p in sorted(root.rglob("*"))
+                 if p.is_symlink()]
     for name, entry in recorded.items():
         if name not in actual:
             problems.append(f"{name}: missing")

@@ -139,51 +139,95 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
     sides = {name: {lvl: per_round(side, lvl) for lvl in shared} for name, side in (("b", base), ("c", cand))}
 
     def figures(pick: list[int]) -> dict[str, float]:
+        # A figure the reports cannot give (no token, no request, no level within the SLO) is NaN,
+        # never a stand-in value: the gate makes its check INCONCLUSIVE and says why.
         out = {}
         for name in ("b", "c"):
             runs = [sides[name][level][i] for i in pick]
             tokens = sum(r.tokens for r in runs)
             wall = sum(r.wall for r in runs)
             e2e, ttft = _pooled(runs, "e2e"), _pooled(runs, "ttft")
-            out[name + "tps"] = tokens / wall
-            out[name + "p50"] = float(np.percentile(e2e, 50))
-            out[name + "p99"] = float(np.percentile(e2e, 99))
-            out[name + "ttft99"] = float(np.percentile(ttft, 99))
-            out[name + "ttft"] = float(ttft.mean())
+            out[name + "tps"] = tokens / wall if wall > 0 and tokens > 0 else nan
+            out[name + "p50"] = _percentile(e2e, 50)
+            out[name + "p99"] = _percentile(e2e, 99)
+            out[name + "ttft99"] = _percentile(ttft, 99)
+            out[name + "ttft"] = float(ttft.mean()) if ttft.size else nan
             if slo:
                 out[name + "slo"] = _slo_throughput([sides[name][lvl] for lvl in shared], pick, slo)
-        return {
-            "throughput_speedup": out["ctps"] / out["btps"],
-            "prefill_speedup": out["bttft"] / out["cttft"],
-            "latency_p50_ratio": out["cp50"] / out["bp50"],
-            "latency_p99_ratio": out["cp99"] / out["bp99"],
-            "ttft_p99_ratio": out["cttft99"] / out["bttft99"],
-            "cost_ratio": out["btps"] / out["ctps"],
-            "cost_per_mtok": price / 3600.0 / out["ctps"] * 1e6,
-            **({"slo_throughput_speedup": (out["cslo"] / out["bslo"]) if out["bslo"] else
-                (float("inf") if out["cslo"] else 1.0)} if slo else {}),
+        figures = {
+            "throughput_speedup": _ratio(out["ctps"], out["btps"]),
+            "prefill_speedup": _ratio(out["bttft"], out["cttft"]),
+            "latency_p50_ratio": _ratio(out["cp50"], out["bp50"]),
+            "latency_p99_ratio": _ratio(out["cp99"], out["bp99"]),
+            "ttft_p99_ratio": _ratio(out["cttft99"], out["bttft99"]),
+            "cost_ratio": _ratio(out["btps"], out["ctps"]),
+            "cost_per_mtok": _ratio(price / 3600.0 * 1e6, out["ctps"]),
         }
+        if slo:
+            # Only the candidate within the SLO: infinitely better (evidence); only the baseline: 0;
+            # neither: no evidence at all.
+            b, c = out["bslo"], out["cslo"]
+            figures["slo_throughput_speedup"] = c / b if b else (float("inf") if c else nan)
+        return figures
 
     n = len(rounds)
     point = figures(list(range(n)))
+    reasons = _missing(sides, level, slo, point)
     rng = np.random.default_rng(seed)
     draws = [figures(list(rng.integers(0, n, size=n))) for _ in range(resamples)]
     alpha = (1 - confidence) / 2
     method = f"paired bootstrap over {n} interleaved rounds"
     out: dict[str, Interval] = {}
     for name, value in point.items():
+        if np.isnan(value):
+            out[name] = Interval(nan, nan, nan, confidence, "not computable: " + reasons[name], n)
+            continue
         values = np.array([d[name] for d in draws])
+        values = values[~np.isnan(values)]  # a resample that met the SLO nowhere gives no figure
         # A side that met the SLO at no level makes a ratio infinite: the bounds take the
         # nearest drawn values rather than interpolating between infinities.
         how = "linear" if np.isfinite(values).all() else "nearest"
-        lo, hi = np.quantile(values, [alpha, 1 - alpha], method=how)
+        lo, hi = np.quantile(values, [alpha, 1 - alpha], method=how) if values.size else (value, value)
         out[name] = Interval(float(value), float(lo), float(hi), confidence, method, n)
-    for name, value in (("size_ratio", cand.size_bytes / base.size_bytes),
-                        ("peak_memory_ratio", cand.peak_memory_bytes / base.peak_memory_bytes
-                         if base.peak_memory_bytes else float("nan")),
-                        ("peak_memory_mb", cand.peak_memory_bytes / 2**20)):
-        out[name] = Interval(value, value, value, confidence, "measured once", 1)
+    memory = (cand.peak_memory_bytes / base.peak_memory_bytes if base.peak_memory_bytes and cand.peak_memory_bytes
+              else nan)
+    for name, value, why in (
+            ("size_ratio", _ratio(cand.size_bytes, base.size_bytes), "the baseline's size on disk is unknown"),
+            ("peak_memory_ratio", memory, "a side's peak memory was not measured"),
+            ("peak_memory_mb", cand.peak_memory_bytes / 2**20 if cand.peak_memory_bytes else nan,
+             "the candidate's peak memory was not measured")):
+        out[name] = Interval(value, value, value, confidence,
+                             "measured once" if not np.isnan(value) else "not computable: " + why, 1)
     return out
+
+
+nan = float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and np.isfinite(a) and np.isfinite(b) else nan
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else nan
+
+
+def _missing(sides: dict[str, dict[int, list[_Run]]], level: int, slo: dict | None,
+             point: dict[str, float]) -> dict[str, str]:
+    """Why each figure that came out NaN cannot be computed, in words for the gate's detail column."""
+    why: dict[str, str] = {}
+    side_name = {"b": "baseline", "c": "candidate"}
+    for name in ("b", "c"):
+        runs = sides[name][level]
+        if not any(r.e2e.size for r in runs):
+            why.setdefault("requests", f"the {side_name[name]} has no request at level {level}")
+        elif not sum(r.tokens for r in runs):
+            why.setdefault("requests", f"the {side_name[name]} generated no token at level {level}")
+    base = why.get("requests", f"a side has no timing at level {level}")
+    reasons = {metric: base for metric, value in point.items() if np.isnan(value)}
+    if slo and np.isnan(point.get("slo_throughput_speedup", 0.0)):
+        reasons["slo_throughput_speedup"] = "neither model met bench.slo at any level"
+    return reasons
 
 
 def _slo_throughput(levels: list[list[_Run]], pick: list[int], slo: dict[str, Any]) -> float:
@@ -193,6 +237,8 @@ def _slo_throughput(levels: list[list[_Run]], pick: list[int], slo: dict[str, An
         runs = [runs_by_round[i] for i in pick]
         ttft = _pooled(runs, "ttft")
         itl = _pooled(runs, "itl")
+        if not ttft.size:
+            continue  # no request at this level: it cannot be within the SLO
         itl = itl if itl.size else np.zeros(1)
         ok = (slo.get("ttft_p99_ms") is None or np.percentile(ttft, 99) * 1e3 <= slo["ttft_p99_ms"]) and \
              (slo.get("itl_p99_ms") is None or np.percentile(itl, 99) * 1e3 <= slo["itl_p99_ms"])

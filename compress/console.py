@@ -250,8 +250,9 @@ def captured(command: str) -> Iterator[None]:
                 with contextlib.suppress(Exception):
                     out_stream.close()
         return
-    folder = Path(tempfile.gettempdir()) / "compress-logs"
-    folder.mkdir(exist_ok=True)
+    from compress.procs import private_dir
+
+    folder = private_dir("logs")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     fd, name = tempfile.mkstemp(prefix=f"{command}-{stamp}-", suffix=".log", dir=folder)
     log = os.fdopen(fd, "w", buffering=1, encoding="utf-8", errors="replace")

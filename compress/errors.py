@@ -96,6 +96,13 @@ class IntegrityError(CompressError):
     """Files on disk do not match the hashes that were recorded for them."""
 
 
+class UnsafeName(IntegrityError):
+    """A name read from a stored file (a report's, a manifest's) that would reach outside its folder:
+    refused, like an export without a PASS."""
+
+    exit_code = EXIT_GATE_FAILED
+
+
 class ExportRefused(CompressError):
     """An export was asked for something without a PASS for exactly these bytes."""
 

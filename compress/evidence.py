@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import EVIDENCE_DIR, sha256_file
+from compress.artifact import EVIDENCE_DIR, inside, safe_name, sha256_file
 from compress.evals.reports import AccuracyReport, ServableReport, SpeedReport
 from compress.evals.speculative import DraftReport
 
@@ -89,8 +89,10 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         return ["the decision records no policy or report hashes (made by an older compress); "
                 "decide again with `compress gate RUN_DIR`"]
     problems = []
+    # Names read from gate.json are data: only a known report file name becomes a path.
+    where = str(Path(folder).parent / GATE_FILE if Path(folder).name == "reports" else Path(folder) / GATE_FILE)
     for name, digest in gate.reports.items():
-        path = Path(folder) / name
+        path = inside(folder, safe_name(name, where, allowed=set(REPORT_FILES.values())), where)
         if not path.exists():
             problems.append(f"{name}: missing")
         elif sha256_file(path) != digest:
@@ -141,6 +143,8 @@ def differences(recorded: Any, fresh: Any) -> list[str]:
         a, b = old[metric], new[metric]
         if a.verdict != b.verdict:
             problems.append(f"{metric}: recorded {a.verdict}, the reports give {b.verdict}")
-        elif not math.isclose(a.measured, b.measured, rel_tol=1e-9, abs_tol=1e-12):
-            problems.append(f"{metric}: recorded {a.measured:.6g}, the reports give {b.measured:.6g}")
+        elif (a.measured is None) != (b.measured is None) or (
+                a.measured is not None and not math.isclose(a.measured, b.measured, rel_tol=1e-9, abs_tol=1e-12)):
+            shown = [f"{x:.6g}" if x is not None else "no value" for x in (a.measured, b.measured)]
+            problems.append(f"{metric}: recorded {shown[0]}, the reports give {shown[1]}")
     return problems

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import (
-    MANIFEST, MODEL_CARD, PROVENANCE, RECIPE_FILE, atomic_dir, check_hashes, content_hash, read_json, sha256_file,
-    sweep_stale, verify_dir, write_json,
+    MANIFEST, MODEL_CARD, PROVENANCE, RECIPE_FILE, atomic_dir, check_hashes, content_hash, inside, read_json, safe_name,
+    sha256_file, sweep_stale, verify_dir, write_json,
 )
 from compress.errors import ExportRefused, IntegrityError, UsageError
 from compress.evidence import EVIDENCE_DIR, GATE_FILE, check_evidence
@@ -120,27 +120,35 @@ def export_run(run_dir: Path, to: Path, *, model_card: Callable[[dict[str, Any],
     neither). The copy is checked against the gated hashes before it appears at ``to``.
     """
     to = Path(to)
-    with locked(run_dir.parent, f"runs in {run_dir.parent}"), locked(to.absolute().parent, str(to.parent)):
+    # The run is checked before anything is made at the destination: a refused export leaves no folder.
+    with locked(run_dir.parent, f"runs in {run_dir.parent}"):
         manifest, gate = check_exportable(run_dir)
-        sweep_stale(to.absolute().parent)  # what an interrupted export left (an old version comes back)
-        if (previous := _same_export(to, manifest, gate, signer)) is not None:
-            return previous
-        if to.exists() and not force:
-            raise UsageError(f"{to} already exists and holds something else",
-                             hint="choose another -o/--output or pass --force")
-        with atomic_dir(to, overwrite=force) as tmp:
-            _copy_tree(run_dir, tmp, manifest, gate, model_card(manifest, gate) if model_card else None)
-            fault_point("export.before-manifest")
-            export_files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
-                            for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix()
-                            not in manifest["files"]}
-            out = dict(manifest, gate=gate.model_dump(mode="json"), export_files=export_files,
-                       evidence={"candidate_hash": gate.candidate_hash, "baseline_hash": gate.baseline_hash,
-                                 "policy_hash": gate.policy_hash, "policy_source": gate.policy_source,
-                                 "reports": gate.reports})
-            write_json(tmp / MANIFEST, out, fault="export.manifest")
-            if signer is not None:
-                signer(tmp)  # writes PROVENANCE over every file above, before the export appears
+        with locked(to.absolute().parent, str(to.parent)):
+            return _export_checked(run_dir, to, manifest, gate, model_card, force, signer)
+
+
+def _export_checked(run_dir: Path, to: Path, manifest: dict[str, Any], gate: Any, model_card: Any, force: bool,
+                    signer: Callable[[Path], None] | None) -> dict[str, Any]:
+    """The export itself, of a run that check_exportable passed, under both locks."""
+    sweep_stale(to.absolute().parent)  # what an interrupted export left (an old version comes back)
+    if (previous := _same_export(to, manifest, gate, signer)) is not None:
+        return previous
+    if to.exists() and not force:
+        raise UsageError(f"{to} already exists and holds something else",
+                         hint="choose another -o/--output or pass --force")
+    with atomic_dir(to, overwrite=force) as tmp:
+        _copy_tree(run_dir, tmp, manifest, gate, model_card(manifest, gate) if model_card else None)
+        fault_point("export.before-manifest")
+        export_files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+                        for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix()
+                        not in manifest["files"]}
+        out = dict(manifest, gate=gate.model_dump(mode="json"), export_files=export_files,
+                   evidence={"candidate_hash": gate.candidate_hash, "baseline_hash": gate.baseline_hash,
+                             "policy_hash": gate.policy_hash, "policy_source": gate.policy_source,
+                             "reports": gate.reports})
+        write_json(tmp / MANIFEST, out, fault="export.manifest")
+        if signer is not None:
+            signer(tmp)  # writes PROVENANCE over every file above, before the export appears
     return out
 
 
@@ -165,16 +173,16 @@ def _same_export(to: Path, manifest: dict[str, Any], gate: Any,
 
 
 def _copy_tree(run_dir: Path, tmp: Path, manifest: dict[str, Any], gate: Any, model_card: str | None) -> None:
-    for name in manifest["files"]:
-        dest = tmp / name
+    for name in manifest["files"]:  # each one a model file on disk (check_hashes)
+        dest = inside(tmp, name, str(run_dir / "model" / MANIFEST))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / "model" / name, dest)
         fault_point("export.after-file")
     shutil.copyfile(run_dir / "model" / RECIPE_FILE, tmp / RECIPE_FILE)
     evidence = tmp / EVIDENCE_DIR
     evidence.mkdir()
-    for name in gate.reports:
-        shutil.copyfile(run_dir / "reports" / name, evidence / name)
+    for name in gate.reports:  # checked against the known report names by check_exportable
+        shutil.copyfile(inside(run_dir / "reports", name, str(run_dir / GATE_FILE)), evidence / name)
     shutil.copyfile(run_dir / GATE_FILE, evidence / GATE_FILE)
     problems = check_hashes(tmp, manifest["files"])
     if problems:
@@ -200,6 +208,8 @@ def verify(path: Path) -> dict[str, Any]:
     if "export_files" not in manifest:
         raise IntegrityError(f"{path}: the manifest lists no export files (not written by `compress export`, "
                              "or by an older compress)", hint="export it again with `compress export`")
+    for name in manifest["export_files"]:
+        safe_name(name, f"{path}/{MANIFEST}")
     expected = {**manifest["files"], **manifest["export_files"]}
     actual = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()}
     actual -= {MANIFEST, PROVENANCE}

@@ -41,3 +41,14 @@ def armed_for(name: str) -> bool:
     """Whether a fault at ``name`` is armed (lets a writer split a file write in two)."""
     armed = _armed()
     return armed is not None and armed[0] == name
+
+
+def hang_point(name: str) -> None:
+    """Stop here for good, doing nothing (a deadlock), if the harness armed ``hang:NAME``: the caller's
+    timeout must end it."""
+    armed = _armed()
+    if armed is not None and armed[0] == f"hang:{name}":
+        import time
+
+        while True:
+            time.sleep(3600)

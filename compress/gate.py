@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ class CheckResult(BaseModel):
     metric: str
     kind: Literal["quality", "efficiency", "servable"]
     verdict: Verdict
-    measured: float
+    measured: float | None  # None: the reports hold no evidence (the check is INCONCLUSIVE)
     shown: str = ""  # the measured value as people read it ("+0.90 pts", "0.25x")
     threshold: str
     baseline: float | None = None
@@ -153,11 +154,16 @@ def efficiency_check(check: GateCheck, values: dict[str, Interval], word: str = 
         raise UsageError(f"check {check.metric} needs bench.slo in the recipe",
                          hint="add bench.slo, e.g. {ttft_p99_ms: 2000, itl_p99_ms: 200}")
     iv = values[check.metric]
-    verdict = decide_bounds(iv, check.min, check.max)
     bounds = " and ".join(b for b in [f">= {check.min:g}" if check.min is not None else "",
                                       f"<= {check.max:g}" if check.max is not None else ""] if b)
     absolute = ABSOLUTE_EFFICIENCY.get(check.metric)
     bounds += "" if absolute else "x"
+    if math.isnan(iv.estimate):  # no evidence: never a verdict made up from a stand-in value
+        return CheckResult(metric=check.key, kind="efficiency", verdict=INCONCLUSIVE, measured=None,
+                           shown="n/a", threshold=bounds, interval=None,
+                           note=f"{iv.method.removeprefix('not computable: ')}: the reports hold no evidence for "
+                                f"this check")
+    verdict = decide_bounds(iv, check.min, check.max)
     show = (lambda v: absolute.format(v)) if absolute else (lambda v: f"{v:.3g}x")
     spread = iv.n > 1
     shown = show(iv.estimate) + (f" [{show(iv.lower)}, {show(iv.upper)}]" if spread else "")

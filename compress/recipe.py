@@ -30,6 +30,7 @@ class Strict(BaseModel):
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -360,6 +361,19 @@ class BenchSpec(Strict):
     seed: int = 0
     tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
     data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
+    start_timeout_s: PositiveFloat | None = Field(
+        default=None, description="vllm: the most seconds a server's start may take while it makes progress (its "
+        "log grows or it uses CPU; one that stands still for 5 minutes fails at once); unset: "
+        "$COMPRESS_ENGINE_START_TIMEOUT, else 3600")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # How long a start may take changes no figure: left out when unset, so every recipe's hash
+        # and every cached report stay what they were.
+        data = handler(self)
+        if data.get("start_timeout_s") is None:
+            data.pop("start_timeout_s", None)
+        return data
 
     @model_validator(mode="after")
     def _parallel_is_vllms(self) -> "BenchSpec":

@@ -374,3 +374,91 @@ def test_a_second_run_of_the_same_recipe_waits_or_exits_2(flow, tmp_path):
     t.join()
     assert p.returncode == 0, p.stderr[-2000:]
     assert "waiting up to 120 s" in p.stderr
+
+
+# ------------------------------------------------- names read from stored files are data, never paths
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _forged_names(tmp_path: Path) -> list[tuple[str, str]]:
+    """(label, name) pairs a forger could write where compress expects a report's file name."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for export")
+    return [("traversal", "../../secret.txt"), ("deep traversal", "speed.json/../../../secret.txt"),
+            ("absolute", str(secret)), ("NUL", "speed.json\x00../../secret.txt"), ("backslash", "..\\secret.txt"),
+            ("empty part", "reports//speed.json"), ("unknown name", "notes.json")]
+
+
+def test_names_in_gate_json_never_reach_outside_the_run(flow, tmp_path):
+    """A name added to gate.json's reports (with the right sha256) is refused by export with exit 1 and one line
+    naming the file and the name; nothing is written anywhere, and a symlinked report file is refused too."""
+    import hashlib
+
+    copy = _copy_run(flow, "good", tmp_path)
+    gate_path = copy / "gate.json"
+    original = gate_path.read_text()
+    digest = hashlib.sha256(b"not for export").hexdigest()
+    for label, name in _forged_names(tmp_path):
+        gate = json.loads(original)
+        gate["reports"][name] = digest
+        gate_path.write_text(json.dumps(gate))
+        before = _snapshot(tmp_path)
+        e = run_cli("export", str(copy), "-o", str(tmp_path / "a" / "b" / "exp"), env=flow["env"])
+        assert e.returncode == 1, (label, e.stderr)
+        lines = e.stderr.strip().splitlines()
+        assert len(lines) == 1 and "gate.json" in lines[0] and "refusing the name" in lines[0], (label, e.stderr)
+        assert not (tmp_path / "a").exists() and _snapshot(tmp_path) == before, label
+    # A known name whose file is a symlink to something outside the run.
+    gate_path.write_text(original)
+    speed = copy / "reports" / "speed.json"
+    outside = tmp_path / "outside-speed.json"
+    shutil.move(speed, outside)
+    speed.symlink_to(outside)
+    e = run_cli("export", str(copy), "-o", str(tmp_path / "a" / "b" / "exp"), env=flow["env"])
+    assert e.returncode == 1 and "symbolic link" in e.stderr, e.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_names_in_a_run_manifest_never_reach_outside_the_run(flow, tmp_path):
+    copy = _copy_run(flow, "good", tmp_path)
+    manifest_path = copy / "model" / "manifest.json"
+    original = manifest_path.read_text()
+    for label, name in _forged_names(tmp_path)[:-1]:
+        manifest = json.loads(original)
+        manifest["files"][name] = {"sha256": "0" * 64, "size": 1}
+        manifest_path.write_text(json.dumps(manifest))
+        e = run_cli("export", str(copy), "-o", str(tmp_path / "a" / "exp"), env=flow["env"])
+        assert e.returncode == 1 and "manifest.json" in e.stderr and "refusing the name" in e.stderr, (label, e.stderr)
+        assert not (tmp_path / "a").exists(), label
+
+
+def test_verify_refuses_forged_names_in_an_export(flow, tmp_path):
+    """The same forgeries in an export (gate.json's reports, with the manifest's copy and export_files
+    hash updated to match, and export_files' own names) fail verify with exit 1."""
+    import hashlib
+
+    dist = flow["root"] / "dist" / "good"
+    for label, name in _forged_names(tmp_path):
+        copy = tmp_path / "copy"
+        shutil.copytree(dist, copy)
+        gate = json.loads((copy / "evidence" / "gate.json").read_text())
+        gate["reports"][name] = hashlib.sha256(b"not for export").hexdigest()
+        (copy / "evidence" / "gate.json").write_text(json.dumps(gate))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["gate"] = gate
+        manifest["export_files"]["evidence/gate.json"]["sha256"] = hashlib.sha256(
+            (copy / "evidence" / "gate.json").read_bytes()).hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        v = run_cli("verify", str(copy))
+        assert v.returncode == 1 and "refusing the name" in v.stderr, (label, v.stderr)
+        assert len(v.stderr.strip().splitlines()) == 1, v.stderr
+        if label == "unknown name":  # a plain name there is only a missing file (exit 4)
+            shutil.rmtree(copy)
+            continue
+        manifest["export_files"][name] = {"sha256": "0" * 64, "size": 1}
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        v = run_cli("verify", str(copy))
+        assert v.returncode == 1 and "manifest.json" in v.stderr and "refusing the name" in v.stderr, (label, v.stderr)
+        shutil.rmtree(copy)

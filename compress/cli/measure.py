@@ -10,7 +10,7 @@ from compress import console
 from compress.cli.common import (MEASURE, command, default, emit, examples, load_optional, model_dtype, plain,
                                  settings_from)
 from compress.cli.options import (DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides,
-                                  TensorParallel)
+                                  StartTimeout, TensorParallel)
 from compress.errors import UsageError
 from compress.recipe import BenchSpec, EvalSpec
 
@@ -150,6 +150,7 @@ def bench(
                                                   + default(BenchSpec, "device"))] = None,
     tensor_parallel: TensorParallel = None,
     data_parallel: DataParallel = None,
+    start_timeout: StartTimeout = None,
     dtype: ModelDtype = None,
     recipe: RecipeFile = None,
     set_: SetOverrides = None,
@@ -171,7 +172,8 @@ def bench(
                              hint="e.g. --batch-sizes 1,4,8") from None
     flags = {"engine": engine, "batch_sizes": sizes, "rounds": rounds, "prompt_tokens": prompt_tokens,
              "output_tokens": output_tokens, "warmup": warmup, "repeats": repeats, "price_per_hour": price_per_hour,
-             "device": device, "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
+             "device": device, "tensor_parallel": tensor_parallel, "data_parallel": data_parallel,
+             "start_timeout_s": start_timeout}
     r = load_optional(recipe, set_)
     settings = settings_from(BenchSpec, r, "bench", flags)
     if endpoint and not endpoint.startswith(("http://", "https://")):

@@ -34,6 +34,9 @@ TensorParallel = Annotated[Optional[int], typer.Option(
 DataParallel = Annotated[Optional[int], typer.Option(
     "--data-parallel", min=1, help="vllm: copies of the model serving side by side (--data-parallel-size).  "
     "\\[default: 1]")]
+StartTimeout = Annotated[Optional[float], typer.Option(
+    "--start-timeout", min=1, metavar="SECONDS", help="vllm: the most a server's start may take while it makes "
+    "progress (bench.start_timeout_s).  \\[default: $COMPRESS_ENGINE_START_TIMEOUT, else 3600]")]
 SignKey = Annotated[
     Optional[Path],
     typer.Option("--sign", metavar="KEY",

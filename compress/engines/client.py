@@ -85,9 +85,16 @@ async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, 
                          token_times_s=times, chunks=chunks, text="".join(text), finish_reason=finish)
 
 
+READ_TIMEOUT = 120.0  # the most seconds between two chunks of a streamed answer
+
+
 async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
                concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
-    """Send every prompt, at most ``concurrency`` in flight; results in prompt order."""
+    """Send every prompt, at most ``concurrency`` in flight; results in prompt order.
+
+    Every wait ends: a connection or a read that takes longer than :data:`READ_TIMEOUT` s, or a
+    request that takes longer than ``timeout`` s in all (a server trickling tokens), is an EngineError.
+    """
     import httpx
 
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -96,13 +103,19 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
     results: list[ServedRequest | None] = [None] * len(prompts)
     origin = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits, trust_env=False) as client:
+    per_read = httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
+    async with httpx.AsyncClient(timeout=per_read, limits=limits, trust_env=False) as client:
 
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                results[i] = await stream_one(client, url, model, prompts[i], output_tokens,
-                                              index=i, concurrency=concurrency, origin=origin)
+                try:
+                    results[i] = await asyncio.wait_for(
+                        stream_one(client, url, model, prompts[i], output_tokens, index=i, concurrency=concurrency,
+                                   origin=origin), timeout)
+                except asyncio.TimeoutError:
+                    raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
+                                      "(the server stopped answering)", hint="check the server log") from None
 
         try:
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))

@@ -53,7 +53,7 @@ class ServableResult(ReportModel):
 
 def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], reference: list[list[int]],
                    log_path: Path, tokens: int = 8, min_agreement: float = 1.0,
-                   python: Path | None = None, startup_timeout: float = 300.0) -> ServableResult:
+                   python: Path | None = None, startup_timeout: float | None = None) -> ServableResult:
     """Serve ``model_dir`` with vLLM, generate ``tokens`` greedy tokens per prompt, compare.
 
     Args:
@@ -67,7 +67,7 @@ def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], ref
         min_agreement: the fraction of fully matching prompts ``ok`` requires. On the embedded
             model's int4 artifact in bfloat16 every prompt matched its first 8 tokens.
         python: the engine environment's interpreter (``VllmServer``'s default when None).
-        startup_timeout: seconds the server may take to become healthy.
+        startup_timeout: the ceiling on the server's start while it makes progress (VllmServer's default when None).
 
     Returns:
         A :class:`ServableResult`; an engine that cannot load or serve the model gives

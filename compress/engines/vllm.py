@@ -21,17 +21,32 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
+from compress import procs
 from compress.errors import EngineError, InputError
 
 DEFAULT_PYTHON = Path(".venv-engine/bin/python")
 DEFAULT_MAX_MODEL_LEN = 4096
+# How long a start may take while the server keeps working (its log grows or its processes use
+# CPU): a cold 7B start on 2 cores compiles for well over ten minutes. A start that makes no
+# progress for STALL_TIMEOUT seconds, or whose process dies, fails at once.
+START_TIMEOUT_ENV = "COMPRESS_ENGINE_START_TIMEOUT"
+DEFAULT_START_TIMEOUT = 3600.0
+STALL_TIMEOUT = 300.0
+
+# What a starting server is doing, from its log: the last of these patterns seen names the phase.
+_PHASES = [
+    (re.compile(r"Loading (weights|model)|Starting to load model|safetensors", re.I), "loading the weights"),
+    (re.compile(r"torch\.compile|Compiling|compile range|inductor|dynamo", re.I),
+     "compiling the model for vLLM (first run only; later starts reuse the cache)"),
+    (re.compile(r"KV cache|num_gpu_blocks|warm(ing)? ?up|Capturing", re.I), "warming up the engine"),
+    (re.compile(r"Starting vLLM API server|Application startup|Uvicorn running", re.I), "starting the API server"),
+]
 
 # "... Using CPUWNA16LinearKernel for CompressedTensorsWNA16" and similar lines; the kernel
 # class names all end in ``LinearKernel``.
@@ -45,10 +60,6 @@ _TRIVIAL = re.compile(r"^(Traceback|\s*File \"|\s*\^+\s*$|\s*~+\s*$|During handl
 
 # Requests to the local server never go through a proxy from the environment.
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:
@@ -172,6 +183,47 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid``."""
+    import psutil
+
+    total = 0.0
+    for pid in group_alive(pgid):
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def start_timeout(value: float | None = None) -> float:
+    """The start ceiling: ``value`` if given, else ``$COMPRESS_ENGINE_START_TIMEOUT``, else the default."""
+    if value:
+        return float(value)
+    raw = os.environ.get(START_TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise InputError(f"${START_TIMEOUT_ENV} is {raw!r}, not a number of seconds",
+                             hint="set it to a number such as 1800, or unset it") from None
+        if seconds <= 0:
+            raise InputError(f"${START_TIMEOUT_ENV} is {raw!r}; it must be positive", hint="unset it or raise it")
+        return seconds
+    return DEFAULT_START_TIMEOUT
+
+
+def start_phase(log: str) -> str:
+    """What a starting server is doing, from its log: the phase of the last line that names one."""
+    phase = "starting"
+    for line in log.splitlines()[-200:]:
+        for pattern, name in _PHASES:
+            if pattern.search(line):
+                phase = name
+    return phase
+
+
 def group_rss(pgid: int) -> int:
     """Resident memory of every live process in process group ``pgid``, in bytes."""
     import psutil
@@ -191,6 +243,23 @@ def parallel_args(tensor: int = 1, data: int = 1) -> list[str]:
         (["--data-parallel-size", str(data)] if data > 1 else [])
 
 
+class _ProgressLines:
+    """A starting server's progress: the live line (and the log) every few seconds; off a terminal,
+    one stderr line for a phase that has lasted a minute (a cold compile), so a long start is never silent."""
+
+    def __init__(self, name: str):
+        self.name, self.said = name, set()
+
+    def __call__(self, phase: str, elapsed: float) -> None:
+        from compress import console
+
+        line = f"vLLM ({self.name}): {phase}: {console.fmt_seconds(elapsed)}"
+        console.detail(line)
+        if elapsed >= 60 and phase not in self.said and not console.err.is_terminal:
+            self.said.add(phase)
+            console.step(line)
+
+
 class VllmServer:
     """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
 
@@ -207,7 +276,10 @@ class VllmServer:
             else ``.venv-engine/bin/python`` in the current directory.
         env: environment variables added to (and overriding) the current ones.
         served_model_name: the ``model`` name requests use; the directory's name by default.
-        startup_timeout: seconds to wait for ``GET /health``.
+        startup_timeout: the most seconds a start may take while it makes progress (its log grows
+            or its processes use CPU); by default ``$COMPRESS_ENGINE_START_TIMEOUT``, else 3600.
+        stall_timeout: a start that shows no progress for this long fails.
+        on_progress: called every few seconds while starting with ``(phase, elapsed_s)``.
         stop_timeout: seconds between SIGTERM and SIGKILL.
 
     Raises:
@@ -220,7 +292,8 @@ class VllmServer:
                  dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: int = 2,
                  extra_args: Sequence[str] = (), python: Path | str | None = None,
                  env: Mapping[str, str] | None = None, served_model_name: str | None = None,
-                 startup_timeout: float = 300.0, stop_timeout: float = 20.0):
+                 startup_timeout: float | None = None, stall_timeout: float = STALL_TIMEOUT,
+                 on_progress=None, stop_timeout: float = 20.0):
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
         self.port = port
@@ -232,7 +305,10 @@ class VllmServer:
         self.python = Path(python) if python else Path(venv) / "bin" / "python" if venv else DEFAULT_PYTHON
         self.env = dict(env or {})
         self.served_model_name = served_model_name or self.model_dir.name
-        self.startup_timeout = startup_timeout
+        self.startup_timeout = float(startup_timeout) if startup_timeout else start_timeout()
+        self.stall_timeout = stall_timeout
+        self.on_progress = on_progress or _ProgressLines(self.served_model_name)
+        self.phase = "starting"
         self.stop_timeout = stop_timeout
         self.command: list[str] = []
         self.proc: subprocess.Popen | None = None
@@ -243,35 +319,21 @@ class VllmServer:
         self._log: IO[bytes] | None = None
         self._stopped = False
         self._cancelled = False
-        self._old_sigterm = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "VllmServer":
-        # SIGTERM (a cancelled CI job) would end this process without running `finally`
-        # blocks and leave the server behind: while the server runs, it raises SystemExit.
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            self.start()
-        except BaseException:
-            self._restore_sigterm()
-            raise
+        # A signal (a cancelled CI job's SIGTERM, Ctrl-C, a closed terminal) reaches the main
+        # thread only: its handler (compress.procs) ends every registered server, whichever
+        # thread started it.
+        procs.install_handlers()
+        self.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.stop()
-        finally:
-            self._restore_sigterm()
-
-    def _restore_sigterm(self) -> None:
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        self.stop()
 
     # ------------------------------------------------------------------ start
 
@@ -301,9 +363,9 @@ class VllmServer:
             raise EngineError(f"the vLLM engine environment is missing ({self.python} not found)",
                               hint="run `make engine`")
         self.command = self._build_command()
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(max(1, round(self.kv_cache_gib))), PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)  # the compression environment's paths must not leak into vLLM's
-        env.update(self.env)
+        # The compression environment's paths must not leak into vLLM's, nor a signing key given as text.
+        env = procs.child_env({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_gib))),
+                               "PYTHONUNBUFFERED": "1", **self.env}, drop=("PYTHONPATH",))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self._log.write(("$ " + " ".join(self.command) + "\n").encode())
@@ -317,6 +379,7 @@ class VllmServer:
             self._log = None
             raise EngineError(f"cannot start vLLM: {e}", hint="run `make engine` again") from None
         self.pgid = self.proc.pid  # a new session: the leader's pid is the group's id
+        procs.register(self.pgid, f"vLLM serving {self.model_dir}")
         try:
             if self._cancelled:  # stop() came from another thread before there was a process to end
                 raise EngineError("vLLM was stopped while starting")
@@ -329,7 +392,10 @@ class VllmServer:
         self._read_log()
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
+        """Poll ``GET /health`` while the server works. Ends on 200; fails when the process exits,
+        when neither its log nor its CPU time moved for ``stall_timeout`` s, or at ``startup_timeout``."""
+        began = last_progress = last_report = time.monotonic()
+        seen = (-1, -1.0)
         while True:
             code = self.proc.poll()
             if self._cancelled:
@@ -343,10 +409,31 @@ class VllmServer:
                         return
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            if time.monotonic() > deadline:
-                raise EngineError(f"vLLM was not ready after {self.startup_timeout:.0f} s: {self.log_tail()}",
+            now = time.monotonic()
+            mark = (self._log_size(), group_cpu_seconds(self.pgid))
+            if mark[0] > seen[0] or mark[1] > seen[1] + 0.5:
+                seen, last_progress = (max(mark[0], seen[0]), max(mark[1], seen[1])), now
+            if now - last_progress > self.stall_timeout:
+                raise EngineError(f"vLLM made no progress for {self.stall_timeout:.0f} s while {self.phase} "
+                                  f"(its log and CPU time stood still): {self.log_tail()}",
                                   hint=f"its log: {self.log_path}")
+            if now - began > self.startup_timeout:
+                raise EngineError(f"vLLM was not ready after {self.startup_timeout:.0f} s, still {self.phase}: "
+                                  f"{self.log_tail()}",
+                                  hint=f"allow longer with bench.start_timeout_s, --start-timeout or "
+                                       f"${START_TIMEOUT_ENV}; its log: {self.log_path}")
+            if now - last_report >= 5:
+                self.phase = start_phase(self.log_text())
+                last_report = now
+                if self.on_progress is not None:
+                    self.on_progress(self.phase, now - began)
             time.sleep(0.5)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return -1
 
     def _get_json(self, route: str) -> dict:
         try:

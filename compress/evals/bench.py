@@ -198,6 +198,51 @@ class Side(Protocol):
     def close(self) -> None: ...
 
 
+WORKER_TIMEOUT_ENV = "COMPRESS_WORKER_TIMEOUT"
+WORKER_STALL_S = 300.0  # a worker that uses no CPU for this long while it owes an answer is hung
+
+
+def worker_timeout() -> float:
+    """The most seconds one answer of the hf worker may take: ``$COMPRESS_WORKER_TIMEOUT``, else 3600."""
+    raw = os.environ.get(WORKER_TIMEOUT_ENV, "").strip()
+    try:
+        return float(raw) if raw else 3600.0
+    except ValueError:
+        raise UsageError(f"${WORKER_TIMEOUT_ENV} is {raw!r}, not a number of seconds", hint="unset it") from None
+
+
+def _read_answer(proc: subprocess.Popen, timeout: float, what: str, stall: float | None = None) -> str:
+    """The worker's next line, or a CompressError naming what hung once ``timeout`` s pass, or once its
+    processes used no CPU for ``stall`` s (default :data:`WORKER_STALL_S`, at most ``timeout``); the
+    worker is ended first."""
+    import selectors
+
+    from compress import procs
+    from compress.engines.vllm import group_cpu_seconds
+
+    stall = min(stall or WORKER_STALL_S, timeout)
+    began = last = time.monotonic()
+    cpu = -1.0
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            if sel.select(timeout=1.0):
+                return proc.stdout.readline()
+            if proc.poll() is not None:
+                return proc.stdout.readline()
+            now = time.monotonic()
+            used = group_cpu_seconds(proc.pid)
+            if used > cpu + 0.05:
+                cpu, last = used, now
+            hung = now - last > stall
+            if hung or now - began > timeout:
+                procs.kill_group(proc.pid, grace=2)
+                how = f"used no CPU for {stall:.0f} s" if hung else f"took more than {timeout:.0f} s"
+                raise CompressError(f"the transformers benchmark worker hung: {what} {how}; it was stopped",
+                                    hint=f"allow longer with ${WORKER_TIMEOUT_ENV}, or rerun with COMPRESS_DEBUG=1 "
+                                         "to see the worker's output")
+
+
 class HfSide:
     """A model held by a transformers worker process (``python -m compress.evals.bench``)."""
 
@@ -213,10 +258,15 @@ class HfSide:
         self.runtime = Runtime(engine="hf", version=package_version("transformers"), dtype=dtype)
 
     def start(self) -> None:
+        from compress import procs
+
         self._err = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+        env = procs.child_env({"TOKENIZERS_PARALLELISM": "false"})
+        procs.install_handlers()
         self.proc = subprocess.Popen([sys.executable, "-m", "compress.evals.bench"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=env,
+                                     start_new_session=True)
+        procs.register(self.proc.pid, "the transformers benchmark worker")
         self.info = self._ask(self.job)
 
     def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +276,8 @@ class HfSide:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
-        line = self.proc.stdout.readline()
+        what = "loading the model" if "path" in message else "the round" if "round" in message else "finishing"
+        line = _read_answer(self.proc, self.timeout or worker_timeout(), what)
         data = json.loads(line) if line.strip() else None
         if data is None:
             code = self.proc.wait()
@@ -251,9 +302,13 @@ class HfSide:
                 "environment": end["environment"]}
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            from compress import procs
+
+            if self.proc.poll() is None:
+                procs.kill_group(self.proc.pid, grace=0)
+                self.proc.wait()
+            procs.unregister(self.proc.pid)
         if getattr(self, "_err", None) is not None:
             if os.environ.get("COMPRESS_DEBUG") == "1":
                 self._err.seek(0)
@@ -465,7 +520,7 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
         dt = dtype if settings.engine_dtype == "auto" else settings.engine_dtype
         server = VllmServer(path, log_path=log_path or Path(tempfile.mkdtemp(prefix="compress-vllm-")) / "vllm.log",
                             dtype=dt, kv_cache_gib=settings.kv_cache_gib, extra_args=extra,
-                            max_model_len=None)
+                            max_model_len=None, startup_timeout=settings.start_timeout_s)
         return ServedSide(path, settings, server=server)
     return HfSide(path, settings, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
@@ -536,7 +591,7 @@ def _measure(named: dict[str, tuple[Path, ModelInfo]], settings: BenchSpec, *, d
 
 
 def bench_settings(spec: BenchSpec, dtype: str, endpoint: str | None = None) -> dict[str, Any]:
-    s = spec.model_dump(mode="json")
+    s = spec.model_dump(mode="json", exclude={"start_timeout_s"})  # how long a start may take moves no figure
     s["dtype"] = dtype
     if endpoint:
         s["endpoint"] = endpoint
@@ -634,6 +689,9 @@ def _main() -> int:
         answers.flush()
 
     job = json.loads(sys.stdin.readline())
+    from compress.faults import hang_point
+
+    hang_point("bench-worker")
     try:
         serve_worker(job, sys.stdin, answer)
     except (CompressError, UsageError) as e:

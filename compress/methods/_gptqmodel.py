@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,16 @@ def run(ctx: MethodContext, timer: Timer) -> dict[str, Any]:
 def _log_dir_outside_cwd():
     """GPTQModel writes a per-layer log file under `logs/` in the current directory (from a
     background thread, so the directory must outlive the call); keep the user's working
-    directory untouched by pointing it at one under the system temporary directory."""
+    directory untouched by pointing it at a private folder in the user's cache."""
     try:
         from gptqmodel.looper import loop_processor
     except ImportError:  # not installed: `require` names the extra to install
         yield
         return
     saved = loop_processor._PROJECT_LOG_DIR
-    loop_processor._PROJECT_LOG_DIR = Path(tempfile.gettempdir()) / "compress-gptqmodel-logs"
+    from compress.procs import private_dir
+
+    loop_processor._PROJECT_LOG_DIR = private_dir("gptqmodel-logs")
     try:
         yield
     finally:
