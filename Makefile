@@ -58,14 +58,15 @@ $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	echo "engine: installed in $$(cat $(ENGINE_VENV)/install-seconds.txt) s ($$(tail -n 1 $(ENGINE_VENV)/install.log))"
 	@touch $@
 
-# The tests that start a real vLLM server (after `make setup`; skipped without $(ENGINE_VENV)).
+# Only the tests that start a real vLLM server (they are in `make test` too).
 test-engine: engine
 	$(BIN)/python -m pytest -m engine -q -s
 
 # The main job on the embedded model: quantize, evaluate, benchmark, gate, export, verify.
 # Then a recipe that is too aggressive (2-bit): the gate must FAIL it (exit 1) and export nothing.
 # Then where the cost falls: a 1B-shaped model (random weights, generated once into the cache)
-# quantized to int4 and served by vLLM beside its bf16 base, in alternating rounds. Last, every
+# quantized to int4 and served by vLLM beside its bf16 base, in alternating rounds (on a CPU without
+# usable AMX, vLLM's int4 kernel is no faster than bf16: that FAIL is reported, not an error). Last, every
 # run in one table and plot. Commands are not echoed: the output fits on one screen (at most 40
 # lines off a terminal; scripts/demo_lines.py counts them); back-end output goes to runs/*/*/logs/.
 demo: setup engine
@@ -76,13 +77,16 @@ demo: setup engine
 	  if [ $$code -eq 1 ]; then echo "demo: the 2-bit recipe was blocked by its gate (exit 1), as it should be"; \
 	  else echo "demo: expected the 2-bit recipe to FAIL its gate (exit 1), got exit $$code"; exit 1; fi
 	@test ! -e dist/tiny-llama-int2-rtn || { echo "demo: a failed artifact was exported"; exit 1; }
-	@$(BIN)/compress run recipes/speed/llama-1b-int4-rtn.yaml --summary runs/speed-summary.md
+	@$(BIN)/compress run recipes/speed/llama-1b-int4-rtn.yaml --summary runs/speed-summary.md; code=$$?; \
+	  if [ $$code -eq 1 ] && $(BIN)/python -c "import sys, torch; sys.exit(torch.cpu._is_amx_tile_supported())"; then \
+	    echo "demo: int4 is not cheaper than bf16 on this CPU (no usable AMX: vLLM's int4 kernel takes its vector path), and the gate said so"; \
+	  elif [ $$code -ne 0 ]; then exit $$code; fi
 	@$(BIN)/compress report runs --plot runs/report.png
 
-# The default suite includes one real engine test (a vLLM server started, serving an artifact,
-# stopped), so it builds the engine environment too.
+# The default suite includes the engine tests (real vLLM servers started, serving artifacts, stopped,
+# also on signals), so it builds the engine environment too.
 test: setup engine
-	$(BIN)/python -m pytest -m "not slow and not gpu and not engine" -q --durations=25
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-slow: setup
 	$(BIN)/python -m pytest -m "slow" -q

@@ -43,6 +43,10 @@ def notes(info: dict[str, Any]) -> list[str]:
     elif not dev.get("fp8_native"):
         lines.append(f"{dev.get('gpu')} (compute {dev.get('compute_capability')}) has no native FP8: "
                      "FP8 artifacts run through weight-only fallbacks in vLLM")
+    if dev.get("amx") is False and not dev.get("cuda"):
+        lines.append("no usable AMX on this CPU: vLLM's int4 (W4A16) kernel takes its vector path, no faster than "
+                     "bf16 here, so the int4 speed gate (recipes/speed/llama-1b-int4-rtn.yaml) fails on this machine; "
+                     "int8 W8A8 keeps its lead")
     engine = info.get("engine")
     if engine is not None and not engine["installed"]:
         lines.append(f"no serving engine at {engine['path']}: server-mode benchmarks unavailable; run `make engine`")

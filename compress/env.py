@@ -79,6 +79,10 @@ def device_info(torch_module: Any | None = None) -> dict[str, Any]:
     if torch is None:
         return info
     info["torch_threads"] = torch.get_num_threads()
+    # AMX tiles usable by this process (the CPU has them and the kernel grants them): vLLM's CPU int4
+    # (W4A16) kernel and oneDNN's bf16 matmuls use them; without them int4 is no faster than bf16.
+    amx = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    info["amx"] = bool(amx()) if callable(amx) else None
     info["cuda"] = bool(torch.cuda.is_available())
     info["torch_cuda"] = torch.version.cuda
     if info["cuda"]:

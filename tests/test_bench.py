@@ -1,5 +1,6 @@
 """The benchmark measures what it claims: known per-token costs, exact lengths, right percentiles."""
 import json
+import math
 import time
 
 import numpy as np
@@ -141,7 +142,9 @@ def test_slo_throughput_is_the_best_level_within_the_objective():
 
     # ttft is 0.5 s at every level; an SLO of 400 ms TTFT is met by neither side.
     missed = efficiency_metrics(_speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 400}))
-    assert missed["slo_throughput_speedup"].estimate == 1.0  # nothing meets it on either side
+    # Nothing meets it on either side: no figure at all, and the gate says why instead of deciding.
+    assert math.isnan(missed["slo_throughput_speedup"].estimate)
+    assert "neither model met bench.slo" in missed["slo_throughput_speedup"].method
     met = efficiency_metrics(_speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 600}))
     assert met["slo_throughput_speedup"].estimate == pytest.approx(2.0)
     report = _speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 600})
@@ -239,3 +242,49 @@ def test_a_check_reads_its_ratio_at_the_level_it_names():
     assert "at concurrency 1" in checks["throughput_speedup@1"].note
     with pytest.raises(Exception, match="no level 8"):
         evaluate(GateSpec(checks=[{"metric": "cost_ratio", "max": 1, "at": 8}]), None, None, report)
+
+
+def test_a_check_without_evidence_is_inconclusive_never_a_made_up_value():
+    """slo_throughput_speedup with neither model within the SLO used to be 1.0, so `min: 1.0` PASSed; a level
+    where a side generated nothing, or whose memory was never measured, gives no figure either."""
+    from compress.compare import efficiency_metrics
+    from compress.gate import evaluate
+    from compress.recipe import GateSpec
+
+    def gate(report, *checks):
+        policy = GateSpec.model_validate({"checks": [dict(c) for c in checks]})
+        return evaluate(policy, None, None, report)
+
+    missed = gate(_speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 400}),
+                  {"metric": "slo_throughput_speedup", "min": 1.0})
+    check = missed.checks[0]
+    assert missed.verdict == "INCONCLUSIVE" and check.verdict == "INCONCLUSIVE" and check.measured is None
+    assert "neither model met bench.slo at any level" in check.note and check.shown == "n/a"
+    # Only the candidate meets the SLO: that is evidence (PASS); only the baseline: FAIL.
+    only_candidate = _speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 600}, e2e_scale=1.0)
+    for run in only_candidate.baseline.runs:
+        for q in run.requests:
+            q.ttft_s = 0.9
+    m = efficiency_metrics(only_candidate)
+    assert m["slo_throughput_speedup"].estimate == float("inf")
+    assert gate(only_candidate, {"metric": "slo_throughput_speedup", "min": 1.0}).verdict == "PASS"
+    # A level at which the candidate generated no token: no throughput, no cost, INCONCLUSIVE with the reason.
+    silent = _speed([2.0, 2.0], [1.0, 1.0])
+    for run in silent.candidate.runs:
+        run.output_tokens = 0
+    result = gate(silent, {"metric": "throughput_speedup", "min": 0.9}, {"metric": "cost_ratio", "max": 1.1},
+                  {"metric": "size_ratio", "max": 0.5})
+    verdicts = {c.metric: (c.verdict, c.note) for c in result.checks}
+    assert verdicts["throughput_speedup"][0] == verdicts["cost_ratio"][0] == "INCONCLUSIVE"
+    assert "the candidate generated no token at level 4" in verdicts["throughput_speedup"][1]
+    assert verdicts["size_ratio"][0] == "PASS" and result.verdict == "INCONCLUSIVE"
+    # Unmeasured peak memory (0 bytes recorded) is no ratio either.
+    blind = _speed([2.0, 2.0], [1.0, 1.0])
+    blind.baseline.peak_memory_bytes = 0
+    memory = gate(blind, {"metric": "peak_memory_ratio", "max": 1.0}).checks[0]
+    assert memory.verdict == "INCONCLUSIVE" and "peak memory was not measured" in memory.note
+    # The decision round-trips through JSON (no NaN written) and is decided again the same way.
+    from compress.gate import GateResult
+
+    again = GateResult.model_validate_json(missed.model_dump_json())
+    assert again.checks[0].measured is None and again.verdict == "INCONCLUSIVE"

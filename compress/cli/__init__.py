@@ -21,7 +21,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from compress import console
+from compress import console, procs
 from compress.cli import setup, build, measure, decide, ship  # noqa: F401, I001  (they register the commands, in this order)
 from compress.cli.common import app
 from compress.cli.options import RENAMED
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     console.state.log_path = None
     argv = _new_spellings(sys.argv[1:] if argv is None else list(argv))
+    procs.install_handlers()  # SIGTERM and SIGHUP stop every server and worker before the command ends
     with _ctrl_c() as interrupted:
         code = _main(argv, debug)
     if code not in (0, 1, 3, EXIT_INTERRUPTED) and console.state.log_path is not None:
@@ -152,7 +153,9 @@ def _ctrl_c():
         hits.append(signum)
         if len(hits) > 1:
             _say_interrupted()
+            procs.stop_all(grace=0)
             os._exit(EXIT_INTERRUPTED)
+        procs.stop_all()  # servers and workers whichever thread started them (the main one may be waiting)
         raise KeyboardInterrupt
 
     try:

