@@ -271,7 +271,8 @@ def test_a_check_without_evidence_is_inconclusive_never_a_made_up_value():
     # A level at which the candidate generated no token: no throughput, no cost, INCONCLUSIVE with the reason.
     silent = _speed([2.0, 2.0], [1.0, 1.0])
     for run in silent.candidate.runs:
-        run.output_tokens = 0
+        for q in run.requests:
+            q.output_tokens, q.token_times_s = 0, []
     result = gate(silent, {"metric": "throughput_speedup", "min": 0.9}, {"metric": "cost_ratio", "max": 1.1},
                   {"metric": "size_ratio", "max": 0.5})
     verdicts = {c.metric: (c.verdict, c.note) for c in result.checks}

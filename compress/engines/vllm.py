@@ -456,6 +456,8 @@ class VllmServer:
             mark = (self._log_size(), group_cpu_seconds(self.pgid))
             if mark[0] > seen[0] or mark[1] > seen[1] + 0.5:
                 seen, last_progress = (max(mark[0], seen[0]), max(mark[1], seen[1])), now
+            if now - last_progress > self.stall_timeout or now - began > self.startup_timeout:
+                self.phase = start_phase(self.log_text())
             if now - last_progress > self.stall_timeout:
                 raise EngineError(f"vLLM made no progress for {self.stall_timeout:.0f} s while {self.phase} "
                                   f"(its log and CPU time stood still): {self.log_tail()}",
