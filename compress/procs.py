@@ -78,6 +78,20 @@ def kill_group(pgid: int, grace: float = 10.0) -> None:
             time.sleep(0.1)
 
 
+def group_alive(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``."""
+    import psutil
+
+    alive = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p.info["pid"])
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return alive
+
+
 def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -87,17 +101,7 @@ def _group_exists(pgid: int) -> bool:
     with contextlib.suppress(ChildProcessError, OSError):
         while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
             pass
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return True
-    for p in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    return False
+    return bool(group_alive(pgid))
 
 
 def stop_all(grace: float = 10.0) -> list[int]:

@@ -179,7 +179,8 @@ def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):
     assert time.monotonic() - began < 60
     assert side.proc.poll() is not None  # stopped, not left behind
     side.close()
-    # The ceiling holds for a worker that keeps busy too.
+    # The ceiling holds for a worker that keeps busy too (no hang armed: it is loading torch and the model).
+    monkeypatch.delenv("COMPRESS_FAULT")
     monkeypatch.setenv("COMPRESS_WORKER_TIMEOUT", "2")
     side = bench.HfSide(BUILTIN, BenchSpec(), dtype="float32")
     with pytest.raises(CompressError, match="took more than 2 s"):

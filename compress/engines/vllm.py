@@ -211,18 +211,7 @@ def probe(venv: Path | str | None = None, *, log_path: Path, model_dir: Path | N
     return out
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Pids of the live (not zombie) processes in process group ``pgid``."""
-    import psutil
-
-    alive = []
-    for p in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(p.info["pid"]) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                alive.append(p.info["pid"])
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    return alive
+group_alive = procs.group_alive  # pids of the live processes in a process group
 
 
 def group_cpu_seconds(pgid: int) -> float:
