@@ -346,7 +346,8 @@ def test_sigterm_of_a_paired_served_run_leaves_no_vllm_process(tmp_path):
     recipe = tmp_path / "served.yaml"
     recipe.write_text(SERVED_RUN)
     runs = tmp_path / "runs"
-    env = dict(os.environ, COMPRESS_RUNS_DIR=str(runs), COMPRESS_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, COMPRESS_RUNS_DIR=str(runs), COMPRESS_CACHE_DIR=str(tmp_path / "cache"),
+               COMPRESS_ENGINE_VENV=str(ENGINE_PYTHON.parent.parent))
     run = subprocess.Popen([sys.executable, "-m", "compress", "run", str(recipe), "--no-export"], cwd=tmp_path,
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     groups: set[int] = set()
