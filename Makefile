@@ -11,7 +11,7 @@ ENGINE_VENV ?= .venv-engine
 ENGINE_BIN  := $(ENGINE_VENV)/bin
 VLLM_VERSION ?= 0.32.0
 
-.PHONY: setup demo test test-slow clean model engine test-engine
+.PHONY: setup demo test test-slow clean model engine test-engine docs
 
 setup: $(VENV)/.installed
 
@@ -85,8 +85,10 @@ demo: setup engine
 
 # The default suite includes the engine tests (real vLLM servers started, serving artifacts, stopped,
 # also on signals), so it builds the engine environment too.
+# Each test's duration goes to scripts/results/test_durations.json (tests/test_suite_budget.py reads it).
 test: setup engine
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
+	COMPRESS_TEST_DURATIONS=scripts/results/test_durations.json \
+	  $(BIN)/python -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-slow: setup
 	$(BIN)/python -m pytest -m "slow" -q
@@ -94,6 +96,12 @@ test-slow: setup
 # Rebuild the embedded model and its data (about 12 minutes on 2 CPU cores).
 model: setup
 	$(BIN)/python scripts/build_tiny_model.py
+
+# The generated documentation: the recipe and command references (docs/reference/, from the schema
+# and the CLI), then the README's measured figures (from scripts/results/). Tests fail when either is stale.
+docs: setup
+	$(BIN)/python scripts/docs.py
+	$(BIN)/python scripts/figures.py
 
 clean:
 	rm -rf runs dist .pytest_cache

@@ -100,3 +100,8 @@ def device_info(torch_module: Any | None = None) -> dict[str, Any]:
 def environment(torch_module: Any | None = None) -> dict[str, Any]:
     """Everything a report records about where it was measured."""
     return {"libraries": library_versions(), "device": device_info(torch_module), "git_sha": git_sha()}
+
+
+def runs_root() -> Path:
+    """Where runs live: ``$COMPRESS_RUNS_DIR``, else ``runs`` in the current directory."""
+    return Path(os.environ.get("COMPRESS_RUNS_DIR", "runs"))

@@ -1,6 +1,6 @@
 """Typed errors for users. Only `compress.cli` turns them into a message and an exit code.
 
-Exit codes are a CI contract (see README, "Exit codes"):
+Exit codes are a CI contract (see docs/04-evaluation-and-gate.md, "Exit codes"):
 
     0 pass · 1 gate failed · 2 bad usage, invalid recipe or bad input · 3 inconclusive ·
     4 runtime failure (including the OS refusing a write: read-only, permissions, disk full)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.artifact import atomic_dir
+from compress.cache import cache_root
 from compress.errors import ModelLoadError
 from compress.faults import fault_point
 from compress.locks import locked
@@ -81,8 +82,6 @@ FIXTURES: dict[str, FixtureSpec] = {
 
 
 def fixtures_root() -> Path:
-    from compress.evals.cache import cache_root  # (compress.evals.cache imports compress.models)
-
     return cache_root() / "fixtures"
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from compress import cache
+from compress.env import runs_root
 from compress.errors import ModelInputError, ModelLoadError, UsageError
 from compress.fixtures import FIXTURES, ensure_fixture
 from compress.registry import suggest
@@ -54,10 +56,6 @@ class ModelRef:
         """For manifests: the reference as given and what it resolved to (hub commit, run key)."""
         return {"id": self.spec, "source": self.source, "revision": self.revision, "path": str(self.path),
                 **self.extra}
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("COMPRESS_RUNS_DIR", "runs"))
 
 
 def resolve_model(spec: str, revision: str | None = None, *, trust_remote_code: bool = False) -> ModelRef:
@@ -329,15 +327,13 @@ def check_finite(path: Path) -> None:
 
     The scan reads a file once: its result is memoised on the file's identity (path, size,
     inode, mtime, ctime) in this process and, for files found clean, in the cache
-    (``finite/``, written by ``remember_clean_scans`` once the command starts its work), so a
+    (``finite/``, deferred with ``cache.defer_entry`` until the command starts its work), so a
     rerun served from the cache reads no weights and imports no torch.
     Any write to the file changes its ctime, so an edited file is scanned again.
 
     Raises:
         ModelInputError: naming the first bad tensor (exit 2).
     """
-    from compress.evals import cache
-
     path = Path(path)
     st = path.stat()
     identity = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
@@ -347,29 +343,12 @@ def check_finite(path: Path) -> None:
         return
     bad = _first_nonfinite(*identity)
     if bad is None:
-        _clean_scans[identity] = memo  # written to the cache once the command gets to work
-    if bad is not None:
+        cache.defer_entry(memo, {"finite": True})  # written once the command gets to work
+    else:
         name, what = bad
         raise ModelInputError(f"{path}: tensor '{name}' holds {what} values",
                               hint="the weights are broken, e.g. by a training run that diverged; "
                                    "re-download the model, or re-export it from its source")
-
-
-# Files this process scanned and found finite, with their cache memo path. The memo is written
-# by ``remember_clean_scans`` when a command starts its work, so that a command refused for bad
-# input writes nothing.
-_clean_scans: dict[tuple, Path] = {}
-
-
-def remember_clean_scans() -> None:
-    """Record in the cache every weight file this process found finite (see ``check_finite``)."""
-    from compress.evals import cache
-
-    for memo in _clean_scans.values():
-        if not memo.exists():
-            with contextlib.suppress(OSError):  # a read-only cache only costs a scan next time
-                cache.write_entry(memo, {"finite": True})
-    _clean_scans.clear()
 
 
 _SCAN_ELEMENTS = 1 << 26  # elements read at a time, so a huge tensor is scanned in slices

@@ -43,12 +43,15 @@ class ModelSpec(Strict):
     (the model produced by another recipe's run) or a Hugging Face hub id.
     """
 
-    id: str = Field(min_length=1)
-    revision: str | None = None
+    id: str = Field(min_length=1, description="builtin:NAME, a local directory, run:NAME or a hub id")
+    revision: str | None = Field(
+        default=None, description="a hub revision (branch, tag or commit); ignored for local directories")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         default="auto", description="the dtype to load and compute in; auto: the checkpoint's own (unquantized "
         "layers are saved in it)")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        default=False, description="run the model's own Python code (a hub download fetches its *.py files "
+        "only when set)")
     allow_pickle: bool = Field(
         default=False,
         description="load pickled .bin weights when a model has no safetensors (unsafe)",
@@ -63,12 +66,14 @@ class ModelSpec(Strict):
 class CalibrationSpec(Strict):
     """Text used to calibrate quantizers (and as the default distillation data)."""
 
-    dataset: str = "builtin:tiny-calibration"
-    split: str = "train"
-    config_name: str | None = None
-    text_field: str = "text"
-    num_samples: PositiveInt = 64
-    max_seq_length: PositiveInt = 128
+    dataset: str = Field(
+        default="builtin:tiny-calibration", description="builtin:NAME, a local .jsonl/.json/.txt file or "
+        "directory, or a hub dataset id")
+    split: str = Field(default="train", description="the split of a hub dataset")
+    config_name: str | None = Field(default=None, description="the configuration of a hub dataset")
+    text_field: str = Field(default="text", description="the field of each record that holds the text")
+    num_samples: PositiveInt = Field(default=64, description="calibration texts taken (chosen with seed)")
+    max_seq_length: PositiveInt = Field(default=128, description="tokens per calibration text, at most")
     seed: int = 0
 
 
@@ -86,7 +91,8 @@ class Fp8Method(Strict):
 
     kind: Literal["fp8"]
     scheme: Literal["dynamic", "static"] = "dynamic"
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
+                              description="layers left unquantized")
     kv_cache: Literal["fp8"] | None = Field(
         default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
         "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
@@ -97,11 +103,15 @@ class Int8Method(Strict):
     """INT8: W8A8 (SmoothQuant + GPTQ, compressed-tensors) or LLM.int8 (bitsandbytes)."""
 
     kind: Literal["int8"]
-    scheme: Literal["w8a8", "llm-int8"] = "w8a8"
-    smoothing_strength: Fraction = 0.8
-    dampening_frac: Fraction = 0.01
-    llm_int8_threshold: Annotated[float, Field(gt=0)] = 6.0
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    scheme: Literal["w8a8", "llm-int8"] = Field(
+        default="w8a8", description="w8a8: SmoothQuant + GPTQ (compressed-tensors); llm-int8: bitsandbytes "
+        "LLM.int8")
+    smoothing_strength: Fraction = Field(default=0.8, description="w8a8: SmoothQuant's smoothing strength")
+    dampening_frac: Fraction = Field(default=0.01, description="w8a8: GPTQ's dampening fraction")
+    llm_int8_threshold: Annotated[float, Field(gt=0)] = Field(
+        default=6.0, description="llm-int8: the outlier threshold of LLM.int8")
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
+                              description="layers left unquantized")
     kv_cache: Literal["fp8"] | None = Field(
         default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
         "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
@@ -130,12 +140,15 @@ class Int4Method(Strict):
         default=128, description="columns per quantization group; null or -1 for per-channel"
     )
     symmetric: bool = True
-    dampening_frac: Fraction = 0.01
-    act_order: bool = False
+    dampening_frac: Fraction = Field(default=0.01, description="gptq, gptq-hf: GPTQ's dampening fraction")
+    act_order: bool = Field(
+        default=False, description="gptq, gptq-hf: GPTQ's activation order (llm-compressor actorder=group, "
+        "GPTQModel desc_act)")
     double_quant: bool | None = Field(
         default=None, description="nf4 only: quantize the block scales too (bitsandbytes' double quantization; "
         "on by default for nf4; ignored by the other algorithms)")
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
+                              description="layers left unquantized")
     int8_layers: list[str] = Field(
         default_factory=list, description="layers quantized to 8 bits (weights only, one scale per output channel) "
         "instead of `bits`: a mixed-precision artifact (compressed-tensors config groups, which vLLM and "
@@ -198,9 +211,13 @@ class StudentSpec(Strict):
     keep_layers: list[NonNegInt] | None = Field(
         default=None, description="explicit decoder layers to keep (0-based); else chosen by importance"
     )
-    depth_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
-    importance: Literal["cosine", "first", "last"] = "cosine"
-    mlp_width_ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
+    depth_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.5, description="the fraction of the teacher's decoder layers kept (unless keep_layers)")
+    importance: Literal["cosine", "first", "last"] = Field(
+        default="cosine", description="how the kept layers are chosen: cosine (by importance measured on "
+        "calibration text), the first or the last")
+    mlp_width_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1.0, description="the fraction of each MLP's width kept; 1.0: depth pruning only")
     model: str | None = Field(default=None, description="a student model id/dir sharing the tokenizer")
     config: dict[str, Any] | None = Field(
         default=None, description="config overrides for a freshly initialised student"
@@ -216,28 +233,41 @@ class StudentSpec(Strict):
 
 
 class LossSpec(Strict):
-    kind: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    beta: Fraction = 0.5
-    temperature: Annotated[float, Field(gt=0)] = 2.0
-    ce_weight: Annotated[float, Field(ge=0, le=1)] = 0.0
-    hidden_weight: Annotated[float, Field(ge=0)] = 0.0
-    hidden_loss: Literal["mse", "cosine"] = "mse"
+    kind: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        default="forward_kl", description="forward_kl: KL(teacher || student); reverse_kl: KL(student || "
+        "teacher); jsd: generalized Jensen-Shannon with beta")
+    beta: Fraction = Field(
+        default=0.5, description="jsd: the teacher's weight in the mixture (0.5: the Jensen-Shannon "
+        "divergence)")
+    temperature: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="softens both distributions; the loss is scaled by its square")
+    ce_weight: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0, description="the weight of the student's cross-entropy on the text (the distillation "
+        "loss gets 1 - ce_weight)")
+    hidden_weight: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="the weight of a loss between matched student and teacher hidden states; "
+        "0: none")
+    hidden_loss: Literal["mse", "cosine"] = Field(default="mse", description="that hidden-state loss")
 
 
 class TrainingSpec(Strict):
-    dataset: str = "builtin:tiny-train"
-    split: str = "train"
-    text_field: str = "text"
-    max_seq_length: PositiveInt = 128
-    max_steps: PositiveInt = 300
+    dataset: str = Field(
+        default="builtin:tiny-train", description="builtin:NAME, a local .jsonl/.json/.txt file or "
+        "directory, or a hub dataset id")
+    split: str = Field(default="train", description="the split of a hub dataset")
+    text_field: str = Field(default="text", description="the field of each record that holds the text")
+    max_seq_length: PositiveInt = Field(default=128, description="tokens per packed training block")
+    max_steps: PositiveInt = Field(default=300, description="optimizer steps")
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    batch_size: PositiveInt = 16
-    gradient_accumulation: PositiveInt = 1
+    batch_size: PositiveInt = Field(default=16, description="sequences per step on each device")
+    gradient_accumulation: PositiveInt = Field(
+        default=1, description="steps accumulated per optimizer update")
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    save_steps: PositiveInt = 100
-    logging_steps: PositiveInt = 25
+    save_steps: PositiveInt = Field(
+        default=100, description="a checkpoint every this many steps (a run resumes from the last)")
+    logging_steps: PositiveInt = Field(default=25, description="the loss is logged every this many steps")
     seed: int = 0
 
 
@@ -278,10 +308,11 @@ class EvalSpec(Strict):
         default=None, description="documents per task: a count, or a fraction (0 < x < 1) of each task")
     include_path: list[str] = Field(
         default_factory=list, description="extra lm-eval task folders (relative to the current directory)")
-    batch_size: PositiveInt = 16
-    seed: int = 1234
-    backend: Literal["hf", "vllm"] = "hf"
-    device: str = "auto"
+    batch_size: PositiveInt = Field(default=16, description="batch size (also of generation)")
+    seed: int = Field(default=1234, description="seed for sampling and few-shot choice")
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf", description="hf: transformers; vllm: lm-eval against a vLLM server from `make engine`")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     device_map: Literal["auto"] | None = Field(
         default=None, description="hf: auto spreads the weights over the GPUs, CPU memory and disk as they fit "
         "(accelerate), for a model larger than one device")
@@ -317,8 +348,10 @@ class EvalSpec(Strict):
 class SloSpec(Strict):
     """A service-level objective: the tail latencies a serving setup must keep, in milliseconds."""
 
-    ttft_p99_ms: Annotated[float, Field(gt=0)] | None = None
-    itl_p99_ms: Annotated[float, Field(gt=0)] | None = None
+    ttft_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="time to first token, p99")
+    itl_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="inter-token latency, p99")
 
     @model_validator(mode="after")
     def _something(self) -> "SloSpec":
@@ -339,16 +372,17 @@ class BenchSpec(Strict):
 
     engine: Literal["hf", "vllm"] = "hf"
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
-    prompt_tokens: PositiveInt = 64
-    output_tokens: PositiveInt = 32
-    warmup: NonNegInt = 2
+    prompt_tokens: PositiveInt = Field(default=64, description="prompt length in tokens")
+    output_tokens: PositiveInt = Field(default=32, description="tokens generated per request")
+    warmup: NonNegInt = Field(default=2, description="untimed calls per batch size")
     repeats: PositiveInt = Field(
         default=8, description="hf: timed generate calls per batch size and round; vllm: requests per "
         "concurrency level and round (at least the concurrency)")
     rounds: Annotated[int, Field(ge=2)] = Field(
         default=4, description="rounds of measurement; baseline and candidate alternate which goes first, so an "
         "even number balances the order")
-    slo: SloSpec | None = None
+    slo: SloSpec | None = Field(
+        default=None, description="the latencies the slo_throughput_speedup metric holds to")
     engine_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="vllm: the dtype the engine computes in (its CPU kernels are bf16)")
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
@@ -357,7 +391,7 @@ class BenchSpec(Strict):
     price_per_hour: Annotated[float, Field(ge=0)] = Field(
         default=1.0, description="what the machine costs per hour, in USD"
     )
-    device: str = "auto"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     seed: int = 0
     tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
     data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
@@ -420,9 +454,10 @@ class GateCheck(Strict):
 
     metric: str
     max_regression: Annotated[float, Field(ge=0)] | None = None
-    relative: bool = False
-    min: float | None = None
-    max: float | None = None
+    relative: bool = Field(
+        default=False, description="quality metrics: max_regression as a fraction of the baseline")
+    min: float | None = Field(default=None, description="efficiency metrics: the lower bound")
+    max: float | None = Field(default=None, description="efficiency metrics: the upper bound")
     at: PositiveInt | None = Field(
         default=None, description="speed and cost ratios: the load level (batch size, or concurrency when served) to "
         "read them at; the largest level both models ran by default")
@@ -463,8 +498,8 @@ class ServableSpec(Strict):
     seeded prompts, compared token by token (``servable: vllm`` is short for the defaults)."""
 
     engine: Literal["vllm"] = "vllm"
-    prompts: PositiveInt = 8
-    tokens: PositiveInt = 8
+    prompts: PositiveInt = Field(default=8, description="seeded prompts compared")
+    tokens: PositiveInt = Field(default=8, description="greedy tokens compared per prompt")
     min_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.75, description="the fraction of prompts whose first `tokens` tokens must all match")
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
@@ -480,9 +515,13 @@ class CascadeGate(Strict):
 
 
 class GateSpec(Strict):
-    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
-    test: Literal["bootstrap", "mcnemar"] = "bootstrap"
-    bootstrap_resamples: Annotated[int, Field(ge=200)] = 2000
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        default=0.95, description="the confidence level of the intervals checks are decided on")
+    test: Literal["bootstrap", "mcnemar"] = Field(
+        default="bootstrap", description="quality intervals: bootstrap (paired); mcnemar: McNemar's interval "
+        "where the scores are 0/1 and the check absolute (else the bootstrap)")
+    bootstrap_resamples: Annotated[int, Field(ge=200)] = Field(
+        default=2000, description="bootstrap resamples per interval")
     checks: list[GateCheck] = Field(default_factory=list)
     servable: ServableSpec | None = None
     cascade: CascadeGate | None = Field(
@@ -505,7 +544,7 @@ class GateSpec(Strict):
 
 class ExportSpec(Strict):
     to: str | None = Field(default=None, description="export directory; default dist/<name>")
-    model_card: bool = True
+    model_card: bool = Field(default=True, description="write a model card with the export")
     license: str | None = Field(
         default=None, description="the license the model card states (a hub license id such as apache-2.0); "
         "default: the base model card's own, else 'other'")
@@ -579,8 +618,10 @@ class SearchSpec(Strict):
 # ---------------------------------------------------------------------------- recipe
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    description: str = ""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+                      description="runs go under runs/NAME/, exports to dist/NAME; default: the file's name "
+                      "without .yaml")
+    description: str = Field(default="", description="free text about the recipe")
     model: ModelSpec
     method: Method
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)

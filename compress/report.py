@@ -484,31 +484,35 @@ def run_summary_markdown(result: Any) -> str:
     return "\n".join(lines)
 
 
-def junit_xml(result: Any) -> str:
-    """One JUnit test case per gate check; FAIL and INCONCLUSIVE are failures of their case."""
-    from xml.sax.saxutils import quoteattr
+def junit_document(suite: str, classname: str, seconds: float, cases: list[dict[str, Any]],
+                   title: str = "compress") -> str:
+    """A JUnit XML document (named ``title``) of one suite. Each case: ``name``, optional ``time`` (s), ``failure`` (a
+    ``(type, message)`` pair, or None for a pass) and ``out`` (its system-out text)."""
+    from xml.sax.saxutils import escape, quoteattr
 
-    gate = result.gate
-    failures = sum(c.verdict != "PASS" for c in gate.checks)
+    failures = sum(c.get("failure") is not None for c in cases)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuites name="compress" tests="{len(gate.checks)}" failures="{failures}">',
-           f'  <testsuite name={quoteattr(result.recipe.name)} tests="{len(gate.checks)}" failures="{failures}" '
-           f'time="{result.seconds:.2f}">']
-    for c in gate.checks:
-        name = quoteattr(f"{c.metric} ({c.threshold})")
-        out.append(f'    <testcase classname={quoteattr("gate." + result.recipe.name)} name={name}>')
-        if c.verdict != "PASS":
-            out.append(f'      <failure type="{c.verdict}" message={quoteattr(c.note or c.verdict)}/>')
-        out.append(f'      <system-out>{_escape(c.note)}</system-out>')
+           f'<testsuites name={quoteattr(title)} tests="{len(cases)}" failures="{failures}">',
+           f'  <testsuite name={quoteattr(suite)} tests="{len(cases)}" failures="{failures}" time="{seconds:.2f}">']
+    for c in cases:
+        time = f' time="{c["time"]:.2f}"' if c.get("time") is not None else ""
+        out.append(f'    <testcase classname={quoteattr(classname)} name={quoteattr(c["name"])}{time}>')
+        if c.get("failure") is not None:
+            kind, message = c["failure"]
+            out.append(f'      <failure type={quoteattr(kind)} message={quoteattr(message)}/>')
+        if c.get("out"):
+            out.append(f'      <system-out>{escape(c["out"])}</system-out>')
         out.append("    </testcase>")
     out += ["  </testsuite>", "</testsuites>", ""]
     return "\n".join(out)
 
 
-def _escape(text: str) -> str:
-    from xml.sax.saxutils import escape
-
-    return escape(text)
+def junit_xml(result: Any) -> str:
+    """One JUnit test case per gate check; FAIL and INCONCLUSIVE are failures of their case."""
+    cases = [{"name": f"{c.metric} ({c.threshold})", "out": c.note,
+              "failure": None if c.verdict == "PASS" else (c.verdict, c.note or c.verdict)}
+             for c in result.gate.checks]
+    return junit_document(result.recipe.name, "gate." + result.recipe.name, result.seconds, cases)
 
 
 # --------------------------------------------------------------------- all runs

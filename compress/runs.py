@@ -19,7 +19,8 @@ from typing import Any
 from compress.artifact import sweep_stale, write_bytes_atomic
 from compress.faults import fault_point
 from compress.locks import locked
-from compress.models import resolve_model, runs_root
+from compress.env import runs_root
+from compress.models import resolve_model
 from compress.recipe import Recipe
 
 
@@ -43,7 +44,7 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
         (manifest, reused, artifact directory); the manifest is None in the non-main processes
         of a multi-process launch, which take part in training but write nothing.
     """
-    from compress.evals.cache import model_content_hash
+    from compress.cache import model_content_hash
     from compress.quantize import artifact_key, build_artifact, existing_artifact, process_rank
 
     base = resolve_model(recipe.model.id, recipe.model.revision)

@@ -376,23 +376,14 @@ def summary_markdown(result: SearchResult) -> str:
 
 def junit_xml(result: SearchResult) -> str:
     """One test case per candidate tried; the search fails (one failure) when none passed."""
-    from xml.sax.saxutils import escape, quoteattr
+    from compress.report import junit_document
 
-    failed = 0 if result.chosen else 1
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuites name="compress search" tests="{len(result.tried) + 1}" failures="{failed}">',
-           f'  <testsuite name={quoteattr(result.recipe.name)} tests="{len(result.tried) + 1}" failures="{failed}" '
-           f'time="{result.seconds:.2f}">']
-    for t in result.tried:
-        out.append(f'    <testcase classname={quoteattr("search." + result.recipe.name)} '
-                   f'name={quoteattr(t.candidate.slug)} time="{t.seconds:.2f}">')
-        out.append(f"      <system-out>{escape(t.verdict + ': ' + t.run.gate.summary())}</system-out>")
-        out.append("    </testcase>")
-    out.append(f'    <testcase classname={quoteattr("search." + result.recipe.name)} name="a candidate passes">')
-    if failed:
-        out.append(f'      <failure type="FAIL" message="no candidate passed the gate"/>')
-    out += ["    </testcase>", "  </testsuite>", "</testsuites>", ""]
-    return "\n".join(out)
+    cases = [{"name": t.candidate.slug, "time": t.seconds, "out": t.verdict + ": " + t.run.gate.summary()}
+             for t in result.tried]
+    cases.append({"name": "a candidate passes",
+                  "failure": None if result.chosen else ("FAIL", "no candidate passed the gate")})
+    return junit_document(result.recipe.name, "search." + result.recipe.name, result.seconds, cases,
+                          title="compress search")
 
 
 def frontier_plot(result: SearchResult, path: Path) -> None:

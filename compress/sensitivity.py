@@ -53,7 +53,7 @@ def layer_sensitivity(recipe: Any, bits: int, group_size: int | None, *,
                       log: Callable[[str], None] = lambda m: None) -> dict[str, float]:
     """{linear layer name: mean KL(base || base with only that layer rounded)} in nats per token."""
     from compress.artifact import read_json, write_json
-    from compress.evals.cache import cache_root, model_content_hash
+    from compress.cache import cache_root, model_content_hash
     from compress.models import resolve_model
 
     base = resolve_model(recipe.model.id, recipe.model.revision)

@@ -15,7 +15,7 @@
     python scripts/distill_study.py               # about 15 minutes on 2 CPU cores
     python scripts/distill_study.py --steps 100   # a quick look
 
-Writes scripts/results/distill_study.json and prints a Markdown table for the README.
+Writes scripts/results/distill_study.json and prints a Markdown table for docs/results.md.
 """
 from __future__ import annotations
 

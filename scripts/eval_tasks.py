@@ -11,7 +11,7 @@ Each step runs as a fresh process against a fresh report cache.
 
     python scripts/eval_tasks.py            # about 3 minutes on 2 CPU cores
 
-Writes scripts/results/eval_tasks.json and prints Markdown tables for the README.
+Writes scripts/results/eval_tasks.json and prints Markdown tables for docs/results.md.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's measured figures, generated from the results files under scripts/results/.
+"""The measured figures of README.md and docs/*.md, generated from the results files under scripts/results/.
 
 A generated block in a Markdown file sits between two comments:
 
@@ -11,8 +11,11 @@ and its text is what ``BLOCKS[NAME]`` makes of the results file, never typed by 
 rewrites every block; tests/test_figures.py fails when a block differs from what its file gives (a
 figure edited by hand, or a results file measured again without regenerating).
 
-    python scripts/figures.py            # rewrite the blocks in README.md
+    python scripts/figures.py            # rewrite the blocks in README.md and every docs/*.md
     python scripts/figures.py --check    # exit 1 naming each stale block
+
+Every Markdown file it covers is listed by ``documents()``: README.md, then docs/*.md in name order (the
+generated docs/reference/ pages are not in it, being made by scripts/docs.py).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results"
-DOCUMENTS = [ROOT / "README.md"]
+DOCS = ROOT / "docs"
 _BLOCK = re.compile(r"(<!-- figure: (?P<name>[\w-]+) \(scripts/figures\.py from (?P<file>[^)]+)\) -->\n)"
                     r"(?P<body>.*?)(<!-- /figure -->)", re.S)
 
@@ -103,11 +106,163 @@ def mixed_precision_table() -> str:
     return f"{d['metric']}; {d['model']}:\n\n" + "\n".join(rows) + "\n"
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def quality_tables() -> str:
+    d = _load("quality.json")
+    base = d["base"]
+    rows = [f"Base: {_pct(base['acc'])} on `tiny_facts_mc`, word perplexity {base['word_perplexity']:.2f}. "
+            "Default settings (symmetric, group 128, 64 calibration samples):", "",
+            "| scheme | format | weights vs base | top-1 agreement | KL (nats/token) | tiny_facts_mc (Δ points) "
+            "| word ppl | build |", "|---|---|---|---|---|---|---|---|"]
+    for m in d["methods"]:
+        rows.append(f"| `{m['label']}` | {m['format']} | {m['size_ratio']:.2f}x | {_pct(m['top1_agreement'])} | "
+                    f"{m['kl']:.4f} | {_pct(m['acc'])} ({m['acc_delta_points']:+.1f}) | {m['word_perplexity']:.2f} | "
+                    f"{m['build_seconds']:.1f} s |")
+    rows += ["", "Lower bits, round-to-nearest against GPTQ and AWQ (group 128, asymmetric, 512 calibration samples):", "",
+             "| weights | top-1 agreement | KL | tiny_facts_mc | Δ points | word ppl |", "|---|---|---|---|---|---|"]
+    for m in d["low_bit"]:
+        rows.append(f"| {m['method']} | {_pct(m['top1_agreement'])} | {m['kl']:.4f} | {_pct(m['acc'])} | "
+                    f"{m['acc_delta_points']:+.1f} | {m['word_perplexity']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def sensitivity_table() -> str:
+    d = _load("sensitivity.json")
+    rows = [f"{d['method']}; {d['model']}:", "",
+            "| weights (RTN) | tiny_facts_mc acc | Δ points | tiny_bios_ppl word perplexity |", "|---|---|---|---|"]
+    for r in d["rows"]:
+        rows.append(f"| {r['label']} | {_pct(r['acc'])} | {r['acc_delta_points']:+.1f} | {r['word_perplexity']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def scaling_table() -> str:
+    d = _load("scaling.json")
+    rows = ["| checkpoint | command | path | wall time | peak RSS | peak / checkpoint bytes |",
+            "|---|---|---|---|---|---|"]
+    for size, run in d["runs"].items():
+        first = True
+        for key, r in run.items():
+            if not isinstance(r, dict) or "wall_s" not in r:
+                continue
+            name = f"{size} ({run['checkpoint_bytes'] / 1e9:.1f} GB, {run['shards']} shards)" if first else ""
+            first = False
+            rows.append(f"| {name} | {r['label']} | {r.get('path', '')} | {r['wall_s']:.0f} s | "
+                        f"{r['peak_rss_bytes'] / 1e9:.1f} GB | {r['peak_over_checkpoint']:.2f}x |")
+    m = d["machine"]
+    return (f"Each command a fresh process on {m['cpus']} CPU cores and {m['memory_gib']:.1f} GiB of memory; peak RSS "
+            "includes child processes:\n\n" + "\n".join(rows) + "\n")
+
+
+def toolkit_cost_table() -> str:
+    d = _load("toolkit_cost.json")
+    rows = ["| command | wall time | peak memory (RSS) | CPU time |", "|---|---|---|---|"]
+    for r in d["rows"]:
+        command = re.sub(r" --export-to \S+", "", r["command"].replace(str(ROOT) + "/", ""))
+        rows.append(f"| `{command}` ({r['label']}) | {r['seconds']:.1f} s | {r['peak_rss_mib']:.0f} MiB | "
+                    f"{r['cpu_seconds']:.1f} s |")
+    return (f"{d['cpu_count']} CPU cores; a rerun of the same recipe is {d['rerun_speedup']:.1f}x faster than its "
+            "first run (every stage reused, inputs checked, the gate decided again):\n\n" + "\n".join(rows) + "\n")
+
+
+def distill_table() -> str:
+    d = _load("distill_study.json")
+    rows = ["| model | tiny_facts_mc | word perplexity | KL to teacher (held-out) | training |", "|---|---|---|---|---|"]
+    for name, r in d["rows"].items():
+        kl = f"{r['heldout_kl_after']:.2f}" if "heldout_kl_after" in r else "-"
+        train = f"{r['steps']:,} steps, {r['train_minutes']:.1f} min" if "steps" in r else "-"
+        rows.append(f"| {name} | {_pct(r['acc'])} | {r['word_perplexity']:.2f} | {kl} | {train} |")
+    s = d["summary"]
+    lo, hi = s["distillation_minus_cross_entropy_95ci_points"]
+    text = ("\n".join(rows) + f"\n\nPruning alone lost {s['pruning_lost_points']:.1f} points; distillation recovered "
+            f"{100 * s['distillation_recovered_fraction']:.1f}% of them, plain fine-tuning "
+            f"{100 * s['cross_entropy_recovered_fraction']:.0f}%. Distilled minus fine-tuned: "
+            f"{s['distillation_minus_cross_entropy_points']:+.1f} points, paired 95% interval [{lo:+.1f}, {hi:+.1f}].\n")
+    speed = ["", "| batch | teacher decode tok/s | student decode tok/s | speedup |", "|---|---|---|---|"]
+    for name, r in d["speed"].items():
+        speed.append(f"| {name} | {r['teacher_decode_tok_s']:.0f} | {r['student_decode_tok_s']:.0f} | {r['speedup']:.2f}x |")
+    return text + "\n".join(speed) + "\n"
+
+
+def eval_tasks_tables() -> str:
+    d = _load("eval_tasks.json")
+    names = list(d["evals"])
+    figures = [("`tiny_facts_mc/acc`", "tiny_facts_mc/acc,none"),
+               ("`tiny_facts_gen/exact_match,strict-match`", "tiny_facts_gen/exact_match,strict-match"),
+               ("`tiny_facts_gen_3shot/exact_match,strict-match`", "tiny_facts_gen_3shot/exact_match,strict-match"),
+               ("`tiny_world/exact_match,strict-match` (group, by size)", "tiny_world/exact_match,strict-match"),
+               ("`tiny_world_places/exact_match,strict-match`", "tiny_world_places/exact_match,strict-match"),
+               ("`tiny_world_traits/exact_match,strict-match`", "tiny_world_traits/exact_match,strict-match")]
+    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key in figures:
+        rows.append(f"| {label} | " + " | ".join(_pct(d["evals"][n]["figures"][key]) for n in names) + " |")
+    rows.append("| documents/s | " + " | ".join(f"{d['evals'][n]['documents_per_s']:.0f}" for n in names) + " |")
+    g = d["gate"]
+    gate = ["", f"The gate of `recipes/tiny-llama-int4-rtn-generative.yaml` on every document, chat template and few-shot "
+            f"turns included: {g['verdict']} in {g['wall_seconds']:.0f} s for both models.", "",
+            "| check | base | INT4 RTN | drop, 95% interval | verdict |", "|---|---|---|---|---|"]
+    for c in g["checks"]:
+        i = c["interval"]
+        gate.append(f"| `{c['metric']}` | {_pct(c['baseline'])} | {_pct(c['candidate'])} | {100 * i['estimate']:+.1f} "
+                    f"[{100 * i['lower']:+.1f}, {100 * i['upper']:+.1f}] pts ({i['method']}) | {c['verdict']} |")
+    return "\n".join(rows + gate) + "\n"
+
+
+def routing_tables() -> str:
+    d = _load("routing.json")
+    rows = [f"Base {d['base']}; bound: {d['bound']}.", "",
+            "| small model | alone | small serves (verified) | cascade vs base (held-out half) | blended cost vs base |",
+            "|---|---|---|---|---|"]
+    for name, r in d["rows"].items():
+        c, i, b = r["cascade"], r["cascade"]["drop_interval"], r["cascade"]["blended_cost_vs_large"]
+        rows.append(f"| {name} (`{r['model']}`) | {_pct(c['small_acc'])} (base {_pct(c['large_acc'])}) | "
+                    f"{_pct(c['share_verified'])} (threshold {c['threshold']:.3f}) | {100 * i['estimate']:+.1f} pts "
+                    f"[{100 * i['lower']:.1f}, {100 * i['upper']:.1f}], {c['verdict']} | {b['estimate']:.3f}x "
+                    f"[{b['lower']:.3f}, {b['upper']:.3f}] |")
+    rows += ["", "As drafts for the base (transformers assisted generation, batch 1):", "",
+             "| draft | acceptance | tokens per target forward | speedup | greedy outputs |", "|---|---|---|---|---|"]
+    for name, r in d["rows"].items():
+        g = r["draft"]
+        lo, hi = g["draft_speedup"]["interval"]
+        rows.append(f"| {name} | {_pct(g['acceptance_rate']['estimate'])} | {g['tokens_per_target_forward']['estimate']:.2f} "
+                    f"| {g['draft_speedup']['estimate']:.2f}x [{lo:.2f}, {hi:.2f}] | "
+                    f"{'identical' if g['identical'] else 'differ'} |")
+    return "\n".join(rows) + "\n"
+
+
+def aa_check() -> str:
+    d = _load("speed.json")["aa"]
+    rows = [f"bf16 against itself (two servers of the same model): {d['verdict']} in {_minutes(d['seconds'])}.", "",
+            "| check | measured [95%] | bound | verdict |", "|---|---|---|---|"]
+    for c in d["checks"]:
+        rows.append(f"| `{c['metric']}` | {c['shown']} | {c['threshold']} | {c['verdict']} |")
+    return "\n".join(rows) + "\n"
+
+
+def tiny_model() -> str:
+    d = _load("build_tiny_model.json")
+    return (f"{int(d['parameters']) / 1e6:.2f}M parameters, trained for {int(d['steps']):,} steps of "
+            f"{d['batch']}×{d['seq_len']} tokens in {float(d['train_minutes']):.1f} minutes on {d['threads']} CPU threads; "
+            f"it scores {100 * float(d['heldout_mc_accuracy']):.1f}% on the {int(d['mc_items']):,} held-out "
+            "questions of `tiny_facts_mc` (chance: 25%).\n")
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
     "speed-table": ("scripts/results/speed.json", speed_table),
     "mixed-precision-table": ("scripts/results/mixed_precision.json", mixed_precision_table),
+    "quality-tables": ("scripts/results/quality.json", quality_tables),
+    "sensitivity-table": ("scripts/results/sensitivity.json", sensitivity_table),
+    "scaling-table": ("scripts/results/scaling.json", scaling_table),
+    "toolkit-cost-table": ("scripts/results/toolkit_cost.json", toolkit_cost_table),
+    "distill-table": ("scripts/results/distill_study.json", distill_table),
+    "eval-tasks-tables": ("scripts/results/eval_tasks.json", eval_tasks_tables),
+    "routing-tables": ("scripts/results/routing.json", routing_tables),
+    "aa-check": ("scripts/results/speed.json", aa_check),
+    "tiny-model": ("scripts/results/build_tiny_model.json", tiny_model),
 }
 
 
@@ -130,6 +285,11 @@ def render(text: str) -> tuple[str, list[str]]:
     return _BLOCK.sub(one, text), stale
 
 
+def documents() -> list[Path]:
+    """README.md and every docs/*.md, the files whose figure blocks this script fills."""
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 def blocks_in(text: str) -> list[str]:
     return [m["name"] for m in _BLOCK.finditer(text)]
 
@@ -139,7 +299,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
     args = ap.parse_args()
     code = 0
-    for doc in DOCUMENTS:
+    for doc in documents():
         text = doc.read_text()
         new, stale = render(text)
         for name in stale:

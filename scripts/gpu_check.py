@@ -11,8 +11,8 @@ throughput next to bf16. No network needed; about 3-4 minutes on one H100.
    sizes 1 and 16 (128 prompt + 128 output tokens), next to the bf16 model.
 4. Where the engine environment exists (`make engine` installs vLLM's CUDA build on a GPU
    machine), `compress bench --engine vllm` serves each model and measures output tokens/s
-   at concurrency 1 and 16 over 3 rounds, with intervals: the GPU column of the README's
-   served-speed table.
+   at concurrency 1 and 16 over 3 rounds, with intervals: the GPU column of the served-speed
+   table in docs/results.md.
 
 Run on the GPU machine from the repository root (it needs compress's dependencies; on the
 lent machine, carry llmcompressor, compressed-tensors, pydantic and lm-eval as wheels, see

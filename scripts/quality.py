@@ -15,7 +15,7 @@ A second table sets RTN against GPTQ (and AWQ) at 4, 3 and 2 bits, group 128, as
     python scripts/quality.py               # about 15 minutes on 2 CPU cores
     python scripts/quality.py --only int4-gptq,int4-rtn
 
-Writes scripts/results/quality.json and prints Markdown tables for the README.
+Writes scripts/results/quality.json and prints Markdown tables for docs/results.md.
 """
 from __future__ import annotations
 

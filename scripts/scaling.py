@@ -18,7 +18,7 @@ largest int4 artifact is served by vLLM from ``.venv-engine`` and asked for 8 gr
     python scripts/scaling.py --sizes 1b --calibrated
 
 Random weights: figures of time and memory only, never of accuracy. Writes
-scripts/results/scaling.json and prints a Markdown table for the README.
+scripts/results/scaling.json and prints a Markdown table for docs/results.md.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ tasks are run through lm-eval exactly as `compress eval` runs them.
 
     python scripts/sensitivity.py            # about 3 minutes on 2 CPU cores
 
-Writes scripts/results/sensitivity.json and prints a Markdown table for the README.
+Writes scripts/results/sensitivity.json and prints a Markdown table for docs/results.md.
 """
 from __future__ import annotations
 

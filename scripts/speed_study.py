@@ -14,7 +14,7 @@ and cost ratios <= 1.1) must never FAIL.
 
     python scripts/speed_study.py int4-rtn int8-w8a8 --aa     # about 25 minutes on 2 CPU cores
 
-Needs `make engine`. Writes scripts/results/speed.json and prints Markdown for the README.
+Needs `make engine`. Writes scripts/results/speed.json and prints Markdown for docs/results.md.
 Accuracy on the random-weight fixture means nothing; only speed, cost and size are read.
 """
 from __future__ import annotations

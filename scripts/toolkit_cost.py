@@ -12,7 +12,7 @@ against a fresh runs directory and report cache, so nothing is served from earli
 
     python scripts/toolkit_cost.py            # about 2 minutes on 2 CPU cores
 
-Writes scripts/results/toolkit_cost.json and prints a Markdown table for the README.
+Writes scripts/results/toolkit_cost.json and prints a Markdown table for docs/results.md.
 """
 from __future__ import annotations
 

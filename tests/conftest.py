@@ -30,3 +30,47 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=1800)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Durations: with $COMPRESS_TEST_DURATIONS set (`make test` sets it to scripts/results/test_durations.json), the
+# session writes how long each test's setup, call and teardown took, so that the suite's budget is read from a
+# measured file (tests/test_suite_budget.py) and never from a timed assert.
+_durations: dict[str, dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    entry = _durations.setdefault(report.nodeid, {"outcome": "passed"})
+    entry[report.when] = round(report.duration, 2)
+    if report.failed:
+        entry["outcome"] = "failed"
+    elif report.skipped and report.when != "teardown":
+        entry["outcome"] = "skipped"
+
+
+def pytest_sessionstart(session):
+    import time
+
+    session.config._compress_started = time.time()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import json
+    import time
+
+    path = os.environ.get("COMPRESS_TEST_DURATIONS")
+    if not path or not _durations or hasattr(session.config, "workerinput"):
+        return
+    markers = {item.nodeid: sorted({m.name for m in item.iter_markers()} - {"parametrize", "skipif", "usefixtures"})
+               for item in session.items}
+    tests = {nodeid: {**entry, "markers": markers.get(nodeid, [])} for nodeid, entry in sorted(_durations.items())}
+    record = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "markexpr": session.config.option.markexpr or "",
+        "args": [str(a) for a in session.config.args],
+        "cpus": os.cpu_count(),
+        "exit": int(exitstatus),
+        "wall_s": round(time.time() - session.config._compress_started, 1),
+        "tests": tests,
+    }
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")

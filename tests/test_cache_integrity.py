@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from compress.artifact import sweep_stale, write_json
-from compress.evals import cache
+from compress import cache
 from compress.locks import locked
 from conftest import BUILTIN
 

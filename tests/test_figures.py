@@ -1,7 +1,9 @@
-"""The README's measured figures come from results files: a block edited by hand, or a results file
-measured again without `python scripts/figures.py`, fails here."""
+"""The measured figures of README.md and docs/*.md come from results files: a block edited by hand, or a
+results file measured again without `python scripts/figures.py`, fails here."""
 import importlib.util
 import re
+
+import pytest
 
 from conftest import ROOT
 
@@ -9,17 +11,37 @@ _spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts" / "fi
 figures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(figures)
 
-
-def test_every_generated_block_is_what_its_results_file_gives():
-    text = (ROOT / "README.md").read_text()
-    names = figures.blocks_in(text)
-    assert {"speed-table", "mixed-precision-table", "demo-transcript", "cold-start"} <= set(names), names
-    _, stale = figures.render(text)
-    assert not stale, f"stale figure blocks {stale}: run `python scripts/figures.py`"
+DOCUMENTS = figures.documents()
 
 
-def test_a_figure_edited_by_hand_is_caught():
-    text = (ROOT / "README.md").read_text()
+def test_the_documents_cover_the_readme_and_the_guide():
+    names = {p.relative_to(ROOT).as_posix() for p in DOCUMENTS}
+    assert {"README.md", "docs/results.md", "docs/01-getting-started.md"} <= names, names
+
+
+def test_the_results_page_holds_the_measurements():
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert {"speed-table", "mixed-precision-table", "cold-start", "quality-tables", "sensitivity-table",
+            "scaling-table", "toolkit-cost-table", "distill-table", "eval-tasks-tables", "routing-tables",
+            "aa-check"} <= set(figures.blocks_in(text))
+    assert "demo-transcript" in figures.blocks_in((ROOT / "README.md").read_text())
+
+
+def test_every_block_is_known_and_used():
+    used = {name for doc in DOCUMENTS for name in figures.blocks_in(doc.read_text())}
+    assert used == set(figures.BLOCKS), f"unused: {set(figures.BLOCKS) - used}"
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_generated_block_is_what_its_results_file_gives(doc):
+    _, stale = figures.render(doc.read_text())
+    assert not stale, f"stale figure blocks in {doc.name}: {stale}: run `python scripts/figures.py`"
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCUMENTS if figures.blocks_in(d.read_text())],
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_figure_edited_by_hand_is_caught(doc):
+    text = doc.read_text()
     for name in figures.blocks_in(text):
         block = re.search(rf"<!-- figure: {name} .*?<!-- /figure -->", text, re.S)
         digit = re.search(r"\d", block.group(0)[block.group(0).index("-->") + 3:])

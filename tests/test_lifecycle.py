@@ -247,3 +247,57 @@ def test_a_signal_to_compare_leaves_no_server(fake_vllm, tmp_path, monkeypatch, 
     finally:
         proc.kill()
     assert not _alive(fake_vllm["pids"])
+
+
+def test_a_plain_request_to_a_trickling_server_ends_at_its_deadline():
+    """The non-streamed calls (the servable check's completions, the probe, an endpoint's model list) share one
+    client whose deadline covers the whole answer, not only the gap between two bytes."""
+    import http.server
+    import threading
+
+    from compress.engines.client import request
+    from compress.errors import EngineError
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(100):  # one byte every 0.1 s: never a read timeout, 10 s in all
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="no complete answer within 1 s"):
+            request("GET", f"http://127.0.0.1:{server.server_address[1]}/v1/models", timeout=1.0)
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
+
+
+def test_a_long_start_off_a_terminal_says_little_but_is_never_silent_for_long(monkeypatch):
+    """Off a terminal: one line once the process's first start passes a minute (a cold compile), none for the
+    second server's start unless it lasts five minutes, then one per five minutes; the live line sees every tick."""
+    from compress import console
+    from compress.engines import vllm
+
+    said, live = [], []
+    monkeypatch.setattr(vllm._ProgressLines, "_first_said", False)
+    monkeypatch.setattr(console, "step", said.append)
+    monkeypatch.setattr(console, "detail", live.append)
+    monkeypatch.setattr(console.err, "_force_terminal", False)
+    baseline, candidate = vllm._ProgressLines("baseline"), vllm._ProgressLines("candidate")
+    for t in range(0, 700, 5):
+        baseline("compiling the model for vLLM (first run only; later starts reuse the cache)", float(t))
+    for t in range(0, 250, 5):
+        candidate("warming up the engine", float(t))
+    assert len(live) == 140 + 50
+    assert [line.split(":")[0] for line in said] == ["vLLM (baseline)"] * 3  # at 60, 300 and 600 s
+    assert said[0].endswith("1.0 min") and "reuse the cache" in said[0]

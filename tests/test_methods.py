@@ -32,7 +32,7 @@ print(json.dumps({"finite": bool(torch.isfinite(lc).all()), "agreement": agree,
 PPL_TEXTS = ROOT / "evals" / "data" / "tiny_bios_ppl.jsonl"
 
 # Lower bounds on top-1 agreement with the base over 32 held-out documents (measured values in
-# README "Quality"; these leave room for numeric noise, not for a broken method).
+# docs/results.md, "Quality per scheme"; these leave room for numeric noise, not for a broken method).
 AGREEMENT = {"fp8-dynamic": 0.97, "fp8-static": 0.95, "int8-w8a8": 0.97, "int8-llm-int8": 0.97,
              "int4-gptq": 0.90, "int4-awq": 0.90, "int4-rtn": 0.88, "int4-gptq-hf": 0.88, "int4-nf4": 0.88}
 FORMATS = {"fp8": "compressed-tensors", "int8-w8a8": "compressed-tensors", "int8-llm-int8": "bitsandbytes",

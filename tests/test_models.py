@@ -6,7 +6,7 @@ import pytest
 
 from compress.artifact import file_hashes
 from compress.errors import ModelLoadError, UsageError
-from compress.evals.cache import model_content_hash
+from compress.cache import model_content_hash
 from compress.models import check_weights, resolve_model
 from conftest import BUILTIN
 

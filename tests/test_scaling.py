@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch as st
 
-from compress.evals.cache import model_content_hash
+from compress.cache import model_content_hash
 from compress.fixtures import build_llama
 from compress.methods import _streaming
 from compress.models import checkpoint_dtype, load_model, resolve_model

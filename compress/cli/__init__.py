@@ -81,7 +81,7 @@ def _os_error_line(err_no: int | None, strerror: str, path: str | None) -> tuple
             return f"cannot read {shown}: {strerror} (make it readable for this user)", EXIT_RUNTIME
         elsewhere = "choose another output path"
         if shown:
-            from compress.models import runs_root
+            from compress.env import runs_root
 
             target = Path(os.path.abspath(shown))
             cache = Path(os.path.abspath(os.environ.get("COMPRESS_CACHE_DIR") or runs_root() / ".cache"))

@@ -124,6 +124,29 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
     return [r for r in results if r is not None]
 
 
+def request(method: str, url: str, body: dict | None = None, *, timeout: float = 300.0):
+    """One plain (not streamed) HTTP request to a local server, ended after ``timeout`` s in all, however the
+    server trickles its answer. Returns the ``httpx.Response`` (any status).
+
+    Raises:
+        EngineError: no connection, a broken answer, or no complete answer within ``timeout``.
+    """
+    import httpx
+
+    async def send():
+        per_read = httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
+        async with httpx.AsyncClient(timeout=per_read, trust_env=False) as client:
+            return await asyncio.wait_for(client.request(method, url, json=body), timeout)
+
+    try:
+        return asyncio.run(send())
+    except asyncio.TimeoutError:
+        raise EngineError(f"{method} {url} got no complete answer within {timeout:.0f} s",
+                          hint="check the server log") from None
+    except httpx.HTTPError as e:
+        raise EngineError(f"{method} {url} failed: {type(e).__name__}: {e}") from None
+
+
 def run_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
              concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
     """Synchronous wrapper of :func:`load`."""

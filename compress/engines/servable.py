@@ -117,15 +117,14 @@ class _Unanswered(EngineError):
 def _generate(server: VllmServer, prompts: list[list[int]], tokens: int) -> list[dict[str, Any]]:
     """One greedy completion per prompt, in prompt order. ``ignore_eos``: the comparison runs
     over exactly ``tokens`` tokens, as :func:`hf_reference` does."""
-    import httpx
+    from compress.engines.client import request
 
     body = {"model": server.served_model_name, "prompt": [list(map(int, p)) for p in prompts],
             "max_tokens": tokens, "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}
     try:
-        with httpx.Client(timeout=httpx.Timeout(300.0), trust_env=False) as client:
-            r = client.post(server.url + "/v1/completions", json=body)
-    except httpx.HTTPError as e:
-        raise _Unanswered(f"vLLM failed to answer: {type(e).__name__}: {e}: {server.log_tail()}") from None
+        r = request("POST", server.url + "/v1/completions", body, timeout=300.0)
+    except EngineError as e:
+        raise _Unanswered(f"vLLM failed to answer: {e}: {server.log_tail()}") from None
     if r.status_code != 200:
         detail = r.text.strip().replace("\n", " ")[:300]
         raise _Unanswered(f"vLLM refused the completion request (HTTP {r.status_code}): {detail}")

@@ -190,8 +190,7 @@ def engine_info(venv: Path | str | None = None) -> dict:
 def probe(venv: Path | str | None = None, *, log_path: Path, model_dir: Path | None = None) -> dict:
     """Serve a model (the embedded one by default) with the installed engine and ask it for 4 greedy tokens:
     the version that answered, the start time, the kernels it chose and the tokens, or its own error."""
-    import httpx
-
+    from compress.engines.client import request
     from compress.models import BUILTIN_MODELS
 
     model_dir = Path(model_dir or BUILTIN_MODELS["tiny-llama"])
@@ -201,12 +200,11 @@ def probe(venv: Path | str | None = None, *, log_path: Path, model_dir: Path | N
         with VllmServer(model_dir, log_path=log_path, python=python, dtype="float32") as server:
             body = {"model": server.served_model_name, "prompt": "The capital of France is", "max_tokens": 4,
                     "temperature": 0.0}
-            with httpx.Client(timeout=httpx.Timeout(60.0), trust_env=False) as client:
-                r = client.post(server.url + "/v1/completions", json=body)
+            r = request("POST", server.url + "/v1/completions", body, timeout=60.0)
             out.update(ok=r.status_code == 200, version=server.version, start_s=round(server.start_seconds, 1),
                        kernels=server.kernels, text=(r.json().get("choices") or [{}])[0].get("text")
                        if r.status_code == 200 else None, error=None if r.status_code == 200 else r.text[:300])
-    except (EngineError, httpx.HTTPError) as e:
+    except EngineError as e:
         out.update(ok=False, error=str(e))
     return out
 
@@ -275,20 +273,30 @@ def parallel_args(tensor: int = 1, data: int = 1) -> list[str]:
 
 
 class _ProgressLines:
-    """A starting server's progress: the live line (and the log) every few seconds; off a terminal,
-    one stderr line for a phase that has lasted a minute (a cold compile), so a long start is never silent."""
+    """A starting server's progress: the live line (and the log) every few seconds. Off a terminal (a CI log, the
+    demo), a start is never silent for long: one stderr line once this process's first start has lasted a minute
+    (a cold compile), saying that a first start compiles, and one more for every five minutes any start lasts."""
+
+    FIRST_S, EVERY_S = 60.0, 300.0
+    _first_said = False  # per process: the line that explains a cold start is said once
 
     def __init__(self, name: str):
-        self.name, self.said = name, set()
+        self.name = name
+        self.next_at: float | None = None  # after this start's first line
 
     def __call__(self, phase: str, elapsed: float) -> None:
         from compress import console
 
         line = f"vLLM ({self.name}): {phase}: {console.fmt_seconds(elapsed)}"
         console.detail(line)
-        if elapsed >= 60 and phase not in self.said and not console.err.is_terminal:
-            self.said.add(phase)
-            console.step(line)
+        due = self.next_at or (self.EVERY_S if _ProgressLines._first_said else self.FIRST_S)
+        if elapsed < due or console.err.is_terminal:
+            return
+        if not _ProgressLines._first_said and "cache" not in phase:
+            line += " (a first start on a machine compiles the model; later starts reuse the cache)"
+        _ProgressLines._first_said = True
+        console.step(line)
+        self.next_at = (elapsed // self.EVERY_S + 1) * self.EVERY_S
 
 
 class VllmServer:
@@ -307,6 +315,7 @@ class VllmServer:
             else ``.venv-engine/bin/python`` in the current directory.
         env: environment variables added to (and overriding) the current ones.
         served_model_name: the ``model`` name requests use; the directory's name by default.
+        label: what progress lines call the server (``baseline``, ``candidate``); the served name by default.
         startup_timeout: the most seconds a start may take while it makes progress (its log grows
             or its processes use CPU); by default ``$COMPRESS_ENGINE_START_TIMEOUT``, else 3600.
         stall_timeout: a start that shows no progress for this long fails.
@@ -323,6 +332,7 @@ class VllmServer:
                  dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: int = 2,
                  extra_args: Sequence[str] = (), python: Path | str | None = None,
                  env: Mapping[str, str] | None = None, served_model_name: str | None = None,
+                 label: str | None = None,
                  startup_timeout: float | None = None, stall_timeout: float = STALL_TIMEOUT,
                  on_progress=None, progress_every: float = 5.0, stop_timeout: float = 20.0):
         self.model_dir = Path(model_dir)
@@ -338,7 +348,7 @@ class VllmServer:
         self.served_model_name = served_model_name or self.model_dir.name
         self.startup_timeout = float(startup_timeout) if startup_timeout else start_timeout()
         self.stall_timeout = stall_timeout
-        self.on_progress = on_progress or _ProgressLines(self.served_model_name)
+        self.on_progress = on_progress or _ProgressLines(label or self.served_model_name)
         self.progress_every = progress_every
         self.phase = "starting"
         self.stop_timeout = stop_timeout

@@ -22,7 +22,7 @@ from typing import Any
 from compress.artifact import weights_size
 from compress.env import environment
 from compress.errors import CompressError, EngineError, UsageError
-from compress.evals import cache
+from compress import cache
 from compress.evals.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
 from compress.models import load_model, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from compress.recipe import EvalSpec

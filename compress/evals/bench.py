@@ -42,7 +42,7 @@ import numpy as np
 
 from compress.engines.client import make_prompts, run_load
 from compress.errors import CompressError, EngineError, UsageError
-from compress.evals import cache
+from compress import cache
 from compress.evals.reports import (BatchResult, BenchReport, LevelRun, Measured, ModelInfo, Runtime, ServedRequest,
                                     SpeedReport, Spread, summarize)
 from compress.recipe import BenchSpec
@@ -431,13 +431,14 @@ def _engine_device(server: Any) -> str:
 
 def _served_name(url: str) -> str:
     """The first model an OpenAI-compatible server lists at ``/v1/models``."""
-    import httpx
+    from compress.engines.client import request
 
     try:
-        r = httpx.get(url.rstrip("/") + "/v1/models", timeout=10, trust_env=False)
-        r.raise_for_status()
+        r = request("GET", url.rstrip("/") + "/v1/models", timeout=10.0)
+        if r.status_code != 200:
+            raise ValueError(f"HTTP {r.status_code}")
         return r.json()["data"][0]["id"]
-    except (httpx.HTTPError, ValueError, KeyError, IndexError) as e:
+    except (EngineError, ValueError, KeyError, IndexError) as e:
         raise EngineError(f"no model listed at {url.rstrip('/')}/v1/models ({type(e).__name__}: {e})",
                           hint="check the URL, e.g. http://127.0.0.1:8000") from None
 
@@ -520,7 +521,8 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
         dt = dtype if settings.engine_dtype == "auto" else settings.engine_dtype
         server = VllmServer(path, log_path=log_path or Path(tempfile.mkdtemp(prefix="compress-vllm-")) / "vllm.log",
                             dtype=dt, kv_cache_gib=settings.kv_cache_gib, extra_args=extra,
-                            max_model_len=None, startup_timeout=settings.start_timeout_s)
+                            max_model_len=None, startup_timeout=settings.start_timeout_s,
+                            label=log_path.name.removesuffix("-vllm.log") if log_path else None)
         return ServedSide(path, settings, server=server)
     return HfSide(path, settings, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 

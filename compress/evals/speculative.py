@@ -107,7 +107,7 @@ def run_draft(target: str, draft: str, settings: Any, *, dtype: str = "auto", re
     """Benchmark ``target`` alone and with ``draft`` as its assistant; cached by both models'
     bytes and the settings."""
     from compress import env
-    from compress.evals import cache
+    from compress import cache
     from compress.evals.accuracy import model_info
     from compress.models import resolve_dtype, resolve_model
 

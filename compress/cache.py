@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compress.artifact import content_hash, model_files, read_json, sha256_file, write_json
-from compress.env import library_versions
+from compress.env import library_versions, runs_root
 from compress.faults import fault_point
-from compress.models import runs_root
 
 T = TypeVar("T")
 
@@ -59,6 +58,25 @@ def read_entry(path: Path, what: str) -> Any | None:
     return None
 
 
+# Entries a command found while checking its inputs (a weight file scanned and found finite), written only once
+# the command starts its work, so that a command refused for bad input writes nothing.
+_deferred: dict[Path, Any] = {}
+
+
+def defer_entry(path: Path, value: Any) -> None:
+    """Write ``value`` at ``path`` when the command starts its work (``write_deferred``), not now."""
+    _deferred[path] = value
+
+
+def write_deferred() -> None:
+    """Write the deferred entries that are not in the cache yet."""
+    for path, value in list(_deferred.items()):
+        if not path.exists():
+            with contextlib.suppress(OSError):  # a read-only cache only costs a scan next time
+                write_entry(path, value)
+    _deferred.clear()
+
+
 def model_content_hash(path: Path) -> str:
     """Content hash of a model directory.
 
@@ -66,9 +84,7 @@ def model_content_hash(path: Path) -> str:
     ctime (which no user call can set back), so an edit that keeps the size and mtime is still
     hashed again.
     """
-    from compress.models import remember_clean_scans
-
-    remember_clean_scans()  # hashing is where a command's work starts: its inputs were good
+    write_deferred()  # hashing is where a command's work starts: its inputs were good
     path = Path(path).resolve()
     files = model_files(path)
     stats = [(str(p), st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)

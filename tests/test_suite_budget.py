@@ -1,0 +1,50 @@
+"""The default suite's budget, read from the durations the last `make test` recorded
+(scripts/results/test_durations.json, written by tests/conftest.py): no test in the default selection may take
+more than 90 s alone. A test that needs longer belongs behind `slow`, or its work is shared (one server, one
+built artifact per session) or split.
+
+OVER_BUDGET names the tests measured over the limit that are still to be split or shared; a new test over the
+limit fails here, and so does an entry that is no longer over it (take it off the list)."""
+import json
+
+from conftest import ROOT
+
+DURATIONS = ROOT / "scripts" / "results" / "test_durations.json"
+LIMIT_S = 90.0
+DEFAULT = "not slow and not gpu"
+OVER_BUDGET = {
+    "tests/test_served_run.py::test_run_measures_base_and_candidate_together_in_vllm_and_stops_both",
+    "tests/test_engine.py::test_speculative_decoding_in_vllm_with_a_draft_keeps_greedy_outputs",
+    "tests/test_crash_safety.py::test_run_killed_at_every_stage_boundary_and_mid_write",
+    "tests/test_engine.py::test_sigterm_of_a_paired_served_run_leaves_no_vllm_process",
+}
+
+
+def _record() -> dict:
+    record = json.loads(DURATIONS.read_text())
+    assert record["markexpr"] == DEFAULT, f"{DURATIONS} was recorded with -m {record['markexpr']!r}: rerun `make test`"
+    return record
+
+
+def test_no_default_test_takes_longer_than_the_limit_alone(request):
+    record = _record()
+    collected = {item.nodeid for item in request.session.items
+                 if not {"slow", "gpu"} & {m.name for m in item.iter_markers()}}
+    over = {nodeid for nodeid, t in record["tests"].items()
+            if nodeid in collected and t.get("outcome") == "passed" and t.get("call", 0.0) > LIMIT_S}
+    new = sorted(over - OVER_BUDGET)
+    assert not new, f"over {LIMIT_S:.0f} s alone in the default suite (mark slow, share or split): {new}"
+    fixed = sorted(n for n in OVER_BUDGET if n in record["tests"] and n in collected and n not in over)
+    assert not fixed, f"no longer over {LIMIT_S:.0f} s: take them off OVER_BUDGET: {fixed}"
+
+
+def test_the_record_covers_the_default_suite(request):
+    """A record from a partial run (one file, -k) cannot speak for the suite: every test it lacks is unmeasured."""
+    record = _record()
+    collected = {item.nodeid for item in request.session.items
+                 if not {"slow", "gpu"} & {m.name for m in item.iter_markers()}}
+    if len(collected) < 50:  # this file run alone (or with a few others): the session does not hold the suite
+        collected = set()
+    missing = sorted(collected - set(record["tests"]) - {request.node.nodeid})
+    assert len(missing) <= len(collected) // 10, f"{len(missing)} default tests are not in {DURATIONS}: rerun " \
+                                                  f"`make test` (first: {missing[:3]})"
