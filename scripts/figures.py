@@ -76,6 +76,21 @@ def cold_start() -> str:
     return lines
 
 
+def first_run() -> str:
+    """The README's one sentence on what a first run takes: the demo cold, and the speed recipe cold and warm."""
+    d = _load("cold_start.json")
+    case = {c["case"]: c for c in d["cases"] if not c.get("stopped")}
+    cold, warm, demo = case.get("cold-sequential"), case.get("warm-sequential"), d.get("demo")
+    parts = []
+    if demo:
+        parts.append(f"`make demo` on a machine with {d['machine']} that never ran the project (every compile and model "
+                     f"cache empty) exits {demo['exit']} in {_minutes(demo['seconds'])}, both environments built")
+    if cold and warm:
+        parts.append(f"its speed recipe takes {_minutes(cold['seconds'])} with vLLM's compile caches empty "
+                     f"({cold['verdict']}) and {_minutes(warm['seconds'])} with them warm ({warm['verdict']})")
+    return "; ".join(parts) + ". The details are on the [results page](docs/results.md#cold-start).\n"
+
+
 def speed_table() -> str:
     d = _load("speed.json")
     rows = ["| scheme | concurrency | bf16 output tok/s [95%] | scheme output tok/s [95%] | speedup [95%] "
@@ -252,6 +267,7 @@ def tiny_model() -> str:
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
+    "first-run": ("scripts/results/cold_start.json", first_run),
     "speed-table": ("scripts/results/speed.json", speed_table),
     "mixed-precision-table": ("scripts/results/mixed_precision.json", mixed_precision_table),
     "quality-tables": ("scripts/results/quality.json", quality_tables),

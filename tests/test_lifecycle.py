@@ -5,6 +5,7 @@ engine: a start that makes progress is waited for, one that dies or stands still
 engine's own last line, and a signal to a command that started servers from worker threads leaves none.
 The same guarantees on a real vLLM server are in tests/test_engine.py.
 """
+import contextlib
 import json
 import os
 import signal
@@ -71,7 +72,10 @@ def fake_vllm(tmp_path, monkeypatch):
     pids.touch()
     monkeypatch.setenv("FAKE_PIDS", str(pids))
     monkeypatch.setenv("COMPRESS_ENGINE_VENV", str(venv))
-    return {"venv": venv, "python": python, "pids": pids}
+    yield {"venv": venv, "python": python, "pids": pids}
+    for pid in _alive(pids):  # a failed test leaves no stand-in behind it either
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _alive(pids_file: Path) -> list[int]:
@@ -208,10 +212,18 @@ STARTER = textwrap.dedent('''\
 ''')
 
 
+def _default_signals() -> None:
+    """In the child: the default dispositions. A suite started under nohup or as a background job ignores SIGHUP
+    or SIGINT, the children inherit that, and compress rightly leaves an ignored signal ignored."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + 15), (signal.SIGINT, 130), (signal.SIGHUP, 128 + 1)])
 def test_a_signal_stops_servers_that_worker_threads_started(fake_vllm, tmp_path, monkeypatch, sig, code):
     monkeypatch.setenv("FAKE_VLLM", "compile")  # still starting when the signal comes
     proc = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path), str(BUILTIN)], cwd=ROOT,
+                            preexec_fn=_default_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "started", proc.stderr.read()
@@ -235,7 +247,8 @@ def test_a_signal_to_compare_leaves_no_server(fake_vllm, tmp_path, monkeypatch, 
     proc = subprocess.Popen([sys.executable, "-m", "compress", "compare", "builtin:tiny-llama", str(BUILTIN),
                              "--no-eval", "--set", "bench.engine=vllm", "--recipe",
                              str(ROOT / "recipes" / "tiny-llama-int4-rtn.yaml")],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 120
         while len(_alive(fake_vllm["pids"])) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -300,4 +313,4 @@ def test_a_long_start_off_a_terminal_says_little_but_is_never_silent_for_long(mo
         candidate("warming up the engine", float(t))
     assert len(live) == 140 + 50
     assert [line.split(":")[0] for line in said] == ["vLLM (baseline)"] * 3  # at 60, 300 and 600 s
-    assert said[0].endswith("1.0 min") and "reuse the cache" in said[0]
+    assert said[0].endswith(console.fmt_seconds(60.0)) and "reuse the cache" in said[0]

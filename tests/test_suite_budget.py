@@ -4,7 +4,7 @@ more than 90 s alone. A test that needs longer belongs behind `slow`, or its wor
 built artifact per session) or split.
 
 OVER_BUDGET names the tests measured over the limit that are still to be split or shared; a new test over the
-limit fails here, and so does an entry that is no longer over it (take it off the list)."""
+limit fails here, and so does an entry that is now well under it (take it off the list)."""
 import json
 
 from conftest import ROOT
@@ -34,8 +34,10 @@ def test_no_default_test_takes_longer_than_the_limit_alone(request):
             if nodeid in collected and t.get("outcome") == "passed" and t.get("call", 0.0) > LIMIT_S}
     new = sorted(over - OVER_BUDGET)
     assert not new, f"over {LIMIT_S:.0f} s alone in the default suite (mark slow, share or split): {new}"
-    fixed = sorted(n for n in OVER_BUDGET if n in record["tests"] and n in collected and n not in over)
-    assert not fixed, f"no longer over {LIMIT_S:.0f} s: take them off OVER_BUDGET: {fixed}"
+    # Clearly under the limit now (a margin, so that a noisy machine does not flip the list): off the list.
+    fixed = sorted(n for n in OVER_BUDGET if n in collected and record["tests"].get(n, {}).get("outcome") == "passed"
+                   and record["tests"][n].get("call", LIMIT_S) < 0.75 * LIMIT_S)
+    assert not fixed, f"well under {LIMIT_S:.0f} s now: take them off OVER_BUDGET: {fixed}"
 
 
 def test_the_record_covers_the_default_suite(request):

@@ -25,6 +25,7 @@ first round.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -237,6 +238,8 @@ def _read_answer(proc: subprocess.Popen, timeout: float, what: str, stall: float
             hung = now - last > stall
             if hung or now - began > timeout:
                 procs.kill_group(proc.pid, grace=2)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)  # reaped: a dying process can look gone a moment before it can be waited for
                 how = f"used no CPU for {stall:.0f} s" if hung else f"took more than {timeout:.0f} s"
                 raise CompressError(f"the transformers benchmark worker hung: {what} {how}; it was stopped",
                                     hint=f"allow longer with ${WORKER_TIMEOUT_ENV}, or rerun with COMPRESS_DEBUG=1 "
