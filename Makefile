@@ -98,7 +98,7 @@ model: setup
 	$(BIN)/python scripts/build_tiny_model.py
 
 # The generated documentation: the recipe and command references (docs/reference/, from the schema
-# and the CLI), then the README's measured figures (from scripts/results/). Tests fail when either is stale.
+# and the CLI), then the measured figures in README.md and docs/ (from scripts/results/). Tests fail when either is stale.
 docs: setup
 	$(BIN)/python scripts/docs.py
 	$(BIN)/python scripts/figures.py
