@@ -37,6 +37,11 @@ def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+def _header(*columns: str) -> list[str]:
+    """A Markdown table's header and separator lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -50,8 +55,7 @@ def demo_transcript() -> str:
 
 def cold_start() -> str:
     d = _load("cold_start.json")
-    rows = ["| case | exit | verdict | wall time | baseline start | candidate start | int4 speedup |",
-            "|---|---|---|---|---|---|---|"]
+    rows = _header("case", "exit", "verdict", "wall time", "baseline start", "candidate start", "int4 speedup")
     for c in d["cases"]:
         if c.get("stopped"):
             r = c["round1_tok_s_at_16"]
@@ -93,8 +97,8 @@ def first_run() -> str:
 
 def speed_table() -> str:
     d = _load("speed.json")
-    rows = ["| scheme | concurrency | bf16 output tok/s [95%] | scheme output tok/s [95%] | speedup [95%] "
-            "| $/1M output tokens: bf16 → scheme | within the SLO: bf16 → scheme |", "|---|---|---|---|---|---|---|"]
+    rows = _header("scheme", "concurrency", "bf16 output tok/s [95%]", "scheme output tok/s [95%]", "speedup [95%]",
+                   "$/1M output tokens: bf16 → scheme", "within the SLO: bf16 → scheme")
     for s in d["schemes"]:
         for i, lv in enumerate(s["levels"]):
             b, c, x = lv["base_tok_s"], lv["cand_tok_s"], lv["speedup"]
@@ -109,8 +113,7 @@ def speed_table() -> str:
 
 def mixed_precision_table() -> str:
     d = _load("mixed_precision.json")
-    rows = ["| candidate | layers kept | weights | drop [95%] | verdict | recovered | per extra MB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = _header("candidate", "layers kept", "weights", "drop [95%]", "verdict", "recovered", "per extra MB")
     for r in d["rows"]:
         lo, hi = r["acc_drop_interval_pts"]
         kept = len(r["kept_layers"])
@@ -130,14 +133,14 @@ def quality_tables() -> str:
     base = d["base"]
     rows = [f"Base: {_pct(base['acc'])} on `tiny_facts_mc`, word perplexity {base['word_perplexity']:.2f}. "
             "Default settings (symmetric, group 128, 64 calibration samples):", "",
-            "| scheme | format | weights vs base | top-1 agreement | KL (nats/token) | tiny_facts_mc (Δ points) "
-            "| word ppl | build |", "|---|---|---|---|---|---|---|---|"]
+            *_header("scheme", "format", "weights vs base", "top-1 agreement", "KL (nats/token)",
+                     "tiny_facts_mc (Δ points)", "word ppl", "build")]
     for m in d["methods"]:
         rows.append(f"| `{m['label']}` | {m['format']} | {m['size_ratio']:.2f}x | {_pct(m['top1_agreement'])} | "
                     f"{m['kl']:.4f} | {_pct(m['acc'])} ({m['acc_delta_points']:+.1f}) | {m['word_perplexity']:.2f} | "
                     f"{m['build_seconds']:.1f} s |")
     rows += ["", "Lower bits, round-to-nearest against GPTQ and AWQ (group 128, asymmetric, 512 calibration samples):", "",
-             "| weights | top-1 agreement | KL | tiny_facts_mc | Δ points | word ppl |", "|---|---|---|---|---|---|"]
+             *_header("weights", "top-1 agreement", "KL", "tiny_facts_mc", "Δ points", "word ppl")]
     for m in d["low_bit"]:
         rows.append(f"| {m['method']} | {_pct(m['top1_agreement'])} | {m['kl']:.4f} | {_pct(m['acc'])} | "
                     f"{m['acc_delta_points']:+.1f} | {m['word_perplexity']:.2f} |")
@@ -147,7 +150,7 @@ def quality_tables() -> str:
 def sensitivity_table() -> str:
     d = _load("sensitivity.json")
     rows = [f"{d['method']}; {d['model']}:", "",
-            "| weights (RTN) | tiny_facts_mc acc | Δ points | tiny_bios_ppl word perplexity |", "|---|---|---|---|"]
+            *_header("weights (RTN)", "tiny_facts_mc acc", "Δ points", "tiny_bios_ppl word perplexity")]
     for r in d["rows"]:
         rows.append(f"| {r['label']} | {_pct(r['acc'])} | {r['acc_delta_points']:+.1f} | {r['word_perplexity']:.2f} |")
     return "\n".join(rows) + "\n"
@@ -155,8 +158,7 @@ def sensitivity_table() -> str:
 
 def scaling_table() -> str:
     d = _load("scaling.json")
-    rows = ["| checkpoint | command | path | wall time | peak RSS | peak / checkpoint bytes |",
-            "|---|---|---|---|---|---|"]
+    rows = _header("checkpoint", "command", "path", "wall time", "peak RSS", "peak / checkpoint bytes")
     for size, run in d["runs"].items():
         first = True
         for key, r in run.items():
@@ -173,7 +175,7 @@ def scaling_table() -> str:
 
 def toolkit_cost_table() -> str:
     d = _load("toolkit_cost.json")
-    rows = ["| command | wall time | peak memory (RSS) | CPU time |", "|---|---|---|---|"]
+    rows = _header("command", "wall time", "peak memory (RSS)", "CPU time")
     for r in d["rows"]:
         command = re.sub(r" --export-to \S+", "", r["command"].replace(str(ROOT) + "/", ""))
         rows.append(f"| `{command}` ({r['label']}) | {r['seconds']:.1f} s | {r['peak_rss_mib']:.0f} MiB | "
@@ -184,7 +186,7 @@ def toolkit_cost_table() -> str:
 
 def distill_table() -> str:
     d = _load("distill_study.json")
-    rows = ["| model | tiny_facts_mc | word perplexity | KL to teacher (held-out) | training |", "|---|---|---|---|---|"]
+    rows = _header("model", "tiny_facts_mc", "word perplexity", "KL to teacher (held-out)", "training")
     for name, r in d["rows"].items():
         kl = f"{r['heldout_kl_after']:.2f}" if "heldout_kl_after" in r else "-"
         train = f"{r['steps']:,} steps, {r['train_minutes']:.1f} min" if "steps" in r else "-"
@@ -195,7 +197,7 @@ def distill_table() -> str:
             f"{100 * s['distillation_recovered_fraction']:.1f}% of them, plain fine-tuning "
             f"{100 * s['cross_entropy_recovered_fraction']:.0f}%. Distilled minus fine-tuned: "
             f"{s['distillation_minus_cross_entropy_points']:+.1f} points, paired 95% interval [{lo:+.1f}, {hi:+.1f}].\n")
-    speed = ["", "| batch | teacher decode tok/s | student decode tok/s | speedup |", "|---|---|---|---|"]
+    speed = ["", *_header("batch", "teacher decode tok/s", "student decode tok/s", "speedup")]
     for name, r in d["speed"].items():
         speed.append(f"| {name} | {r['teacher_decode_tok_s']:.0f} | {r['student_decode_tok_s']:.0f} | {r['speedup']:.2f}x |")
     return text + "\n".join(speed) + "\n"
@@ -210,14 +212,14 @@ def eval_tasks_tables() -> str:
                ("`tiny_world/exact_match,strict-match` (group, by size)", "tiny_world/exact_match,strict-match"),
                ("`tiny_world_places/exact_match,strict-match`", "tiny_world_places/exact_match,strict-match"),
                ("`tiny_world_traits/exact_match,strict-match`", "tiny_world_traits/exact_match,strict-match")]
-    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    rows = _header("metric", *names)
     for label, key in figures:
         rows.append(f"| {label} | " + " | ".join(_pct(d["evals"][n]["figures"][key]) for n in names) + " |")
     rows.append("| documents/s | " + " | ".join(f"{d['evals'][n]['documents_per_s']:.0f}" for n in names) + " |")
     g = d["gate"]
     gate = ["", f"The gate of `recipes/tiny-llama-int4-rtn-generative.yaml` on every document, chat template and few-shot "
             f"turns included: {g['verdict']} in {g['wall_seconds']:.0f} s for both models.", "",
-            "| check | base | INT4 RTN | drop, 95% interval | verdict |", "|---|---|---|---|---|"]
+            *_header("check", "base", "INT4 RTN", "drop, 95% interval", "verdict")]
     for c in g["checks"]:
         i = c["interval"]
         gate.append(f"| `{c['metric']}` | {_pct(c['baseline'])} | {_pct(c['candidate'])} | {100 * i['estimate']:+.1f} "
@@ -228,8 +230,8 @@ def eval_tasks_tables() -> str:
 def routing_tables() -> str:
     d = _load("routing.json")
     rows = [f"Base {d['base']}; bound: {d['bound']}.", "",
-            "| small model | alone | small serves (verified) | cascade vs base (held-out half) | blended cost vs base |",
-            "|---|---|---|---|---|"]
+            *_header("small model", "alone", "small serves (verified)", "cascade vs base (held-out half)",
+                     "blended cost vs base")]
     for name, r in d["rows"].items():
         c, i, b = r["cascade"], r["cascade"]["drop_interval"], r["cascade"]["blended_cost_vs_large"]
         rows.append(f"| {name} (`{r['model']}`) | {_pct(c['small_acc'])} (base {_pct(c['large_acc'])}) | "
@@ -237,7 +239,7 @@ def routing_tables() -> str:
                     f"[{100 * i['lower']:.1f}, {100 * i['upper']:.1f}], {c['verdict']} | {b['estimate']:.3f}x "
                     f"[{b['lower']:.3f}, {b['upper']:.3f}] |")
     rows += ["", "As drafts for the base (transformers assisted generation, batch 1):", "",
-             "| draft | acceptance | tokens per target forward | speedup | greedy outputs |", "|---|---|---|---|---|"]
+             *_header("draft", "acceptance", "tokens per target forward", "speedup", "greedy outputs")]
     for name, r in d["rows"].items():
         g = r["draft"]
         lo, hi = g["draft_speedup"]["interval"]
@@ -250,7 +252,7 @@ def routing_tables() -> str:
 def aa_check() -> str:
     d = _load("speed.json")["aa"]
     rows = [f"bf16 against itself (two servers of the same model): {d['verdict']} in {_minutes(d['seconds'])}.", "",
-            "| check | measured [95%] | bound | verdict |", "|---|---|---|---|"]
+            *_header("check", "measured [95%]", "bound", "verdict")]
     for c in d["checks"]:
         rows.append(f"| `{c['metric']}` | {c['shown']} | {c['threshold']} | {c['verdict']} |")
     return "\n".join(rows) + "\n"

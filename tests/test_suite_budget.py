@@ -26,10 +26,15 @@ def _record() -> dict:
     return record
 
 
+def _default_tests(request) -> set[str]:
+    """The tests this session collected that the default suite runs."""
+    return {item.nodeid for item in request.session.items
+            if not {"slow", "gpu"} & {m.name for m in item.iter_markers()}}
+
+
 def test_no_default_test_takes_longer_than_the_limit_alone(request):
     record = _record()
-    collected = {item.nodeid for item in request.session.items
-                 if not {"slow", "gpu"} & {m.name for m in item.iter_markers()}}
+    collected = _default_tests(request)
     over = {nodeid for nodeid, t in record["tests"].items()
             if nodeid in collected and t.get("outcome") == "passed" and t.get("call", 0.0) > LIMIT_S}
     new = sorted(over - OVER_BUDGET)
@@ -43,8 +48,7 @@ def test_no_default_test_takes_longer_than_the_limit_alone(request):
 def test_the_record_covers_the_default_suite(request):
     """A record from a partial run (one file, -k) cannot speak for the suite: every test it lacks is unmeasured."""
     record = _record()
-    collected = {item.nodeid for item in request.session.items
-                 if not {"slow", "gpu"} & {m.name for m in item.iter_markers()}}
+    collected = _default_tests(request)
     if len(collected) < 50:  # this file run alone (or with a few others): the session does not hold the suite
         collected = set()
     missing = sorted(collected - set(record["tests"]) - {request.node.nodeid})

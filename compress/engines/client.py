@@ -88,6 +88,13 @@ async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, 
 READ_TIMEOUT = 120.0  # the most seconds between two chunks of a streamed answer
 
 
+def _timeouts(timeout: float):
+    """httpx's per-operation bounds under an overall deadline of ``timeout`` s."""
+    import httpx
+
+    return httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
+
+
 async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
                concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
     """Send every prompt, at most ``concurrency`` in flight; results in prompt order.
@@ -103,8 +110,7 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
     results: list[ServedRequest | None] = [None] * len(prompts)
     origin = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    per_read = httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
-    async with httpx.AsyncClient(timeout=per_read, limits=limits, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=_timeouts(timeout), limits=limits, trust_env=False) as client:
 
         async def worker() -> None:
             while not queue.empty():
@@ -134,8 +140,7 @@ def request(method: str, url: str, body: dict | None = None, *, timeout: float =
     import httpx
 
     async def send():
-        per_read = httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
-        async with httpx.AsyncClient(timeout=per_read, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=_timeouts(timeout), trust_env=False) as client:
             return await asyncio.wait_for(client.request(method, url, json=body), timeout)
 
     try:

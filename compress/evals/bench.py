@@ -41,9 +41,9 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from compress import cache
 from compress.engines.client import make_prompts, run_load
 from compress.errors import CompressError, EngineError, UsageError
-from compress import cache
 from compress.evals.reports import (BatchResult, BenchReport, LevelRun, Measured, ModelInfo, Runtime, ServedRequest,
                                     SpeedReport, Spread, summarize)
 from compress.recipe import BenchSpec
