@@ -177,8 +177,7 @@ def toolkit_cost_table() -> str:
     d = _load("toolkit_cost.json")
     rows = _header("command", "wall time", "peak memory (RSS)", "CPU time")
     for r in d["rows"]:
-        command = re.sub(r" --export-to \S+", "", r["command"].replace(str(ROOT) + "/", ""))
-        rows.append(f"| `{command}` ({r['label']}) | {r['seconds']:.1f} s | {r['peak_rss_mib']:.0f} MiB | "
+        rows.append(f"| `{r['command']}` ({r['label']}) | {r['seconds']:.1f} s | {r['peak_rss_mib']:.0f} MiB | "
                     f"{r['cpu_seconds']:.1f} s |")
     return (f"{d['cpu_count']} CPU cores; a rerun of the same recipe is {d['rerun_speedup']:.1f}x faster than its "
             "first run (every stage reused, inputs checked, the gate decided again):\n\n" + "\n".join(rows) + "\n")

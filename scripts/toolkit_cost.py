@@ -39,7 +39,9 @@ def measure(label: str, args: list[str], env: dict[str, str], cwd: Path) -> dict
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{label} failed ({code}):\n{err[-2000:]}")
-    row = {"label": label, "command": "compress " + " ".join(args), "seconds": round(seconds, 2),
+    # The command as a reader would type it: paths relative to the checkout, no scratch folder.
+    shown = " ".join(args).replace(str(ROOT) + "/", "").replace(str(cwd) + "/", "")
+    row = {"label": label, "command": "compress " + shown, "seconds": round(seconds, 2),
            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1)}
     print(json.dumps(row), flush=True)
     return row
@@ -66,7 +68,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| command | wall time | peak memory (RSS) | CPU time |\n|---|---|---|---|")
     for r in rows:
-        print(f"| `{r['command'].replace(str(ROOT) + '/', '').replace(str(work) + '/', '')}` | {r['seconds']:.1f} s | "
+        print(f"| `{r['command']}` | {r['seconds']:.1f} s | "
               f"{r['peak_rss_mib']:.0f} MiB | {r['cpu_seconds']:.0f} s |")
 
 

@@ -48,3 +48,18 @@ def test_a_figure_edited_by_hand_is_caught(doc):
         at = block.start() + block.group(0).index("-->") + 3 + digit.start()
         edited = text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:]
         assert figures.render(edited)[1] == [name], name
+
+
+def test_the_figures_do_not_depend_on_where_the_checkout_lies(tmp_path):
+    """CI clones into another folder: the same results files give the same documents there."""
+    import shutil
+    import subprocess
+    import sys
+
+    elsewhere = tmp_path / "somewhere" / "else"
+    for part in ("scripts", "docs"):
+        shutil.copytree(ROOT / part, elsewhere / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "README.md", elsewhere / "README.md")
+    proc = subprocess.run([sys.executable, str(elsewhere / "scripts" / "figures.py"), "--check"],
+                          capture_output=True, text=True, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
