@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress import env
-from compress.engines.vllm import engine_info
-from compress.models import BUILTIN_MODELS
+from compress.core import env
+from compress.measure.engines.vllm import engine_info
+from compress.core.models import BUILTIN_MODELS
 
 
 def collect() -> dict[str, Any]:
@@ -23,7 +23,7 @@ def collect() -> dict[str, Any]:
         for dist, (extra, purpose) in env.BACKENDS.items()
     }
     info["builtin_models"] = {name: (path / "config.json").exists() for name, path in BUILTIN_MODELS.items()}
-    from compress.fixtures import FIXTURES, fixtures_root, is_complete
+    from compress.core.fixtures import FIXTURES, fixtures_root, is_complete
 
     # Speed fixtures are generated on first use: "generated" or "generated on first use".
     info["fixtures"] = {name: is_complete(fixtures_root() / spec.dirname) for name, spec in FIXTURES.items()}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compress.errors import InputError
-from compress.models import ModelRef, check_model_dir, resolve_model
+from compress.core.errors import InputError
+from compress.core.models import ModelRef, check_model_dir, resolve_model
 
 
 def check_inside_tree(path: str | Path, what: str) -> Path:
@@ -54,7 +54,7 @@ def check_model(spec: str, *, revision: str | None = None, trust_remote_code: bo
 def check_data(dataset: str, *, text_field: str = "text") -> None:
     """Read a local data file or a built-in set as the method will (hub datasets are left to
     the method: fetching one here would download it twice)."""
-    from compress.data import is_local, load_texts
+    from compress.core.data import is_local, load_texts
 
     if is_local(dataset):
         load_texts(dataset, text_field=text_field)
@@ -67,7 +67,7 @@ def check_recipe(recipe, *, evals: bool = False) -> None:
     Raises:
         UsageError: the first bad input, naming it and the fix (exit 2).
     """
-    from compress.quantize import uses_calibration
+    from compress.build.quantize import uses_calibration
 
     m = recipe.model
     check_model(m.id, revision=m.revision, trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle)
@@ -79,7 +79,7 @@ def check_recipe(recipe, *, evals: bool = False) -> None:
         if method.student.model:
             check_model(method.student.model, trust_remote_code=m.trust_remote_code)
     if evals:
-        from compress.evals.accuracy import check_eval_settings
+        from compress.measure.accuracy import check_eval_settings
         from compress.pipeline import needs
 
         if needs(recipe)[0]:

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from compress import runs
-from compress.artifact import MANIFEST, read_json, write_json
-from compress.errors import UsageError
-from compress.evidence import GATE_FILE, REPORT_FILES, report_hashes
-from compress.evidence import load_reports as _load_folder
-from compress.export import export_run
-from compress.faults import fault_point
-from compress.gate import GateResult, evaluate
-from compress.locks import locked
-from compress.recipe import Recipe
-from compress.stats import PASS
+from compress.core.artifact import MANIFEST, read_json, write_json
+from compress.core.errors import UsageError
+from compress.decide.evidence import GATE_FILE, REPORT_FILES, report_hashes
+from compress.decide.evidence import load_reports as _load_folder
+from compress.ship.export import export_run
+from compress.core.faults import fault_point
+from compress.decide.gate import GateResult, evaluate
+from compress.core.locks import locked
+from compress.core.recipe import Recipe
+from compress.core.stats import PASS
 
 
 @dataclass
@@ -114,11 +114,11 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
                     rerun: bool = False) -> tuple[Any, bool]:
     """Serve the candidate with the engine the recipe names and compare its greedy tokens with
     transformers'; kept in the run's reports (reused when it measured these bytes with these settings)."""
-    from compress.engines.client import make_prompts
-    from compress.engines.servable import check_servable, hf_reference
-    from compress.evals.accuracy import model_info
-    from compress.evals.reports import ServableReport
-    from compress.models import load_tokenizer, vocab_size
+    from compress.measure.engines.client import make_prompts
+    from compress.measure.engines.servable import check_servable, hf_reference
+    from compress.measure.accuracy import model_info
+    from compress.core.reports import ServableReport
+    from compress.core.models import load_tokenizer, vocab_size
 
     spec = recipe.gate.servable
     path = run_dir / "reports" / REPORT_FILES[("candidate", "servable")]
@@ -148,18 +148,18 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
 def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "auto",
            log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> RunResult | None:
     """`compress search`'s early stop: build the candidate, then evaluate it on growing shares of
-    the documents (``design``: a ``compress.sequential.Design``; lm-eval's request cache keeps
+    the documents (``design``: a ``compress.decide.sequential.Design``; lm-eval's request cache keeps
     each answer, so the documents of one look are not computed again at the next) and compare
     each share with the baseline's same documents at the look's error-spending confidence. At
     the first look where a quality check is certain to FAIL, the run is decided there: its
     reports (the candidate's share, the baseline restricted to it) and a FAIL gate are written,
     and the result returned. None when no look stops it: `run` then gates it on every document.
     """
-    from compress.evals.accuracy import cached_eval, run_eval
-    from compress.evals.scoring import restrict
-    from compress.gate import EXIT_CODES, policy_hash, quality_check
-    from compress.sequential import Design
-    from compress.stats import FAIL
+    from compress.measure.accuracy import cached_eval, run_eval
+    from compress.measure.scoring import restrict
+    from compress.decide.gate import EXIT_CODES, policy_hash, quality_check
+    from compress.decide.sequential import Design
+    from compress.core.stats import FAIL
 
     quality = [c for c in recipe.gate.checks if "/" in c.metric]
     if not quality or recipe.evals.backend == "vllm" or not isinstance(design, Design) or design.looks < 2:
@@ -238,8 +238,8 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
 def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, export_to: Path | None, device: str,
          log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
          signer: Callable[[Path], None] | None, stages: Any, requests_cache: bool = False) -> RunResult:
-    from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_speed
+    from compress.measure.accuracy import run_eval
+    from compress.measure.bench import run_speed
 
     start = time.time()
     done: list[dict[str, Any]] = []
@@ -282,7 +282,7 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
         report.save(run_dir / "reports" / REPORT_FILES[("both", "speed")])
         reports[("both", "speed")] = report
     if needs_draft(recipe):
-        from compress.evals.speculative import run_draft
+        from compress.measure.speculative import run_draft
 
         # The base model generating with this artifact as its draft, against the base alone.
         report, _ = stage("bench draft", lambda: run_draft(base_spec, str(model_dir), recipe.bench,
@@ -299,7 +299,7 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     exported = None
     if gate.verdict == PASS and export:
         to = export_to or Path(recipe.export.to or f"dist/{recipe.name}")
-        from compress.report import local_base
+        from compress.ship.report import local_base
 
         card = (lambda m, g: model_card(recipe, m, g, reports, path=to, base_path=local_base(recipe))) \
             if (model_card and recipe.export.model_card) else None

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress.artifact import sweep_stale, write_bytes_atomic
-from compress.faults import fault_point
-from compress.locks import locked
-from compress.env import runs_root
-from compress.models import resolve_model
-from compress.recipe import Recipe
+from compress.core.artifact import sweep_stale, write_bytes_atomic
+from compress.core.faults import fault_point
+from compress.core.locks import locked
+from compress.core.env import runs_root
+from compress.core.models import resolve_model
+from compress.core.recipe import Recipe
 
 
 def recipe_dir(recipe: Recipe) -> Path:
@@ -44,8 +44,8 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
         (manifest, reused, artifact directory); the manifest is None in the non-main processes
         of a multi-process launch, which take part in training but write nothing.
     """
-    from compress.cache import model_content_hash
-    from compress.quantize import artifact_key, build_artifact, existing_artifact, process_rank
+    from compress.core.cache import model_content_hash
+    from compress.build.quantize import artifact_key, build_artifact, existing_artifact, process_rank
 
     base = resolve_model(recipe.model.id, recipe.model.revision)
     if base.source == "run" and base.extra.get("gate_verdict") != "PASS":
@@ -55,7 +55,7 @@ def build(recipe: Recipe, *, out: Path | None = None, force: bool = False, devic
     key = artifact_key(recipe, base_hash)
     target = out if out is not None else run_dir(recipe, key) / "model"
     if out is None:
-        from compress import console
+        from compress.core import console
 
         console.log_into(target.parent / "logs")  # the back ends' output of this command, kept with its run
     # Runs of one recipe share a lock; an artifact written elsewhere locks the folder it goes in.

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import UsageError
-from compress.recipe import Recipe, validate_document
-from compress.stats import FAIL, INCONCLUSIVE, PASS
+from compress.core.errors import UsageError
+from compress.core.recipe import Recipe, validate_document
+from compress.core.stats import FAIL, INCONCLUSIVE, PASS
 
 # Built-in ladders: from the fewest bits up. RTN before GPTQ at the same size (no calibration to
 # pay for when plain rounding already passes), 8-bit formats last.
@@ -132,8 +132,8 @@ def layer_shapes(recipe: Recipe) -> tuple[list[tuple[str, int, int]], int, int]:
     """(name, out_features, in_features) of each Linear a method could quantize, the bytes of
     everything else, and the bytes per unquantized weight, from the base model's config and
     safetensors headers (nothing is loaded)."""
-    from compress.methods.base import _meta_model, quantizable_linears
-    from compress.models import resolve_model, weight_bytes_in
+    from compress.build.methods.base import _meta_model, quantizable_linears
+    from compress.core.models import resolve_model, weight_bytes_in
 
     base = resolve_model(recipe.model.id, recipe.model.revision)
     st = (Path(base.path) / "config.json").stat()
@@ -202,7 +202,7 @@ def mixed_candidate(recipe: Recipe, method: dict[str, Any], budget: float, keep:
     int8: the method's ``int8_layers``) or unquantized (``keep`` unquantized: its ignore list),
     within ``budget`` times the uniform candidate's bytes (None when no layer fits). Layers an
     engine fuses (q/k/v, gate/up) are kept or not together."""
-    from compress.sensitivity import budget_for, keep_within_budget, layer_sensitivity
+    from compress.build.sensitivity import budget_for, keep_within_budget, layer_sensitivity
 
     names = {n for n, _, _ in linears}
     ignored = _ignored(names, method.get("ignore", []))
@@ -279,7 +279,7 @@ def search(recipe: Recipe, *, all_candidates: bool = False, run: Callable[[Recip
 def chosen_text(result: SearchResult) -> str:
     """NAME.chosen.yaml: the chosen candidate's recipe (the keys that differ from the defaults;
     the method in full), under a comment saying what was tried and why it won."""
-    from compress.report import recipe_excerpt
+    from compress.ship.report import recipe_excerpt
 
     c = result.chosen
     lines = [f"{CHOSEN_HEADER} from recipe {result.recipe.name} ({time.strftime('%Y-%m-%d')}).",
@@ -301,7 +301,7 @@ def chosen_text(result: SearchResult) -> str:
 def write_chosen(result: SearchResult, path: Path, force: bool = False) -> Path:
     """Write NAME.chosen.yaml; one written by an earlier search is replaced, any other file only
     with ``force``."""
-    from compress.artifact import write_bytes_atomic
+    from compress.core.artifact import write_bytes_atomic
 
     if path.exists() and not force and not path.read_text(errors="replace").startswith(CHOSEN_HEADER):
         raise UsageError(f"{path} exists and was not written by compress search",
@@ -376,7 +376,7 @@ def summary_markdown(result: SearchResult) -> str:
 
 def junit_xml(result: SearchResult) -> str:
     """One test case per candidate tried; the search fails (one failure) when none passed."""
-    from compress.report import junit_document
+    from compress.ship.report import junit_document
 
     cases = [{"name": t.candidate.slug, "time": t.seconds, "out": t.verdict + ": " + t.run.gate.summary()}
              for t in result.tried]

@@ -74,7 +74,7 @@ def run_case(case: str, caches: Path, extra_env: dict[str, str] | None = None) -
         return {"case": case, "exit": proc.returncode, "seconds": round(seconds, 1),
                 "error": (proc.stderr.strip().splitlines() or ["(nothing on stderr)"])[-2:]}
     out = json.loads(proc.stdout)
-    from compress.evals.reports import SpeedReport
+    from compress.core.reports import SpeedReport
 
     speed = SpeedReport.load(Path(out["run_dir"]) / "reports" / "speed.json")
     sides = {}

@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 from compress import runs
-from compress.data import load_texts
-from compress.evals.accuracy import evaluate_model, model_info, run_eval, to_report
-from compress.evals.bench import run_bench
-from compress.methods.distill import batches
-from compress.models import load_model, load_tokenizer, resolve_model
-from compress.prune import choose_layers, layer_importance, prune_depth
-from compress.recipe import load_recipe
-from compress.stats import paired_bootstrap
+from compress.core.data import load_texts
+from compress.measure.accuracy import evaluate_model, model_info, run_eval, to_report
+from compress.measure.bench import run_bench
+from compress.build.methods.distill import batches
+from compress.core.models import load_model, load_tokenizer, resolve_model
+from compress.build.prune import choose_layers, layer_importance, prune_depth
+from compress.core.recipe import load_recipe
+from compress.core.stats import paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny-llama-distill.yaml"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reference pages, generated: docs/reference/recipe.md from the recipe schema, commands.md from the CLI.
 
-``recipe.md`` walks the pydantic models in ``compress/recipe.py`` from ``Recipe`` down: every key
+``recipe.md`` walks the pydantic models in ``compress/core/recipe.py`` from ``Recipe`` down: every key
 with its dotted path, type (allowed values and bounds included), default and description. A model
 met a second time (the methods a search tries, for example) points at the section that has it.
 ``commands.md`` walks the Typer application in ``compress/cli/`` as the click command it becomes:
@@ -150,7 +150,7 @@ def recipe_sections(root: type[BaseModel]) -> list[tuple[str, type[BaseModel], s
 
 
 def render_recipe() -> str:
-    from compress.recipe import Recipe
+    from compress.core.recipe import Recipe
 
     sections = recipe_sections(Recipe)
     titles = {cls: title for title, cls, _ in sections}
@@ -161,7 +161,7 @@ def render_recipe() -> str:
             return ", ".join(f"`{titles[m]}`" for m in models)
         return f"`{titles[models[0]]}`"
 
-    out = [HEADER.format(source="the recipe schema (compress/recipe.py)"),
+    out = [HEADER.format(source="the recipe schema (compress/core/recipe.py)"),
            "# Recipe reference\n",
            "Every key a recipe accepts, section by section. A key not listed here is an error; "
            "`compress recipes validate FILE` checks a recipe, and `--set KEY=VALUE` overrides one "

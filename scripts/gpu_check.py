@@ -42,7 +42,7 @@ def make_base(path: Path) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from compress.models import BUILTIN_MODELS, load_tokenizer
+    from compress.core.models import BUILTIN_MODELS, load_tokenizer
 
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPE, dtype="bfloat16")
@@ -90,7 +90,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check is for a GPU machine")
     os.environ.setdefault("COMPRESS_RUNS_DIR", tempfile.mkdtemp(prefix="gpu-check-runs-"))
-    from compress.engines.vllm import engine_info
+    from compress.measure.engines.vllm import engine_info
 
     engine = engine_info()["installed"]
     print("vLLM engine: " + ("found, server-mode benchmark included" if engine else

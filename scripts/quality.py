@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from compress import runs
-from compress.evals.accuracy import run_eval
-from compress.kd import forward_kl
-from compress.methods import scheme_method
-from compress.models import load_model, load_tokenizer, resolve_model
-from compress.recipe import EvalSpec, validate_document
+from compress.measure.accuracy import run_eval
+from compress.build.kd import forward_kl
+from compress.core.schemes import scheme_method
+from compress.core.models import load_model, load_tokenizer, resolve_model
+from compress.core.recipe import EvalSpec, validate_document
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
 PPL_DOCS = Path(__file__).resolve().parents[1] / "evals" / "data" / "tiny_bios_ppl.jsonl"

@@ -57,7 +57,7 @@ def main() -> int:
                     "recipes/tiny-llama-distill.yaml", "--set", "bench.batch_sizes=[1]", "--set", "bench.repeats=8",
                     "--set", "bench.rounds=4", "--set", "bench.output_tokens=64", "--dtype", "float32")
         draft_s = time.time() - t
-        from compress.evals.speculative import DraftReport
+        from compress.measure.speculative import DraftReport
 
         f = DraftReport.model_validate(draft).figures()
         v = casc["verified"]

@@ -2,7 +2,7 @@
 """What each compression path costs as models grow: wall time and peak memory against checkpoint bytes.
 
 Builds random-weight Llama checkpoints with the shapes of 1B, 3B and 7B models (bfloat16,
-2 GB shards, written shard by shard by ``compress.fixtures.build_llama``, never shipped; the
+2 GB shards, written shard by shard by ``compress.core.fixtures.build_llama``, never shipped; the
 embedded tokenizer, a 32,000-row embedding as those models have), then for each size runs:
 
 - ``compress quantize --scheme int4-rtn`` and ``--scheme fp8-dynamic`` (data-free: streamed shard
@@ -72,7 +72,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def build(size: str, folder: Path) -> float:
-    from compress.fixtures import build_llama
+    from compress.core.fixtures import build_llama
 
     if (folder / "model.safetensors.index.json").exists():
         return 0.0
@@ -84,8 +84,8 @@ def build(size: str, folder: Path) -> float:
 
 
 def serve(artifact: Path) -> dict:
-    from compress.engines.servable import _generate
-    from compress.engines.vllm import VllmServer
+    from compress.measure.engines.servable import _generate
+    from compress.measure.engines.vllm import VllmServer
 
     log = artifact.parent / f"{artifact.name}-vllm.log"
     server = VllmServer(artifact, dtype="bfloat16", log_path=log, startup_timeout=1200)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from compress.evals.accuracy import evaluate_model
-from compress.models import load_model, load_tokenizer, resolve_model
-from compress.recipe import EvalSpec
+from compress.measure.accuracy import evaluate_model
+from compress.core.models import load_model, load_tokenizer, resolve_model
+from compress.core.recipe import EvalSpec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sensitivity.json"
 

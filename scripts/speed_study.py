@@ -47,7 +47,7 @@ def run_recipe(scheme: str, extra: list[str]) -> dict:
 
 
 def levels(report) -> list[dict]:
-    from compress.compare import efficiency_metrics
+    from compress.measure.compare import efficiency_metrics
 
     rows = []
     shared = sorted({b.batch_size for b in report.baseline.batches} & {b.batch_size for b in report.candidate.batches})
@@ -78,9 +78,9 @@ def _burn(stop) -> None:
 
 def aa(settings_from: str) -> dict:
     """bf16 against itself under a neighbour's load, gated like a speed recipe."""
-    from compress.evals.bench import run_speed
-    from compress.gate import evaluate
-    from compress.recipe import GateSpec, load_recipe
+    from compress.measure.bench import run_speed
+    from compress.decide.gate import evaluate
+    from compress.core.recipe import GateSpec, load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "speed" / f"llama-1b-{settings_from}.yaml")
     ctx = multiprocessing.get_context("spawn")
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--aa", action="store_true", help="also run the A/A check under a neighbour's load")
     ap.add_argument("--set", action="append", default=[], help="recipe overrides for every run (KEY=VALUE)")
     args = ap.parse_args()
-    from compress.evals.reports import SpeedReport
+    from compress.core.reports import SpeedReport
 
     extra = [x for kv in args.set for x in ("--set", kv)]
     results: dict = {"machine": f"{os.cpu_count()} CPU cores", "schemes": []}

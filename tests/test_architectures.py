@@ -46,8 +46,8 @@ EXPECTED_FEEDS = {
 
 @pytest.mark.parametrize("arch", list(EXPECTED_FEEDS))
 def test_norm_to_layer_mappings_are_read_off_the_model(models, arch):
-    from compress.methods._llmcompressor import norm_consumers
-    from compress.models import load_model
+    from compress.build.methods._llmcompressor import norm_consumers
+    from compress.core.models import load_model
 
     feeds = dict(norm_consumers(load_model(models[arch]), ["lm_head"]))
     for norm, layers in EXPECTED_FEEDS[arch].items():
@@ -77,7 +77,7 @@ def test_scheme_on_architecture(models, arch, scheme, tmp_path, runs_dir):
 def test_lm_head_in_ignore_means_the_output_layer_whatever_its_name():
     import torch
 
-    from compress.methods.base import resolve_ignore
+    from compress.build.methods.base import resolve_ignore
 
     class Model(torch.nn.Module):
         def __init__(self):

@@ -21,7 +21,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,7 +396,7 @@ def test_an_explicit_export_path_may_point_anywhere(place, capfd):
 def test_nan_scan_is_memoised_per_file(place, monkeypatch):
     """The eval of a base that was just checked does not read it again in the same process;
     a rewritten file is scanned again."""
-    from compress import models
+    from compress.core import models
 
     d = place.model()
     models.check_weights(d)
@@ -411,8 +410,8 @@ def test_nan_scan_is_memoised_per_file(place, monkeypatch):
 
 def test_hub_snapshot_links_into_blobs_are_allowed(place):
     """Hub snapshots are links into ../../blobs of their repo folder: allowed; out of it: not."""
-    from compress.errors import ModelInputError
-    from compress.models import check_links
+    from compress.core.errors import ModelInputError
+    from compress.core.models import check_links
 
     repo = place.inputs / "hub" / "models--acme--tiny"
     snap = repo / "snapshots" / ("0" * 40)
@@ -431,7 +430,7 @@ def test_hub_snapshot_links_into_blobs_are_allowed(place):
 def test_hub_downloads_fetch_python_only_when_trusted(monkeypatch):
     import huggingface_hub
 
-    from compress import models
+    from compress.core import models
 
     seen = []
 

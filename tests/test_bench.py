@@ -6,15 +6,15 @@ import time
 import numpy as np
 import pytest
 
-from compress.evals.bench import measure_round, summarize_level
-from compress.evals.reports import BenchReport, LevelRun, ServedRequest, percentile, summarize
-from compress.recipe import BenchSpec
+from compress.measure.bench import measure_round, summarize_level
+from compress.core.reports import BenchReport, LevelRun, ServedRequest, percentile, summarize
+from compress.core.recipe import BenchSpec
 from conftest import BUILTIN
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from compress.models import load_model, load_tokenizer
+    from compress.core.models import load_model, load_tokenizer
 
     return load_model(BUILTIN), load_tokenizer(BUILTIN)
 
@@ -88,7 +88,7 @@ def test_cost_per_million_tokens_from_price_and_throughput():
 
 
 def _speed(base_walls, cand_walls, level=4, slo=None, e2e_scale=1.0):
-    from compress.evals.reports import Measured, ModelInfo, Runtime, SpeedReport
+    from compress.core.reports import Measured, ModelInfo, Runtime, SpeedReport
 
     settings = BenchSpec(batch_sizes=[level], output_tokens=4, rounds=len(base_walls), slo=slo)
 
@@ -105,7 +105,7 @@ def _speed(base_walls, cand_walls, level=4, slo=None, e2e_scale=1.0):
 
 
 def test_ratios_come_with_an_interval_over_interleaved_rounds():
-    from compress.compare import efficiency_metrics
+    from compress.measure.compare import efficiency_metrics
 
     # The machine slows down in round 2 for both models alike: the ratio stays 2x in every round.
     m = efficiency_metrics(_speed([2.0, 2.0, 6.0, 2.0], [1.0, 1.0, 3.0, 1.0]))
@@ -121,9 +121,9 @@ def test_ratios_come_with_an_interval_over_interleaved_rounds():
 
 
 def test_efficiency_checks_pass_fail_or_stay_inconclusive_by_their_interval():
-    from compress.gate import efficiency_check
-    from compress.recipe import GateCheck
-    from compress.stats import Interval
+    from compress.decide.gate import efficiency_check
+    from compress.core.recipe import GateCheck
+    from compress.core.stats import Interval
 
     def check(lo, hi, **bounds):
         iv = Interval((lo + hi) / 2, lo, hi, 0.95, "paired bootstrap over 4 interleaved rounds", 4)
@@ -138,7 +138,7 @@ def test_efficiency_checks_pass_fail_or_stay_inconclusive_by_their_interval():
 
 
 def test_slo_throughput_is_the_best_level_within_the_objective():
-    from compress.compare import efficiency_metrics
+    from compress.measure.compare import efficiency_metrics
 
     # ttft is 0.5 s at every level; an SLO of 400 ms TTFT is met by neither side.
     missed = efficiency_metrics(_speed([2.0, 2.0], [1.0, 1.0], slo={"ttft_p99_ms": 400}))
@@ -152,7 +152,7 @@ def test_slo_throughput_is_the_best_level_within_the_objective():
 
 
 def test_bench_report_round_trips_through_json(tmp_path, runs_dir):
-    from compress.evals.bench import run_bench
+    from compress.measure.bench import run_bench
 
     settings = BenchSpec(batch_sizes=[1], prompt_tokens=8, output_tokens=4, warmup=0, repeats=2, rounds=2)
     report, cached = run_bench("builtin:tiny-llama", settings)
@@ -183,9 +183,9 @@ def test_an_a_a_comparison_never_fails_under_a_neighbours_load(tmp_path, runs_di
     interleaved rounds put the load on both sides, so no check may FAIL (PASS or INCONCLUSIVE)."""
     import multiprocessing
 
-    from compress.evals.bench import run_speed
-    from compress.gate import evaluate
-    from compress.recipe import GateSpec
+    from compress.measure.bench import run_speed
+    from compress.decide.gate import evaluate
+    from compress.core.recipe import GateSpec
 
     ctx = multiprocessing.get_context("spawn")
     started, stop = ctx.Event(), ctx.Event()
@@ -216,9 +216,9 @@ def test_an_a_a_comparison_never_fails_under_a_neighbours_load(tmp_path, runs_di
 
 
 def test_a_check_reads_its_ratio_at_the_level_it_names():
-    from compress.evals.reports import Measured, ModelInfo, Runtime, SpeedReport
-    from compress.gate import evaluate
-    from compress.recipe import GateSpec
+    from compress.core.reports import Measured, ModelInfo, Runtime, SpeedReport
+    from compress.decide.gate import evaluate
+    from compress.core.recipe import GateSpec
 
     settings = BenchSpec(engine="vllm", batch_sizes=[1, 4], output_tokens=4, rounds=2)
 
@@ -247,9 +247,9 @@ def test_a_check_reads_its_ratio_at_the_level_it_names():
 def test_a_check_without_evidence_is_inconclusive_never_a_made_up_value():
     """slo_throughput_speedup with neither model within the SLO used to be 1.0, so `min: 1.0` PASSed; a level
     where a side generated nothing, or whose memory was never measured, gives no figure either."""
-    from compress.compare import efficiency_metrics
-    from compress.gate import evaluate
-    from compress.recipe import GateSpec
+    from compress.measure.compare import efficiency_metrics
+    from compress.decide.gate import evaluate
+    from compress.core.recipe import GateSpec
 
     def gate(report, *checks):
         policy = GateSpec.model_validate({"checks": [dict(c) for c in checks]})
@@ -285,7 +285,7 @@ def test_a_check_without_evidence_is_inconclusive_never_a_made_up_value():
     memory = gate(blind, {"metric": "peak_memory_ratio", "max": 1.0}).checks[0]
     assert memory.verdict == "INCONCLUSIVE" and "peak memory was not measured" in memory.note
     # The decision round-trips through JSON (no NaN written) and is decided again the same way.
-    from compress.gate import GateResult
+    from compress.decide.gate import GateResult
 
     again = GateResult.model_validate_json(missed.model_dump_json())
     assert again.checks[0].measured is None and again.verdict == "INCONCLUSIVE"

@@ -6,11 +6,10 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
-from compress.artifact import sweep_stale, write_json
-from compress import cache
-from compress.locks import locked
+from compress.core.artifact import sweep_stale, write_json
+from compress.core import cache
+from compress.core.locks import locked
 from conftest import BUILTIN
 
 
@@ -74,7 +73,7 @@ def test_json_writes_are_whole_and_keep_the_umask(tmp_path):
 
 
 def test_run_locks_are_reentrant_in_one_process_and_exclusive_across_processes(tmp_path, monkeypatch):
-    code = ("import sys; from compress.locks import locked\n"
+    code = ("import sys; from compress.core.locks import locked\n"
             "with locked(sys.argv[1], 'runs of x'): pass\n")
     monkeypatch.setenv("COMPRESS_LOCK_WAIT", "0")
     with locked(tmp_path, "runs of x"):
@@ -86,7 +85,7 @@ def test_run_locks_are_reentrant_in_one_process_and_exclusive_across_processes(t
 
 
 def test_a_fault_point_needs_both_variables(monkeypatch):
-    from compress.faults import fault_point
+    from compress.core.faults import fault_point
 
     monkeypatch.setenv("COMPRESS_FAULT", "here")
     monkeypatch.delenv("COMPRESS_TESTING", raising=False)
@@ -96,7 +95,7 @@ def test_a_fault_point_needs_both_variables(monkeypatch):
 
 
 def test_a_clean_weight_scan_is_remembered_until_the_file_changes(runs_dir, tmp_path, monkeypatch):
-    from compress import models
+    from compress.core import models
 
     model = tmp_path / "m"
     shutil.copytree(BUILTIN, model)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from compress import cascade as cs
-from compress.evals.reports import AccuracyReport, Metric, ModelInfo, Sample, TaskResult
-from compress.recipe import GateSpec
-from compress.stats import FAIL, PASS
+from compress.decide import cascade as cs
+from compress.core.reports import AccuracyReport, Metric, ModelInfo, Sample, TaskResult
+from compress.core.recipe import GateSpec
+from compress.core.stats import FAIL, PASS
 from conftest import run_cli
 
 
@@ -156,8 +156,8 @@ def test_a_cascade_below_its_required_share_fails_and_exports_nothing(artifacts)
 
 
 def test_generated_answers_carry_their_mean_token_log_probability(artifacts):
-    from compress.evals.accuracy import run_eval
-    from compress.recipe import EvalSpec
+    from compress.measure.accuracy import run_eval
+    from compress.core.recipe import EvalSpec
 
     report, _ = run_eval("builtin:tiny-llama", EvalSpec(tasks=["tiny_facts_gen"], limit=8))
     samples = report.tasks["tiny_facts_gen"].samples

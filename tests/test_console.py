@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compress import console
+from compress.core import console
 from compress.cli import main
 from conftest import run_cli
 
@@ -15,7 +15,7 @@ from conftest import run_cli
 def _noisy_eval(monkeypatch, exc: Exception):
     """`compress eval` whose back end prints at the Python and the C level (as torch and tqdm
     do), then fails with ``exc``."""
-    import compress.evals.accuracy as accuracy
+    import compress.measure.accuracy as accuracy
 
     def run_eval(*args, **kwargs):
         print("python-level noise", file=sys.stderr)
@@ -107,10 +107,10 @@ def test_every_setting_shows_its_default_in_help(command, spec):
     """Options left unset fall back to a recipe, then to the schema; --help says what that is."""
     import typer.main
 
-    import compress.recipe
+    import compress.core.recipe
     from compress.cli import app
 
-    fields = getattr(compress.recipe, spec).model_fields
+    fields = getattr(compress.core.recipe, spec).model_fields
     cmd = typer.main.get_command(app).commands[command]
     for p in cmd.params:
         if p.name in fields or p.name in ("dtype", "batch_sizes", "backend"):
@@ -121,8 +121,8 @@ def test_every_setting_shows_its_default_in_help(command, spec):
 def test_spread_warning_names_the_widest_headline_figure(monkeypatch):
     from types import SimpleNamespace
 
-    import compress.compare
-    from compress import report
+    import compress.measure.compare
+    from compress.ship import report
 
     def rows(width):
         iv = SimpleNamespace(n=4, estimate=1.0, lower=1.0 - width / 2, upper=1.0 + width / 2)
@@ -131,10 +131,10 @@ def test_spread_warning_names_the_widest_headline_figure(monkeypatch):
                 {"figure": "TTFT p99 (batch 4)", "interval": tail}]  # tails are noisy by nature: not judged
 
     speed = SimpleNamespace(settings={"rounds": 4})
-    monkeypatch.setattr(compress.compare, "level_intervals", lambda r, confidence: None)
-    monkeypatch.setattr(compress.compare, "speed_rows", lambda r, iv: rows(0.1))
+    monkeypatch.setattr(compress.measure.compare, "level_intervals", lambda r, confidence: None)
+    monkeypatch.setattr(compress.measure.compare, "speed_rows", lambda r, iv: rows(0.1))
     assert report.spread_warning(speed) is None
-    monkeypatch.setattr(compress.compare, "speed_rows", lambda r, iv: rows(0.6))
+    monkeypatch.setattr(compress.measure.compare, "speed_rows", lambda r, iv: rows(0.6))
     warning = report.spread_warning(speed)
     assert "end-to-end p50 (batch 4)" in warning and "60%" in warning and "4 rounds" in warning
 

@@ -6,7 +6,7 @@ one left behind.
 Each command runs in a process forked from a zygote that has already imported compress, torch,
 transformers, lm-eval and llm-compressor (multiprocessing's forkserver), so a kill point costs
 the work up to it, not five seconds of imports. ``COMPRESS_TESTING=1 COMPRESS_FAULT=NAME[#N]``
-makes the process SIGKILL itself the N-th time it reaches ``fault_point(NAME)`` (compress/faults.py).
+makes the process SIGKILL itself the N-th time it reaches ``fault_point(NAME)`` (compress/core/faults.py).
 
 The killed commands form a chain over one state folder (each next command is killed further
 on, and must get past the previous kill); after every kill a copy of the state gets an
@@ -102,8 +102,8 @@ def temporaries(root: Path) -> list[Path]:
 
 def assert_nothing_partial(root: Path) -> None:
     """Every final path holds something whole: JSON parses, artifacts and exports check out."""
-    from compress.artifact import check_hashes, read_json
-    from compress.export import verify
+    from compress.core.artifact import check_hashes, read_json
+    from compress.ship.export import verify
 
     for path in root.rglob("*.json"):
         if TEMP.match(path.name) or any(TEMP.match(part) for part in path.relative_to(root).parts):
@@ -235,8 +235,8 @@ def test_export_force_killed_is_the_old_or_the_new_export_never_neither(tmp_path
     """Two passing artifacts (group size 128 and 64); exporting the second over the first with
     --force is killed mid-copy, between the atomic swap and the clean-up, and between the two
     renames of the fallback path (file systems without renameat2's exchange)."""
-    from compress.artifact import sweep_stale
-    from compress.export import verify
+    from compress.core.artifact import sweep_stale
+    from compress.ship.export import verify
 
     root = tmp_path / "state"
     root.mkdir()

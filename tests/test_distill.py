@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from compress.kd import forward_kl, generalized_jsd, hidden_loss, reverse_kl
-from compress.prune import choose_layers, prune_depth
+from compress.build.kd import forward_kl, generalized_jsd, hidden_loss, reverse_kl
+from compress.build.prune import choose_layers, prune_depth
 from conftest import BUILTIN, ROOT, run_cli
 
 # One position, two tokens: teacher p = (3/4, 1/4) (logits ln 3, 0), student q = (1/2, 1/2).
@@ -82,7 +82,7 @@ print(m.config.num_hidden_layers, len(m.model.layers), bool(torch.isfinite(logit
 
 
 def test_pruned_student_loads_in_plain_transformers_and_generates(tmp_path):
-    from compress.models import load_model
+    from compress.core.models import load_model
 
     teacher = load_model(BUILTIN)
     student = prune_depth(teacher, [0, 3])
@@ -236,9 +236,9 @@ def test_fsdp_over_two_processes_shards_the_student_and_saves_it_whole(tmp_path,
 
 
 def test_width_pruning_keeps_the_most_active_channels_in_multiples_of_128(tmp_path):
-    from compress.methods.distill import batches
-    from compress.models import load_model, load_tokenizer
-    from compress.prune import prune_width
+    from compress.build.methods.distill import batches
+    from compress.core.models import load_model, load_tokenizer
+    from compress.build.prune import prune_width
 
     model, tok = load_model(BUILTIN), load_tokenizer(BUILTIN)
     cal = batches(["Alice lives in Brell. Alice works as a baker."] * 4, tok, 32)

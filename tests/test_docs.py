@@ -8,7 +8,7 @@ import sys
 import typer.main
 
 from compress.cli import app
-from compress.recipe import Recipe
+from compress.core.recipe import Recipe
 from conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "docs.py"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compress import doctor
-from compress.env import BACKENDS, device_info
+from compress.core.env import BACKENDS, device_info
 from conftest import run_cli
 
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from compress.engines.client import make_prompts, run_load
-from compress.engines.vllm import VllmServer, engine_info, group_alive, last_meaningful_line, parse_log
-from compress.errors import EngineError, InputError
+from compress.measure.engines.client import make_prompts, run_load
+from compress.measure.engines.vllm import VllmServer, engine_info, group_alive, last_meaningful_line, parse_log
+from compress.core.errors import EngineError, InputError
 from tests.conftest import BUILTIN, ROOT, run_cli
 
 ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
@@ -111,7 +111,7 @@ def test_engine_info_reads_the_build_without_importing_it(tmp_path):
 
 
 def test_the_compression_environment_never_imports_vllm():
-    code = "import sys, compress.engines.vllm, compress.engines.client; print('vllm' in sys.modules)"
+    code = "import sys, compress.measure.engines.vllm, compress.measure.engines.client; print('vllm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 
@@ -130,7 +130,7 @@ def hf_greedy(model_dir, prompt: list[int], n: int) -> str:
     """Greedy continuation of ``prompt`` by transformers in the compression environment."""
     import torch
 
-    from compress.models import load_model, load_tokenizer
+    from compress.core.models import load_model, load_tokenizer
 
     model = load_model(model_dir, dtype="float32", device="cpu")
     tok = load_tokenizer(model_dir)
@@ -225,7 +225,7 @@ def test_a_failed_start_names_the_cause_and_leaves_no_process(int4_artifact, tmp
 SIGTERMED = """
 import sys
 from pathlib import Path
-from compress.engines.vllm import VllmServer
+from compress.measure.engines.vllm import VllmServer
 
 if __name__ == "__main__":
     model, log, python = (Path(a) for a in sys.argv[1:4])
@@ -308,8 +308,8 @@ def test_speculative_decoding_in_vllm_with_a_draft_keeps_greedy_outputs(tmp_path
     assert report["settings"]["draft"]["method"] == "draft_model"
     assert "--speculative-config" in report["candidate"]["runtime"]["command"]
     assert "--speculative-config" not in report["baseline"]["runtime"]["command"]
-    from compress.evals.reports import SpeedReport
-    from compress.report import identical_outputs
+    from compress.core.reports import SpeedReport
+    from compress.ship.report import identical_outputs
 
     differ, total = identical_outputs(SpeedReport.model_validate(report))
     assert total == 2 * (4 + 4) and differ == 0

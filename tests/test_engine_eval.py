@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from compress.engines.client import make_prompts
-from compress.engines.servable import ServableResult, check_servable, hf_reference
-from compress.engines.vllm import last_meaningful_line as engine_error
-from compress.errors import EngineError
-from compress.evals.accuracy import run_eval
-from compress.recipe import EvalSpec
+from compress.measure.engines.client import make_prompts
+from compress.measure.engines.servable import ServableResult, check_servable, hf_reference
+from compress.measure.engines.vllm import last_meaningful_line as engine_error
+from compress.core.errors import EngineError
+from compress.measure.accuracy import run_eval
+from compress.core.recipe import EvalSpec
 from tests.conftest import BUILTIN, ROOT, run_cli
 
 ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
@@ -85,7 +85,7 @@ def test_eval_on_an_engine_that_refuses_the_model_names_the_engines_reason(runs_
 def test_hf_reference_is_plain_greedy():
     import torch
 
-    from compress.models import load_model
+    from compress.core.models import load_model
 
     prompts = make_prompts(1024, SPECIAL, 2, 12, seed=3)
     ref = hf_reference(BUILTIN, "float32", prompts, tokens=5)

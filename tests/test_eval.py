@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from compress.errors import UsageError
-from compress.evals.accuracy import check_tasks, run_eval
-from compress.evals.scoring import recompute
-from compress.evals.reports import AccuracyReport
-from compress.recipe import EvalSpec
+from compress.core.errors import UsageError
+from compress.measure.accuracy import check_tasks, run_eval
+from compress.measure.scoring import recompute
+from compress.core.reports import AccuracyReport
+from compress.core.recipe import EvalSpec
 from conftest import run_cli
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.errors import UsageError
-from compress.evals.accuracy import evaluate_model, prompt_hash, to_report
-from compress.evals.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
-from compress.evals.scoring import recompute
-from compress.gate import evaluate, paired_strata
-from compress.recipe import EvalSpec, GateSpec
+from compress.core.errors import UsageError
+from compress.measure.accuracy import evaluate_model, prompt_hash, to_report
+from compress.core.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
+from compress.measure.scoring import recompute
+from compress.decide.gate import evaluate, paired_strata
+from compress.core.recipe import EvalSpec, GateSpec
 from conftest import ROOT, run_cli
 
 BUNDLED = ["tiny_facts_mc", "tiny_bios_ppl", "tiny_facts_gen", "tiny_facts_gen_3shot", "tiny_world"]
@@ -38,7 +38,7 @@ def _lm_eval_figures(results: dict) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def evaluated():
     """Every bundled task on the embedded model, in one lm-eval call: (lm-eval's dict, report)."""
-    from compress.models import load_model, load_tokenizer
+    from compress.core.models import load_model, load_tokenizer
 
     path = ROOT / "compress" / "assets" / "tiny-llama"
     model, tokenizer = load_model(path, dtype="float32", device="cpu"), load_tokenizer(path)

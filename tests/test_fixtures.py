@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from compress import fixtures
-from compress.artifact import _TEMP, check_hashes, file_hashes
-from compress.errors import UsageError
-from compress.fixtures import FixtureSpec, build_llama, is_complete, llama_config, tensor_layout
-from compress.models import check_model_dir, check_safetensors, load_model, load_tokenizer, resolve_model
+from compress.core import fixtures
+from compress.core.artifact import _TEMP, check_hashes, file_hashes
+from compress.core.errors import UsageError
+from compress.core.fixtures import FixtureSpec, build_llama, is_complete, llama_config, tensor_layout
+from compress.core.models import check_model_dir, check_safetensors, load_model, load_tokenizer, resolve_model
 from conftest import ROOT
 
 NAME = "llama-1b-random"
@@ -134,7 +134,7 @@ def test_a_folder_without_its_marker_is_not_trusted(small):
 CHILD = """
 import pathlib, time
 import torch, safetensors.torch
-from compress import fixtures
+from compress.core import fixtures
 fixtures.FIXTURES["llama-1b-random"] = fixtures.FixtureSpec(**{spec!r})
 real = fixtures._save_shard
 def slow(tensors, path):
@@ -144,7 +144,7 @@ fixtures._save_shard = slow
 pathlib.Path({ready!r}).touch()
 while not pathlib.Path({go!r}).exists():
     time.sleep(0.01)
-from compress.models import resolve_model
+from compress.core.models import resolve_model
 print("PATH=" + str(resolve_model("builtin:llama-1b-random").path))
 """
 

@@ -353,7 +353,7 @@ def test_exported_files_are_readable_by_others_and_manifests_hold_no_builder_pat
 def test_a_second_run_of_the_same_recipe_waits_or_exits_2(flow, tmp_path):
     import threading
 
-    from compress.locks import locked
+    from compress.core.locks import locked
 
     held = flow["root"] / "runs" / "tiny-llama-int4-rtn"
     args = ["run", str(GOOD), *FAST, "--no-export", "--json"]

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from compress.errors import RecipeError
-from compress.methods import SCHEMES, describe_method
-from compress.quantize import artifact_key, uses_calibration
-from compress.recipe import validate_document
+from compress.core.errors import RecipeError
+from compress.core.schemes import SCHEMES, describe_method
+from compress.build.quantize import artifact_key, uses_calibration
+from compress.core.recipe import validate_document
 from conftest import BUILTIN, run_cli
 from test_engine import ENGINE_PYTHON, needs_engine, hf_greedy
 from test_methods import AGREEMENT, reload_check
@@ -101,9 +101,9 @@ def test_int4_rtn_with_fp8_kv_cache_stores_calibrated_scales_and_reloads(kv_arti
 
 @needs_engine
 def test_vllm_cpu_serves_the_fp8_kv_cache_at_one_byte_per_value(kv_artifact, tmp_path):
-    from compress.engines.client import run_load
-    from compress.engines.vllm import VllmServer
-    from compress.models import load_tokenizer
+    from compress.measure.engines.client import run_load
+    from compress.measure.engines.vllm import VllmServer
+    from compress.core.models import load_tokenizer
 
     out, _ = kv_artifact
     config = json.loads((BUILTIN / "config.json").read_text())

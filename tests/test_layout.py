@@ -77,9 +77,58 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_sees_lazy_and_relative_imports():
     graph = import_graph()
-    assert "compress.cache" in graph["compress.models"]  # a top-level import
-    assert any("compress.engines.vllm" in deps for deps in graph.values())
+    assert "compress.core.cache" in graph["compress.core.models"]  # a top-level import
+    assert any("compress.measure.engines.vllm" in deps for deps in graph.values())
 
 
 def test_no_import_cycle_inside_compress():
     assert cycles(import_graph()) == []
+
+
+# The flow, in order: a stage imports only the core and the stages before it. Modules at the top of the
+# package (the pipeline, search, the CLI) are the top floor and may import any stage.
+STAGES = ["core", "build", "measure", "decide", "ship"]
+
+
+def stage_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in STAGES else None
+
+
+def rule_breaks(graph: dict[str, set[str]]) -> list[str]:
+    breaks = []
+    for module, deps in sorted(graph.items()):
+        stage = stage_of(module)
+        if stage is None:
+            continue
+        allowed = set(STAGES[: STAGES.index(stage) + 1])
+        for dep in sorted(deps):
+            if stage_of(dep) not in allowed:
+                breaks.append(f"{module} imports {dep}")
+    return breaks
+
+
+def test_the_rule_finder_finds_a_break():
+    assert rule_breaks({"compress.core.a": {"compress.build.b"}, "compress.build.b": {"compress.core.a"},
+                        "compress.pipeline": {"compress.ship.c"}, "compress.measure.d": {"compress.cli"}}) \
+        == ["compress.core.a imports compress.build.b", "compress.measure.d imports compress.cli"]
+
+
+def test_a_stage_imports_only_the_core_and_the_stages_before_it():
+    assert rule_breaks(import_graph()) == []
+
+
+def test_the_top_of_the_package_is_small_and_no_module_is_long():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 14, top
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} \
+        == {*STAGES, "cli"}
+    long = {p.relative_to(ROOT).as_posix(): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}, f"modules over 500 lines (split them along their seams): {long}"
+
+
+def test_the_architecture_page_names_every_package():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    for package in [*STAGES, "cli"]:
+        assert f"compress/{package}/" in text, package

@@ -6,7 +6,6 @@ engine's own last line, and a signal to a command that started servers from work
 The same guarantees on a real vLLM server are in tests/test_engine.py.
 """
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.engines.vllm import VllmServer, start_phase, start_timeout
-from compress.errors import CompressError, EngineError, InputError
+from compress.measure.engines.vllm import VllmServer, start_phase, start_timeout
+from compress.core.errors import CompressError, EngineError, InputError
 from conftest import BUILTIN, ROOT
 
 # The stand-in: what it does is chosen by FAKE_VLLM (see each test). It records its pid in FAKE_PIDS.
@@ -146,8 +145,8 @@ def test_start_timeout_settings(monkeypatch):
 
 
 def test_the_recipe_and_the_flag_set_the_start_timeout_without_moving_a_hash():
-    from compress.recipe import BenchSpec
-    from compress.evals.bench import bench_settings
+    from compress.core.recipe import BenchSpec
+    from compress.measure.bench import bench_settings
 
     plain, slow = BenchSpec(engine="vllm"), BenchSpec(engine="vllm", start_timeout_s=1800)
     assert "start_timeout_s" not in plain.model_dump()  # every earlier recipe keeps its hash
@@ -170,8 +169,8 @@ def test_servers_and_workers_never_inherit_the_signing_key(fake_vllm, tmp_path, 
 def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):
     """The hf worker reads its job and then hangs (an injected deadlock): the read of its answer has a
     deadline, the worker is stopped, and the error names what hung."""
-    from compress.evals import bench
-    from compress.recipe import BenchSpec
+    from compress.measure import bench
+    from compress.core.recipe import BenchSpec
 
     monkeypatch.setenv("COMPRESS_TESTING", "1")
     monkeypatch.setenv("COMPRESS_FAULT", "hang:bench-worker")
@@ -197,8 +196,8 @@ def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):
 STARTER = textwrap.dedent('''\
     import sys, threading, time
     from pathlib import Path
-    from compress import procs
-    from compress.engines.vllm import VllmServer
+    from compress.core import procs
+    from compress.measure.engines.vllm import VllmServer
     procs.install_handlers()
     out = Path(sys.argv[1])
     servers = [VllmServer(sys.argv[2], log_path=out / f"vllm-{i}.log") for i in range(2)]
@@ -268,8 +267,8 @@ def test_a_plain_request_to_a_trickling_server_ends_at_its_deadline():
     import http.server
     import threading
 
-    from compress.engines.client import request
-    from compress.errors import EngineError
+    from compress.measure.engines.client import request
+    from compress.core.errors import EngineError
 
     class Trickle(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -298,8 +297,8 @@ def test_a_plain_request_to_a_trickling_server_ends_at_its_deadline():
 def test_a_long_start_off_a_terminal_says_little_but_is_never_silent_for_long(monkeypatch):
     """Off a terminal: one line once the process's first start passes a minute (a cold compile), none for the
     second server's start unless it lasts five minutes, then one per five minutes; the live line sees every tick."""
-    from compress import console
-    from compress.engines import vllm
+    from compress.core import console
+    from compress.measure.engines import vllm
 
     said, live = [], []
     monkeypatch.setattr(vllm._ProgressLines, "_first_said", False)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from compress.artifact import content_hash, file_hashes
-from compress.methods import SCHEMES
+from compress.core.artifact import content_hash, file_hashes
+from compress.core.schemes import SCHEMES
 from conftest import BUILTIN, ROOT, run_cli
 
 # In a fresh interpreter: plain transformers only. Prints finite-ness and agreement with the base.

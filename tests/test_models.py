@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from compress.artifact import file_hashes
-from compress.errors import ModelLoadError, UsageError
-from compress.cache import model_content_hash
-from compress.models import check_weights, resolve_model
+from compress.core.artifact import file_hashes
+from compress.core.errors import ModelLoadError, UsageError
+from compress.core.cache import model_content_hash
+from compress.core.models import check_weights, resolve_model
 from conftest import BUILTIN
 
 
@@ -77,7 +77,7 @@ def test_a_recipes_runs_folder_stands_for_its_newest_run(tmp_path):
     """`runs/NAME` (with its LATEST) means `runs/NAME/KEY` wherever a run or its model is taken."""
     import shutil
 
-    from compress.models import BUILTIN_MODELS, newest_run, resolve_model
+    from compress.core.models import BUILTIN_MODELS, newest_run, resolve_model
 
     runs = tmp_path / "runs" / "tiny-int4"
     for key in ("old", "new"):

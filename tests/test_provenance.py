@@ -18,11 +18,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from compress import provenance
-from compress.artifact import PROVENANCE
+from compress.ship import provenance
+from compress.core.artifact import PROVENANCE
 from compress.cli import main
-from compress.errors import EXIT_RUNTIME, EXIT_USAGE, IntegrityError, RecipeError, UsageError
-from compress.recipe import load_recipe
+from compress.core.errors import EXIT_RUNTIME, EXIT_USAGE, IntegrityError, RecipeError, UsageError
+from compress.core.recipe import load_recipe
 from conftest import ROOT, run_cli
 
 FAST = ["--set", "bench.repeats=2", "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=8",

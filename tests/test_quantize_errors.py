@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from compress.errors import BackendMissingError
-from compress.methods.base import require
+from compress.core.errors import BackendMissingError
+from compress.build.methods.base import require
 from conftest import BUILTIN, ROOT, run_cli
 
 

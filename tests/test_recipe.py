@@ -1,8 +1,8 @@
 
 import pytest
 
-from compress.errors import RecipeError, UsageError
-from compress.recipe import apply_overrides, load_recipe, parse_override
+from compress.core.errors import RecipeError, UsageError
+from compress.core.recipe import apply_overrides, load_recipe, parse_override
 from conftest import ROOT, run_cli
 
 ALL_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -148,7 +148,7 @@ def test_recipes_list_describes_each_recipe_and_flags_invalid_ones(tmp_path):
     import json
     import shutil
 
-    from compress.methods import SCHEMES
+    from compress.core.schemes import SCHEMES
 
     p = run_cli("recipes", "list", str(ROOT / "recipes"), "--json")
     assert p.returncode == 0, p.stderr
@@ -175,7 +175,7 @@ def test_recipes_list_describes_each_recipe_and_flags_invalid_ones(tmp_path):
 
 def test_double_quant_belongs_to_nf4_only():
     """Artifacts of other algorithms no longer carry `double_quant: true`."""
-    from compress.recipe import build_recipe
+    from compress.core.recipe import build_recipe
 
     assert build_recipe(None, model="builtin:tiny-llama", scheme="int4-nf4").method.double_quant is True
     for scheme in ("int4-rtn", "int4-gptq", "int4-gptq-hf"):

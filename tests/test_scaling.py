@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import safetensors.torch as st
 
-from compress.cache import model_content_hash
-from compress.fixtures import build_llama
-from compress.methods import _streaming
-from compress.models import checkpoint_dtype, load_model, resolve_model
-from compress.quantize import build_artifact
-from compress.recipe import build_recipe
+from compress.core.cache import model_content_hash
+from compress.core.fixtures import build_llama
+from compress.build.methods import _streaming
+from compress.core.models import checkpoint_dtype, load_model, resolve_model
+from compress.build.quantize import build_artifact
+from compress.core.recipe import build_recipe
 
 SHAPES = {"hidden_size": 256, "num_hidden_layers": 3, "intermediate_size": 512, "num_attention_heads": 4,
           "num_key_value_heads": 2, "max_position_embeddings": 256}
@@ -47,7 +47,7 @@ def _tensors(folder: Path) -> dict:
 
 @pytest.mark.parametrize("scheme", ["int4-rtn", "fp8-dynamic"])
 def test_a_data_free_scheme_streams_and_writes_the_in_memory_bytes(checkpoint, tmp_path, monkeypatch, scheme):
-    import compress.methods._llmcompressor as llmc
+    import compress.build.methods._llmcompressor as llmc
 
     def never(*args, **kwargs):
         raise AssertionError("the streaming path loaded the model")
@@ -106,7 +106,7 @@ def test_the_default_dtype_is_the_checkpoints_own(checkpoint):
 def test_weights_are_read_whole_or_in_slices_as_safetensors_reads_them(tmp_path):
     import torch
 
-    from compress.models import read_tensors
+    from compress.core.models import read_tensors
 
     tensors = {"w": torch.randn(37, 11).to(torch.bfloat16), "f8": torch.randn(5, 3).to(torch.float8_e4m3fn),
                "scalar": torch.tensor(2.5), "empty": torch.empty(0, 4), "ids": torch.arange(7, dtype=torch.int64)}
@@ -124,7 +124,7 @@ def test_weights_are_read_whole_or_in_slices_as_safetensors_reads_them(tmp_path)
 def test_calibrated_quantization_with_the_weights_on_disk_writes_the_in_memory_bytes(tmp_path):
     """GPTQ with every weight left on disk (read a layer at a time, updates written to the work
     directory) gives the artifact GPTQ gives in memory, and leaves no scratch behind."""
-    from compress.models import BUILTIN_MODELS
+    from compress.core.models import BUILTIN_MODELS
 
     builtin = BUILTIN_MODELS["tiny-llama"]
     manifests = {}
@@ -149,9 +149,9 @@ def test_auto_offload_leaves_the_weights_on_disk_only_when_memory_is_short(tmp_p
 
     import psutil
 
-    from compress.methods._llmcompressor import offload_dir
-    from compress.methods.base import MethodContext
-    from compress.models import weight_bytes_in
+    from compress.build.methods._llmcompressor import offload_dir
+    from compress.build.methods.base import MethodContext
+    from compress.core.models import weight_bytes_in
 
     base = resolve_model("builtin:tiny-llama", None)
     recipe = build_recipe(None, model="builtin:tiny-llama", scheme="int4-gptq")
@@ -172,8 +172,8 @@ def test_an_eval_spread_by_accelerate_scores_as_one_on_a_single_device(tmp_path,
     """``device_map: auto`` (hf) places the layers over the devices, CPU memory and disk; the
     documents score exactly as with the whole model on one device. Placement stays out of the
     cache key where it is the default, so reports cached before it existed are still found."""
-    from compress.evals.accuracy import eval_settings, run_eval
-    from compress.recipe import EvalSpec
+    from compress.measure.accuracy import eval_settings, run_eval
+    from compress.core.recipe import EvalSpec
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     one, _ = run_eval("builtin:tiny-llama", EvalSpec(tasks=["tiny_facts_mc"], limit=40))
@@ -189,8 +189,8 @@ def test_an_eval_spread_by_accelerate_scores_as_one_on_a_single_device(tmp_path,
 def test_vllm_parallelism_is_one_setting_each_and_only_for_vllm(tmp_path):
     from pydantic import ValidationError
 
-    from compress.engines.vllm import VllmServer, parallel_args
-    from compress.recipe import BenchSpec, EvalSpec
+    from compress.measure.engines.vllm import VllmServer, parallel_args
+    from compress.core.recipe import BenchSpec, EvalSpec
 
     assert parallel_args() == []
     assert parallel_args(4, 2) == ["--tensor-parallel-size", "4", "--data-parallel-size", "2"]

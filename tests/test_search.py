@@ -6,8 +6,8 @@ import shutil
 import pytest
 import yaml
 
-from compress.errors import RecipeError, UsageError
-from compress.recipe import load_recipe, validate_document
+from compress.core.errors import RecipeError, UsageError
+from compress.core.recipe import load_recipe, validate_document
 from conftest import RECIPES, run_cli
 
 # Quality only (no bench: a size or speed check would benchmark every candidate) on part of
@@ -171,7 +171,7 @@ def test_a_file_the_search_did_not_write_is_not_replaced(tmp_path):
 def test_rounding_error_falls_with_more_bits_and_smaller_groups():
     import torch
 
-    from compress.sensitivity import fake_quant
+    from compress.build.sensitivity import fake_quant
 
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
     err = {(b, g): float((fake_quant(w, b, g) - w).pow(2).mean()) for b in (2, 3, 4) for g in (32, 128)}
@@ -183,7 +183,7 @@ def test_rounding_error_falls_with_more_bits_and_smaller_groups():
 
 
 def test_layers_are_kept_by_loss_per_extra_byte_within_the_budget():
-    from compress.sensitivity import keep_within_budget
+    from compress.build.sensitivity import keep_within_budget
 
     shapes = {"a": (100, 100), "b": (100, 100), "c": (200, 100), "d": (100, 100)}
     kl = {"a": 0.5, "b": 0.1, "c": 0.8, "d": 0.0}
@@ -199,7 +199,7 @@ def test_layers_are_kept_by_loss_per_extra_byte_within_the_budget():
 
 
 def test_layers_an_engine_fuses_are_kept_together():
-    from compress.sensitivity import keep_within_budget, units
+    from compress.build.sensitivity import keep_within_budget, units
 
     names = [f"m.layers.0.self_attn.{p}_proj" for p in "qkvo"] + [f"m.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")]
     assert sorted(map(sorted, units(names))) == sorted(map(sorted, [
@@ -214,7 +214,8 @@ def test_layers_an_engine_fuses_are_kept_together():
 
 
 def test_mixed_candidates_keep_their_most_sensitive_layers_and_the_measure_is_cached(runs_dir, monkeypatch):
-    from compress import search, sensitivity
+    from compress import search
+    from compress.build import sensitivity
 
     r = load_recipe(RECIPES / "tiny-llama-search.yaml")
     plan = {c.slug: c for c in search.plan(r)}
@@ -247,7 +248,7 @@ def test_int8_layers_are_written_as_an_8_bit_config_group_that_loads_back(tmp_pa
     import torch
     from safetensors import safe_open
 
-    from compress.models import load_model, resolve_model
+    from compress.core.models import load_model, resolve_model
 
     fused = "re:layers\\.1\\.self_attn\\.[qkv]_proj$"
     outs = {}

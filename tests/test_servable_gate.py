@@ -1,9 +1,9 @@
 """The `servable` gate check, decided from a stored report (no engine needed here)."""
 import pytest
 
-from compress.evals.reports import ModelInfo, ServableReport
-from compress.gate import evaluate
-from compress.recipe import GateSpec, RecipeError, ServableSpec, validate_document
+from compress.core.reports import ModelInfo, ServableReport
+from compress.decide.gate import evaluate
+from compress.core.recipe import GateSpec, RecipeError, ServableSpec, validate_document
 
 
 def _report(**result):
@@ -34,7 +34,7 @@ def test_servable_fails_on_too_little_agreement_or_a_refusal():
 
 
 def test_servable_needs_its_report_and_reads_from_a_recipe():
-    from compress.errors import UsageError
+    from compress.core.errors import UsageError
 
     with pytest.raises(UsageError, match="servable report"):
         evaluate(GateSpec(servable="vllm"), None, None, None, None)
@@ -51,8 +51,8 @@ def test_a_policy_recorded_before_a_field_was_added_is_still_the_recipes_own():
     import hashlib
     import json
 
-    from compress.export import own_policy
-    from compress.gate import GateResult, policy_hash
+    from compress.ship.export import own_policy
+    from compress.decide.gate import GateResult, policy_hash
 
     spec = GateSpec(checks=[{"metric": "size_ratio", "max": 0.5}])
     old = spec.model_dump(mode="json")

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from compress.recipe import BenchSpec, GateSpec
+from compress.core.recipe import BenchSpec, GateSpec
 from conftest import run_cli
 
 SETTINGS = BenchSpec(repeats=3, rounds=2, warmup=1, prompt_tokens=32, output_tokens=16)
@@ -24,7 +24,7 @@ def int2(tmp_path_factory):
 
 def test_greedy_outputs_are_identical_with_a_draft_that_often_disagrees(int2, runs_dir):
     """A 2-bit copy proposes tokens the target often rejects; the target still decides them all."""
-    from compress.evals.speculative import run_draft
+    from compress.measure.speculative import run_draft
 
     report, cached = run_draft("builtin:tiny-llama", str(int2), SETTINGS, dtype="float32")
     assert not cached and report.identical and report.mismatched_prompts == []
@@ -47,7 +47,7 @@ def test_greedy_outputs_are_identical_with_a_draft_that_often_disagrees(int2, ru
 
 
 def test_the_model_as_its_own_draft_is_accepted_almost_always(runs_dir):
-    from compress.evals.speculative import run_draft
+    from compress.measure.speculative import run_draft
 
     report, _ = run_draft("builtin:tiny-llama", "builtin:tiny-llama", SETTINGS, dtype="float32")
     f = report.figures(resamples=100)
@@ -56,9 +56,9 @@ def test_the_model_as_its_own_draft_is_accepted_almost_always(runs_dir):
 
 
 def test_the_gate_fails_a_draft_that_changes_the_output(int2, runs_dir):
-    from compress.evals.speculative import run_draft
-    from compress.gate import draft_check
-    from compress.recipe import GateCheck
+    from compress.measure.speculative import run_draft
+    from compress.decide.gate import draft_check
+    from compress.core.recipe import GateCheck
 
     report, _ = run_draft("builtin:tiny-llama", str(int2), SETTINGS, dtype="float32")
     check = GateCheck(metric="draft_speedup", min=0.01)

@@ -4,10 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from compress.stats import (
-    FAIL, INCONCLUSIVE, PASS, Interval, decide, mcnemar_interval, paired_bootstrap, samples_to_decide,
-    unpaired_bootstrap,
-)
+from compress.core.stats import FAIL, INCONCLUSIVE, PASS, Interval, decide, mcnemar_interval, paired_bootstrap, samples_to_decide, unpaired_bootstrap
 
 
 def simulate(rng, n, p_base=0.8, p_break=0.06, p_fix=0.02):
@@ -120,7 +117,7 @@ def _sequential_rates(rng, true_drop_params, margin, trials, n=400, design=None)
     """How often the group-sequential rule (interim looks stop for FAIL, PASS only on all
     documents) and the fixed-sample gate on all documents say PASS and FAIL, and the documents
     the sequential rule evaluates on average."""
-    from compress.sequential import Design, sequential_verdict
+    from compress.decide.sequential import Design, sequential_verdict
 
     design = design or Design()
     counts = design.counts(n)
@@ -153,7 +150,7 @@ def test_early_stopping_keeps_the_false_pass_rate_within_the_gates_level():
 
 
 def test_early_stopping_saves_documents_on_a_clear_failure_and_costs_little_otherwise():
-    from compress.sequential import Design, bounds
+    from compress.decide.sequential import Design, bounds
 
     rng = np.random.default_rng(7)
     clear_fail = {"p_base": 0.8, "p_break": 0.2, "p_fix": 0.05}  # drop 0.15 against a 0.03 bound

@@ -21,11 +21,11 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from compress import console, procs
-from compress.cli import setup, build, measure, decide, ship  # noqa: F401, I001  (they register the commands, in this order)
+from compress.core import console, procs
+from compress.cli import setup, build, measure, decide, ship# noqa: F401, I001  (they register the commands, in this order)
 from compress.cli.common import app
 from compress.cli.options import RENAMED
-from compress.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, CompressError, RecipeError
+from compress.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, CompressError, RecipeError
 
 __all__ = ["app", "main", "entrypoint"]
 
@@ -81,7 +81,7 @@ def _os_error_line(err_no: int | None, strerror: str, path: str | None) -> tuple
             return f"cannot read {shown}: {strerror} (make it readable for this user)", EXIT_RUNTIME
         elsewhere = "choose another output path"
         if shown:
-            from compress.env import runs_root
+            from compress.core.env import runs_root
 
             target = Path(os.path.abspath(shown))
             cache = Path(os.path.abspath(os.environ.get("COMPRESS_CACHE_DIR") or runs_root() / ".cache"))

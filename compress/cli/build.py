@@ -6,10 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from compress import console
+from compress.core import console
 from compress.cli.common import BUILD, command, examples, method_name
 from compress.cli.options import ArtifactOut, Device, Force, JsonOut, SetOverrides
-from compress.errors import UsageError
+from compress.core.errors import UsageError
 
 
 @command("quantize", panel=BUILD, capture=True, epilog=examples(
@@ -29,7 +29,7 @@ def quantize(
     json_: JsonOut = False,
 ) -> None:
     """Quantize a model into a servable, self-describing artifact (model, tokenizer, recipe, manifest)."""
-    from compress.recipe import build_recipe
+    from compress.core.recipe import build_recipe
 
     r = build_recipe(recipe, model=model, scheme=scheme, overrides=set_ or [])
     if r.method.kind == "distill":
@@ -52,7 +52,7 @@ def distill(
     json_: JsonOut = False,
 ) -> None:
     """Train a smaller student on the teacher's outputs (pruned teacher or given student); resumes from checkpoints."""
-    from compress.recipe import load_recipe
+    from compress.core.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     if r.method.kind != "distill":

@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from compress import console
-from compress.errors import UsageError
+from compress.core import console
+from compress.core.errors import UsageError
 from compress.cli.options import Quiet, Verbose
 
 # typer 0.29 prints a type beside every option, "<bool>" beside flags too, which reads as if a
@@ -128,7 +128,7 @@ def settings_from(cls, recipe, section: str, flags: dict):
 
 
 def load_optional(recipe: Optional[Path], overrides: Optional[list[str]] = None):
-    from compress.recipe import load_recipe
+    from compress.core.recipe import load_recipe
 
     if overrides and not recipe:
         raise UsageError("--set changes a recipe's values, and no --recipe was given",
@@ -142,8 +142,8 @@ def model_dtype(recipe, dtype: Optional[str]) -> str:
 
 def run_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional[list[str]] = None):
     """The recipe a run was made with (its artifact keeps a copy), or the one given; --set applies to either."""
-    from compress.artifact import RECIPE_FILE
-    from compress.recipe import load_recipe
+    from compress.core.artifact import RECIPE_FILE
+    from compress.core.recipe import load_recipe
 
     source = recipe or run_dir / "model" / RECIPE_FILE
     if not Path(source).exists():
@@ -153,7 +153,7 @@ def run_recipe(run_dir: Path, recipe: Optional[Path], overrides: Optional[list[s
 
 def method_name(method, search=None) -> str:
     """A recipe's method in a few words; a search recipe's is what it searches."""
-    from compress.methods import describe_method
+    from compress.core.schemes import describe_method
 
     if search is not None:
         what = [f"ladder {search.ladder}"] if search.ladder else []

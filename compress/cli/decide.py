@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from compress import console
+from compress.core import console
 from compress.cli.common import DECIDE, command, examples, load_optional, print_gate, run_recipe
 from compress.cli.options import Force, JsonOut, RecipeFile, Rerun, SetOverrides
-from compress.errors import UsageError
+from compress.core.errors import UsageError
 
 
 @command("gate", panel=DECIDE, epilog=examples(
@@ -25,7 +25,7 @@ def gate(
     json_: JsonOut = False,
 ) -> None:
     """Decide PASS / FAIL / INCONCLUSIVE from a run's stored reports; exit 0, 1 or 3."""
-    from compress.models import newest_run
+    from compress.core.models import newest_run
     from compress.pipeline import gate_run
 
     run_dir = newest_run(run_dir)
@@ -52,13 +52,13 @@ def report(
     json_: JsonOut = False,
 ) -> None:
     """One table of every run: method, size, accuracy, latency, $/1M tokens, verdict; optional Pareto plot."""
-    from compress.report import collect_runs, pareto_plot, runs_table
+    from compress.ship.report import collect_runs, pareto_plot, runs_table
 
     if not runs_dir.is_dir():
         raise UsageError(f"no runs directory {runs_dir}", hint="run a recipe first: compress run RECIPE")
     rows = collect_runs(runs_dir)
     if out:
-        from compress.artifact import write_json
+        from compress.core.artifact import write_json
 
         write_json(out, rows)
     if not rows:
@@ -104,13 +104,13 @@ def cascade(
     json_: JsonOut = False,
 ) -> None:
     """Serve with SMALL, escalate to LARGE when unsure: threshold chosen on half the documents, verified on the rest."""
-    from compress import cascade as cs
-    from compress.artifact import atomic_dir, write_bytes_atomic, write_json
-    from compress.compare import efficiency_metrics, level_word
-    from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_speed
-    from compress.gate import EXIT_CODES
-    from compress.stats import PASS
+    from compress.decide import cascade as cs
+    from compress.core.artifact import atomic_dir, write_bytes_atomic, write_json
+    from compress.measure.compare import efficiency_metrics, level_word
+    from compress.measure.accuracy import run_eval
+    from compress.measure.bench import run_speed
+    from compress.decide.gate import EXIT_CODES
+    from compress.core.stats import PASS
 
     if recipe is None:
         raise UsageError("a cascade is held to a gate's quality checks, and no --recipe was given",
@@ -166,7 +166,7 @@ def cascade(
 
 def _model_in(spec: str) -> str:
     """A run directory (runs/NAME/KEY, or runs/NAME for its newest) stands for its artifact."""
-    from compress.models import newest_run
+    from compress.core.models import newest_run
 
     path = newest_run(Path(spec))
     return str(path / "model") if (path / "model" / "config.json").exists() else spec
@@ -185,7 +185,7 @@ def summary_data(analysis) -> dict:
 
 
 def print_cascade(analysis, exported) -> None:
-    from compress.cascade import blended_per_mtok
+    from compress.decide.cascade import blended_per_mtok
 
     rows = []
     step = max(1, len(analysis.curve) // 10)

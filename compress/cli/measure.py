@@ -6,13 +6,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from compress import console
-from compress.cli.common import (MEASURE, command, default, emit, examples, load_optional, model_dtype, plain,
-                                 settings_from)
-from compress.cli.options import (DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides,
-                                  StartTimeout, TensorParallel)
-from compress.errors import UsageError
-from compress.recipe import BenchSpec, EvalSpec
+from compress.core import console
+from compress.cli.common import MEASURE, command, default, emit, examples, load_optional, model_dtype, plain, settings_from
+from compress.cli.options import DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides, StartTimeout, TensorParallel
+from compress.core.errors import UsageError
+from compress.core.recipe import BenchSpec, EvalSpec
 
 
 @command("eval", panel=MEASURE, capture=True, epilog=examples(
@@ -67,9 +65,9 @@ def eval_(
     json_: JsonOut = False,
 ) -> None:
     """Accuracy with lm-evaluation-harness, per-sample results kept; cached by model bytes and settings."""
-    from compress.evals.accuracy import check_eval_settings, run_eval
+    from compress.measure.accuracy import check_eval_settings, run_eval
     from compress.inputs import check_model
-    from compress.recipe import EvalSpec
+    from compress.core.recipe import EvalSpec
 
     flags = {"tasks": [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, "num_fewshot": num_fewshot,
              "limit": _limit(limit), "batch_size": batch_size, "seed": seed, "backend": backend, "device": device,
@@ -83,7 +81,7 @@ def eval_(
     check_model(model)
     with console.err.status(f"Evaluating {model} on {', '.join(settings.tasks)}"), console.stdout_to_stderr():
         report, cached = run_eval(model, settings, dtype=model_dtype(r, dtype), rerun=rerun)
-    from compress.report import accuracy_table
+    from compress.ship.report import accuracy_table
 
     if emit(report, cached, out, json_, accuracy_table):
         console.out.print(f"{model}: {sum(t.n_samples for t in report.tasks.values())} per-document results kept")
@@ -159,9 +157,9 @@ def bench(
     json_: JsonOut = False,
 ) -> None:
     """Generation benchmark: TTFT, inter-token and end-to-end latency (p50/p90/p99), tok/s, memory, $/1M tokens."""
-    from compress.evals.bench import run_bench
+    from compress.measure.bench import run_bench
     from compress.inputs import check_model
-    from compress.recipe import BenchSpec
+    from compress.core.recipe import BenchSpec
 
     sizes = None
     if batch_sizes:
@@ -183,8 +181,8 @@ def bench(
         # vLLM's draft-model speculative decoding: MODEL served alone and with the draft, in
         # alternating rounds, at every concurrency level.
         check_model(draft)
-        from compress.evals.bench import run_speed
-        from compress.report import served_draft_table
+        from compress.measure.bench import run_speed
+        from compress.ship.report import served_draft_table
 
         with console.err.status(f"Serving {model} alone and with draft {draft} ({settings.rounds} rounds)"), \
                 console.stdout_to_stderr():
@@ -197,8 +195,8 @@ def bench(
         if endpoint or settings.batch_sizes != [1]:
             raise UsageError("--draft measures transformers assisted generation one sequence at a time",
                              hint="drop --endpoint and --batch-sizes, or use --engine vllm for concurrency levels")
-        from compress.evals.speculative import run_draft
-        from compress.report import draft_table
+        from compress.measure.speculative import run_draft
+        from compress.ship.report import draft_table
 
         with console.err.status(f"Benchmarking {model} with draft {draft} ({settings.rounds} rounds)"), \
                 console.stdout_to_stderr():
@@ -210,7 +208,7 @@ def bench(
     with console.err.status(f"Benchmarking {model} {where} (levels {', '.join(map(str, settings.batch_sizes))}, "
                             f"{settings.rounds} rounds)"), console.stdout_to_stderr():
         report, cached = run_bench(model, settings, dtype=model_dtype(r, dtype), rerun=rerun, endpoint=endpoint)
-    from compress.report import bench_table
+    from compress.ship.report import bench_table
 
     if emit(report, cached, out, json_, bench_table):
         m = report.measured
@@ -235,11 +233,11 @@ def compare(
     json_: JsonOut = False,
 ) -> None:
     """Baseline and candidate side by side, with deltas, for accuracy and speed (reports cached)."""
-    from compress.compare import accuracy_rows, speed_rows
-    from compress.evals.accuracy import run_eval
-    from compress.evals.bench import run_speed
+    from compress.measure.compare import accuracy_rows, speed_rows
+    from compress.measure.accuracy import run_eval
+    from compress.measure.bench import run_speed
     from compress.inputs import check_model
-    from compress.recipe import BenchSpec, EvalSpec
+    from compress.core.recipe import BenchSpec, EvalSpec
 
     r = load_optional(recipe, set_)
     check_model(baseline)  # bad models fail here, before any compute or write
@@ -257,20 +255,20 @@ def compare(
         with console.err.status(f"Benchmarking both models together ({settings.engine}, {settings.rounds} "
                                 "alternating rounds)"), console.stdout_to_stderr():
             speed, _ = run_speed(baseline, candidate, settings, dtype=dtype, rerun=rerun)
-        from compress.compare import level_intervals
+        from compress.measure.compare import level_intervals
 
         result["speed"] = speed_rows(speed, level_intervals(speed))
-        from compress.report import speed_heading
+        from compress.ship.report import speed_heading
 
         result["speed_measured_with"] = speed_heading(speed)
     if out:
-        from compress.artifact import write_json
+        from compress.core.artifact import write_json
 
         write_json(out, plain(result))
     if json_:
         console.print_json(plain(result))
         return
-    from compress.report import compare_tables
+    from compress.ship.report import compare_tables
 
     for t in compare_tables(result):
         console.out.print(t)

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from compress import console
+from compress.core import console
 from compress.cli.common import SETUP, command, examples, method_name, recipes_app
 from compress.cli.options import JsonOut, SetOverrides
-from compress.errors import EXIT_USAGE, RecipeError, UsageError
+from compress.core.errors import EXIT_USAGE, RecipeError, UsageError
 
 
 @command("validate", group=recipes_app, epilog=examples(
@@ -26,7 +26,7 @@ def recipes_validate(
     """Check recipes against the schema; report every problem with its path and line.
 
     One file: a line naming it. Several: a line per invalid one, with its problems, and a count."""
-    from compress.recipe import dump_recipe, load_recipe
+    from compress.core.recipe import dump_recipe, load_recipe
 
     results = []
     for f in files:
@@ -63,8 +63,8 @@ def recipes_list(
     json_: JsonOut = False,
 ) -> None:
     """List the recipes in a directory and its sub-folders, and the methods and schemes compress knows."""
-    from compress.methods import SCHEME_HELP
-    from compress.recipe import load_recipe
+    from compress.core.schemes import SCHEME_HELP
+    from compress.core.recipe import load_recipe
 
     if not directory.is_dir():
         raise UsageError(f"no recipe directory {directory}", hint="pass the directory that holds your recipes")
@@ -119,8 +119,8 @@ def doctor(
 
     info = doc.collect()
     if probe and info["engine"]["installed"]:
-        from compress.engines.vllm import probe as serve_probe
-        from compress.procs import private_dir
+        from compress.measure.engines.vllm import probe as serve_probe
+        from compress.core.procs import private_dir
 
         with console.err.status("Serving the embedded model with vLLM"):
             info["engine"]["probe"] = serve_probe(info["engine"]["path"], log_path=private_dir("logs") / "doctor-vllm.log")
@@ -178,7 +178,7 @@ def keygen(
     json_: JsonOut = False,
 ) -> None:
     """Make an Ed25519 key pair for signing exports (private key 0600; public key for `verify --key`)."""
-    from compress.provenance import ENV_KEY, generate_keypair
+    from compress.ship.provenance import ENV_KEY, generate_keypair
 
     private, public, kid = generate_keypair(out, force=force)
     if json_:

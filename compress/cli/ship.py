@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from compress import console
+from compress.core import console
 from compress.cli.common import SHIP, command, examples, print_gate, run_recipe
 from compress.cli.options import Device, Force, JsonOut, Rerun, SetOverrides, SignKey
-from compress.errors import InputError, UsageError
+from compress.core.errors import InputError, UsageError
 
 
 @command("export", panel=SHIP, epilog=examples(
@@ -26,12 +26,12 @@ def export(
     json_: JsonOut = False,
 ) -> None:
     """Export an artifact that passed its gate, with manifest and model card; refuses anything else."""
-    from compress.export import export_run, own_policy, policy_line
-    from compress.gate import GateResult, policy_hash
+    from compress.ship.export import export_run, own_policy, policy_line
+    from compress.decide.gate import GateResult, policy_hash
     from compress.pipeline import load_reports
-    from compress.provenance import choose_signer
-    from compress.models import newest_run
-    from compress.report import local_base, model_card
+    from compress.ship.provenance import choose_signer
+    from compress.core.models import newest_run
+    from compress.ship.report import local_base, model_card
 
     run_dir = newest_run(run_dir)
     if not (run_dir / "model").is_dir():
@@ -64,8 +64,8 @@ def verify(
     json_: JsonOut = False,
 ) -> None:
     """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
-    from compress import provenance
-    from compress.export import verify as verify_artifact
+    from compress.ship import provenance
+    from compress.ship.export import verify as verify_artifact
 
     checked = verify_artifact(path)
     statement = provenance.verify_signature(path, key) if key is not None else None
@@ -92,7 +92,7 @@ def verify(
 def export_signer(r, export_to: Optional[Path], no_export: bool, sign: Optional[Path]):
     """Check where the export will go and the signing key before any work; the signer (or None)."""
     from compress.inputs import check_inside_tree
-    from compress.provenance import choose_signer
+    from compress.ship.provenance import choose_signer
 
     if export_to is None and not no_export and r.export.to:
         check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
@@ -138,8 +138,8 @@ def run_(
     """The whole flow: quantize or distill, evaluate, benchmark, gate, export; cached and resumable."""
     from compress import pipeline
     from compress.inputs import check_recipe
-    from compress.recipe import load_recipe
-    from compress.report import junit_xml, model_card, run_summary_markdown
+    from compress.core.recipe import load_recipe
+    from compress.ship.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, set_ or [])
     if r.search is not None:
@@ -206,11 +206,11 @@ def search_(
     """The cheapest compression that passes the gate: try candidates from the smallest, gate each like `run`."""
     from compress import pipeline
     from compress import search as s
-    from compress.export import export_run
+    from compress.ship.export import export_run
     from compress.inputs import check_recipe
-    from compress.recipe import load_recipe
-    from compress.report import local_base, model_card
-    from compress.sequential import Design
+    from compress.core.recipe import load_recipe
+    from compress.ship.report import local_base, model_card
+    from compress.decide.sequential import Design
 
     r = load_recipe(recipe, set_ or [])
     if r.search is None:

@@ -1,0 +1,158 @@
+"""A small async client that drives load through an OpenAI-compatible streaming API.
+
+It sends ``count`` requests to ``/v1/completions`` with ``stream: true``, at most
+``concurrency`` in flight, and timestamps every streamed chunk. Prompts are seeded random token
+ids of a fixed length (sent as a list of ints, so no server-side tokenization changes their
+length); ``max_tokens`` and ``ignore_eos`` fix the output length; temperature 0.
+
+Token counts come from the server's running usage statistics (``stream_options``:
+``continuous_usage_stats``), so a chunk that carries several tokens is counted right.
+
+Example:
+    prompts = make_prompts(vocab_size=1024, exclude={0, 1, 2}, count=8, length=32, seed=0)
+    timings = run_load("http://127.0.0.1:8000", "tiny-llama", prompts, output_tokens=16, concurrency=4)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Iterable, Sequence
+
+from compress.core.errors import EngineError
+from compress.core.reports import ServedRequest
+
+
+def make_prompts(vocab_size: int, exclude: Iterable[int], count: int, length: int,
+                 seed: int) -> list[list[int]]:
+    """``count`` prompts of exactly ``length`` random token ids below ``vocab_size``, none in
+    ``exclude`` (the special tokens)."""
+    banned = set(exclude)
+    allowed = [i for i in range(vocab_size) if i not in banned]
+    rng = random.Random(seed)
+    return [[rng.choice(allowed) for _ in range(length)] for _ in range(count)]
+
+
+async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, output_tokens: int,
+                     index: int = 0, concurrency: int = 1, origin: float | None = None) -> ServedRequest:
+    """Send one streamed completion and time it.
+
+    Raises:
+        EngineError: the server answered with an error or a stream without tokens.
+    """
+    body = {"model": model, "prompt": list(prompt) if not isinstance(prompt, str) else prompt,
+            "max_tokens": output_tokens, "min_tokens": output_tokens, "ignore_eos": True,
+            "temperature": 0.0, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    sent = time.perf_counter()
+    origin = sent if origin is None else origin
+    times: list[float] = []
+    text: list[str] = []
+    chunks, seen, prompt_tokens, finish = 0, 0, len(prompt), None
+    async with client.stream("POST", url.rstrip("/") + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            detail = (await r.aread()).decode(errors="replace").strip().replace("\n", " ")[:300]
+            raise EngineError(f"the server refused a completion request (HTTP {r.status_code}): {detail}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            now = time.perf_counter() - sent
+            msg = json.loads(data)
+            if "error" in msg:
+                raise EngineError(f"the server failed while streaming: {msg['error']}")
+            usage = msg.get("usage") or {}
+            choices = msg.get("choices") or []
+            for choice in choices:
+                text.append(choice.get("text") or "")
+                finish = choice.get("finish_reason") or finish
+            if not choices:  # the closing usage-only chunk
+                prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+                continue
+            chunks += 1
+            total = usage.get("completion_tokens", seen + 1)
+            times.extend([now] * max(total - seen, 0))
+            seen = max(seen, total)
+            prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+    e2e = time.perf_counter() - sent
+    if not times:
+        raise EngineError("the server streamed no tokens", hint="check the server log")
+    return ServedRequest(index=index, concurrency=concurrency, prompt_tokens=prompt_tokens,
+                         output_tokens=len(times), started_s=sent - origin, ttft_s=times[0], e2e_s=e2e,
+                         token_times_s=times, chunks=chunks, text="".join(text), finish_reason=finish)
+
+
+READ_TIMEOUT = 120.0  # the most seconds between two chunks of a streamed answer
+
+
+def _timeouts(timeout: float):
+    """httpx's per-operation bounds under an overall deadline of ``timeout`` s."""
+    import httpx
+
+    return httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
+
+
+async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
+               concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
+    """Send every prompt, at most ``concurrency`` in flight; results in prompt order.
+
+    Every wait ends: a connection or a read that takes longer than :data:`READ_TIMEOUT` s, or a
+    request that takes longer than ``timeout`` s in all (a server trickling tokens), is an EngineError.
+    """
+    import httpx
+
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(prompts)):
+        queue.put_nowait(i)
+    results: list[ServedRequest | None] = [None] * len(prompts)
+    origin = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=_timeouts(timeout), limits=limits, trust_env=False) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                try:
+                    results[i] = await asyncio.wait_for(
+                        stream_one(client, url, model, prompts[i], output_tokens, index=i, concurrency=concurrency,
+                                   origin=origin), timeout)
+                except asyncio.TimeoutError:
+                    raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
+                                      "(the server stopped answering)", hint="check the server log") from None
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
+        except httpx.HTTPError as e:
+            raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {e}") from None
+    return [r for r in results if r is not None]
+
+
+def request(method: str, url: str, body: dict | None = None, *, timeout: float = 300.0):
+    """One plain (not streamed) HTTP request to a local server, ended after ``timeout`` s in all, however the
+    server trickles its answer. Returns the ``httpx.Response`` (any status).
+
+    Raises:
+        EngineError: no connection, a broken answer, or no complete answer within ``timeout``.
+    """
+    import httpx
+
+    async def send():
+        async with httpx.AsyncClient(timeout=_timeouts(timeout), trust_env=False) as client:
+            return await asyncio.wait_for(client.request(method, url, json=body), timeout)
+
+    try:
+        return asyncio.run(send())
+    except asyncio.TimeoutError:
+        raise EngineError(f"{method} {url} got no complete answer within {timeout:.0f} s",
+                          hint="check the server log") from None
+    except httpx.HTTPError as e:
+        raise EngineError(f"{method} {url} failed: {type(e).__name__}: {e}") from None
+
+
+def run_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
+             concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
+    """Synchronous wrapper of :func:`load`."""
+    return asyncio.run(load(url, model, prompts, output_tokens, concurrency, timeout))

