@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.models import ModelRef, check_model_dir, resolve_model
+from compress.core.models import ModelRef, resolve_model
+from compress.core.weights import check_model_dir
 
 
 def check_inside_tree(path: str | Path, what: str) -> Path:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from compress import runs
 from compress.core.data import load_texts
-from compress.measure.accuracy import evaluate_model, model_info, run_eval, to_report
+from compress.measure.accuracy import evaluate_model, model_info, run_eval
+from compress.measure.lm_results import to_report
 from compress.measure.bench import run_bench
 from compress.build.methods.distill import batches
 from compress.core.models import load_model, load_tokenizer, resolve_model

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reference pages, generated: docs/reference/recipe.md from the recipe schema, commands.md from the CLI.
 
-``recipe.md`` walks the pydantic models in ``compress/core/recipe.py`` from ``Recipe`` down: every key
+``recipe.md`` walks the pydantic models in ``compress/core/recipe/`` from ``Recipe`` down: every key
 with its dotted path, type (allowed values and bounds included), default and description. A model
 met a second time (the methods a search tries, for example) points at the section that has it.
 ``commands.md`` walks the Typer application in ``compress/cli/`` as the click command it becomes:
@@ -161,7 +161,7 @@ def render_recipe() -> str:
             return ", ".join(f"`{titles[m]}`" for m in models)
         return f"`{titles[models[0]]}`"
 
-    out = [HEADER.format(source="the recipe schema (compress/core/recipe.py)"),
+    out = [HEADER.format(source="the recipe schema (compress/core/recipe/)"),
            "# Recipe reference\n",
            "Every key a recipe accepts, section by section. A key not listed here is an error; "
            "`compress recipes validate FILE` checks a recipe, and `--set KEY=VALUE` overrides one "

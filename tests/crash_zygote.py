@@ -6,6 +6,6 @@ import llmcompressor  # noqa: F401
 import lm_eval  # noqa: F401
 import torch  # noqa: F401
 import transformers  # noqa: F401
-from compress.measure.accuracy import _task_manager
+from compress.measure.tasks import task_manager
 
-_task_manager()  # lm-eval indexes every task it knows once per process: do it before forking
+task_manager()  # lm-eval indexes every task it knows once per process: do it before forking

@@ -396,22 +396,22 @@ def test_an_explicit_export_path_may_point_anywhere(place, capfd):
 def test_nan_scan_is_memoised_per_file(place, monkeypatch):
     """The eval of a base that was just checked does not read it again in the same process;
     a rewritten file is scanned again."""
-    from compress.core import models
+    from compress.core import weights
 
     d = place.model()
-    models.check_weights(d)
-    hits = models._first_nonfinite.cache_info().hits
-    models.check_weights(d)
-    assert models._first_nonfinite.cache_info().hits == hits + 1
+    weights.check_weights(d)
+    hits = weights._first_nonfinite.cache_info().hits
+    weights.check_weights(d)
+    assert weights._first_nonfinite.cache_info().hits == hits + 1
     _poison(float("nan"))(d)
-    with pytest.raises(models.ModelInputError, match="holds NaN"):
-        models.check_weights(d)
+    with pytest.raises(weights.ModelInputError, match="holds NaN"):
+        weights.check_weights(d)
 
 
 def test_hub_snapshot_links_into_blobs_are_allowed(place):
     """Hub snapshots are links into ../../blobs of their repo folder: allowed; out of it: not."""
     from compress.core.errors import ModelInputError
-    from compress.core.models import check_links
+    from compress.core.weights import check_links
 
     repo = place.inputs / "hub" / "models--acme--tiny"
     snap = repo / "snapshots" / ("0" * 40)

@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from compress.measure.bench import measure_round, summarize_level
+from compress.measure.bench import summarize_level
+from compress.measure.hf_worker import measure_round
 from compress.core.reports import BenchReport, LevelRun, ServedRequest, percentile, summarize
 from compress.core.recipe import BenchSpec
 from conftest import BUILTIN

@@ -95,20 +95,20 @@ def test_a_fault_point_needs_both_variables(monkeypatch):
 
 
 def test_a_clean_weight_scan_is_remembered_until_the_file_changes(runs_dir, tmp_path, monkeypatch):
-    from compress.core import models
+    from compress.core import weights
 
     model = tmp_path / "m"
     shutil.copytree(BUILTIN, model)
-    weights = model / "model.safetensors"
-    models.check_finite(weights)
+    shard = model / "model.safetensors"
+    weights.check_finite(shard)
     assert not list(cache.cache_root().rglob("*.json"))  # nothing written while inputs are checked
     cache.model_content_hash(model)  # the work starts: the clean scan is recorded
     assert list((cache.cache_root() / "finite").glob("*.json"))
-    models._first_nonfinite.cache_clear()
+    weights._first_nonfinite.cache_clear()
     calls = []
-    monkeypatch.setattr(models, "_first_nonfinite", lambda *a: calls.append(a))
-    models.check_finite(weights)
+    monkeypatch.setattr(weights, "_first_nonfinite", lambda *a: calls.append(a))
+    weights.check_finite(shard)
     assert calls == []  # served from the cache: no weights read
-    os.utime(weights)  # any change to the file (here its times) means scanning again
-    models.check_finite(weights)
+    os.utime(shard)  # any change to the file (here its times) means scanning again
+    weights.check_finite(shard)
     assert len(calls) == 1

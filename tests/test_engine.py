@@ -12,7 +12,8 @@ import time
 import pytest
 
 from compress.measure.engines.client import make_prompts, run_load
-from compress.measure.engines.vllm import VllmServer, engine_info, group_alive, last_meaningful_line, parse_log
+from compress.measure.engines.vllm import VllmServer, engine_info, group_alive
+from compress.measure.engines.vllm_log import last_meaningful_line, parse_log
 from compress.core.errors import EngineError, InputError
 from tests.conftest import BUILTIN, ROOT, run_cli
 

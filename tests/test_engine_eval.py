@@ -12,7 +12,7 @@ import pytest
 
 from compress.measure.engines.client import make_prompts
 from compress.measure.engines.servable import ServableResult, check_servable, hf_reference
-from compress.measure.engines.vllm import last_meaningful_line as engine_error
+from compress.measure.engines.vllm_log import last_meaningful_line as engine_error
 from compress.core.errors import EngineError
 from compress.measure.accuracy import run_eval
 from compress.core.recipe import EvalSpec

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from compress.core.errors import UsageError
-from compress.measure.accuracy import check_tasks, run_eval
+from compress.measure.accuracy import run_eval
+from compress.measure.tasks import check_tasks
 from compress.measure.scoring import recompute
 from compress.core.reports import AccuracyReport
 from compress.core.recipe import EvalSpec

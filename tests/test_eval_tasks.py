@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from compress.core.errors import UsageError
-from compress.measure.accuracy import evaluate_model, prompt_hash, to_report
+from compress.measure.accuracy import evaluate_model
+from compress.measure.lm_results import prompt_hash, to_report
 from compress.core.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
 from compress.measure.scoring import recompute
 from compress.decide.gate import evaluate, paired_strata

@@ -17,7 +17,8 @@ from compress.core import fixtures
 from compress.core.artifact import _TEMP, check_hashes, file_hashes
 from compress.core.errors import UsageError
 from compress.core.fixtures import FixtureSpec, build_llama, is_complete, llama_config, tensor_layout
-from compress.core.models import check_model_dir, check_safetensors, load_model, load_tokenizer, resolve_model
+from compress.core.models import load_model, load_tokenizer, resolve_model
+from compress.core.weights import check_model_dir, check_safetensors
 from conftest import ROOT
 
 NAME = "llama-1b-random"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from compress.measure.engines.vllm import VllmServer, start_phase, start_timeout
+from compress.measure.engines.vllm import VllmServer, start_timeout
+from compress.measure.engines.vllm_log import start_phase
 from compress.core.errors import CompressError, EngineError, InputError
 from conftest import BUILTIN, ROOT
 
@@ -169,13 +170,13 @@ def test_servers_and_workers_never_inherit_the_signing_key(fake_vllm, tmp_path, 
 def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):
     """The hf worker reads its job and then hangs (an injected deadlock): the read of its answer has a
     deadline, the worker is stopped, and the error names what hung."""
-    from compress.measure import bench
     from compress.core.recipe import BenchSpec
+    from compress.measure import sides
 
     monkeypatch.setenv("COMPRESS_TESTING", "1")
     monkeypatch.setenv("COMPRESS_FAULT", "hang:bench-worker")
-    monkeypatch.setattr(bench, "WORKER_STALL_S", 3.0)
-    side = bench.HfSide(BUILTIN, BenchSpec(), dtype="float32")
+    monkeypatch.setattr(sides, "WORKER_STALL_S", 3.0)
+    side = sides.HfSide(BUILTIN, BenchSpec(), dtype="float32")
     began = time.monotonic()
     with pytest.raises(CompressError, match="benchmark worker hung: loading the model used no CPU for 3 s"):
         side.start()
@@ -185,7 +186,7 @@ def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):
     # The ceiling holds for a worker that keeps busy too (no hang armed: it is loading torch and the model).
     monkeypatch.delenv("COMPRESS_FAULT")
     monkeypatch.setenv("COMPRESS_WORKER_TIMEOUT", "2")
-    side = bench.HfSide(BUILTIN, BenchSpec(), dtype="float32")
+    side = sides.HfSide(BUILTIN, BenchSpec(), dtype="float32")
     with pytest.raises(CompressError, match="took more than 2 s"):
         side.start()
     side.close()

@@ -7,7 +7,8 @@ import pytest
 from compress.core.artifact import file_hashes
 from compress.core.errors import ModelLoadError, UsageError
 from compress.core.cache import model_content_hash
-from compress.core.models import check_weights, resolve_model
+from compress.core.models import resolve_model
+from compress.core.weights import check_weights
 from conftest import BUILTIN
 
 

@@ -106,7 +106,7 @@ def test_the_default_dtype_is_the_checkpoints_own(checkpoint):
 def test_weights_are_read_whole_or_in_slices_as_safetensors_reads_them(tmp_path):
     import torch
 
-    from compress.core.models import read_tensors
+    from compress.core.weights import read_tensors
 
     tensors = {"w": torch.randn(37, 11).to(torch.bfloat16), "f8": torch.randn(5, 3).to(torch.float8_e4m3fn),
                "scalar": torch.tensor(2.5), "empty": torch.empty(0, 4), "ids": torch.arange(7, dtype=torch.int64)}

@@ -21,7 +21,8 @@ from compress.core.env import environment, library_versions
 from compress.core.faults import fault_point
 from compress.build.methods import METHODS
 from compress.core.schemes import describe_method
-from compress.core.models import ModelRef, check_weights
+from compress.core.models import ModelRef
+from compress.core.weights import check_weights
 from compress.core.recipe import Recipe, dump_recipe
 
 # Sections whose content decides an artifact's bytes (and so its cache key).

@@ -5,73 +5,22 @@ through lm-eval's include path; any task lm-eval knows works too.
 """
 from __future__ import annotations
 
-import difflib
 import functools
-import hashlib
-import json
 import logging
-import math
 import os
-import re
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from compress.core.artifact import weights_size
-from compress.core.env import PACKAGE, environment
-from compress.core.errors import CompressError, EngineError, UsageError
 from compress.core import cache
-from compress.core.reports import AccuracyReport, GroupMetric, GroupResult, Metric, ModelInfo, Sample, TaskResult
+from compress.core.artifact import weights_size
+from compress.core.errors import CompressError, EngineError, UsageError
 from compress.core.models import load_model, load_tokenizer, pick_device, resolve_dtype, resolve_model
 from compress.core.recipe import EvalSpec
-
-
-# How each per-sample metric aggregates over documents (lm-eval's names).
-AGGREGATION_OF = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity",
-                "bits_per_byte": "bits_per_byte", "perplexity": "perplexity"}
-UNITS = {"word_perplexity": "perplexity/word", "byte_perplexity": "perplexity/byte",
-         "bits_per_byte": "bits/byte", "perplexity": "perplexity"}
-FRACTIONS = {"exact_match", "token_f1", "f1", "em"}
-
-
-def bundled_tasks_dir() -> Path:
-    """The bundled lm-eval tasks: ``evals/`` in a checkout, ``compress/_evals`` when installed."""
-    checkout = PACKAGE.parent / "evals"
-    if (checkout / "tiny_facts_mc.yaml").exists():
-        return checkout
-    return PACKAGE / "_evals"
-
-
-def tasks_hash(root: Path) -> str:
-    """Hash of the task files under a folder, so that editing a task invalidates cached reports."""
-    h = hashlib.sha256()
-    for p in sorted(Path(root).rglob("*")):
-        if p.is_file() and p.suffix in {".yaml", ".yml", ".jsonl", ".json", ".py", ".jinja"} and "__pycache__" not in p.parts:
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def bundled_tasks_hash() -> str:
-    return tasks_hash(bundled_tasks_dir())
-
-
-def include_dirs(settings: EvalSpec) -> tuple[str, ...]:
-    """The extra task folders as absolute paths (given relative to the current directory).
-
-    Raises:
-        UsageError: a folder that does not exist.
-    """
-    out = []
-    for entry in settings.include_path:
-        path = Path(entry).expanduser()
-        if not path.is_dir():
-            raise UsageError(f"include path {entry} is not a folder",
-                             hint="give a folder of lm-eval task YAML files (relative to the current directory)")
-        out.append(str(path.resolve()))
-    return tuple(out)
+from compress.core.reports import AccuracyReport, ModelInfo
+from compress.measure.lm_results import to_report
+from compress.measure.tasks import bundled_tasks_hash, check_tasks, include_dirs, task_manager, tasks_hash
 
 
 def model_info(path: Path, spec: str) -> ModelInfo:
@@ -86,38 +35,6 @@ def model_info(path: Path, spec: str) -> ModelInfo:
             quant = qc.get("quant_method") or qc.get("format") or "unknown"
     return ModelInfo(spec=spec, content_hash=cache.model_content_hash(path),
                      size_bytes=weights_size(Path(path)), quantization=quant)
-
-
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_path: tuple[str, ...] = ()):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=[str(bundled_tasks_dir()), *include_path])
-
-
-@functools.lru_cache(maxsize=1)
-def bundled_task_names() -> frozenset[str]:
-    """The names of the bundled tasks and groups, read from their YAML files (no lm-eval import)."""
-    names = set()
-    for p in bundled_tasks_dir().glob("*.yaml"):
-        names.update(re.findall(r"^(?:task|group):\s*([\w.-]+)\s*$", p.read_text(), flags=re.MULTILINE))
-    return frozenset(names)
-
-
-def check_tasks(tasks: list[str], include_path: tuple[str, ...] = ()) -> None:
-    """Raise a UsageError for unknown task names, suggesting close ones.
-
-    Bundled tasks are known without lm-eval's task index (which takes seconds to build).
-    """
-    if set(tasks) <= bundled_task_names():
-        return
-    known = set(_task_manager(include_path).all_tasks)
-    for task in tasks:
-        if task not in known:
-            close = difflib.get_close_matches(task, sorted(known), n=3, cutoff=0.6)
-            hint = f"did you mean: {', '.join(close)}?" if close else \
-                f"bundled: {', '.join(sorted(bundled_task_names()))}; `lm-eval ls tasks` lists the rest"
-            raise UsageError(f"unknown eval task '{task}'", hint=hint)
 
 
 def check_eval_settings(settings: EvalSpec) -> None:
@@ -248,7 +165,7 @@ def evaluate_lm(lm: Any, settings: EvalSpec, answers: Path | None = None) -> dic
         with torch.inference_mode():
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
-                limit=settings.limit, task_manager=_task_manager(include), log_samples=True,
+                limit=settings.limit, task_manager=task_manager(include), log_samples=True,
                 apply_chat_template=settings.apply_chat_template,
                 fewshot_as_multiturn=settings.fewshot_as_multiturn,
                 system_instruction=settings.system_instruction, gen_kwargs=settings.gen_kwargs,
@@ -325,7 +242,8 @@ def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Pat
 
     import aiohttp
 
-    from compress.measure.engines.vllm import VllmServer, engine_info, last_meaningful_line, parallel_args
+    from compress.measure.engines.vllm import VllmServer, engine_info, parallel_args
+    from compress.measure.engines.vllm_log import last_meaningful_line
 
     with contextlib.ExitStack() as stack:
         server = VllmServer(path, dtype=dtype, log_path=log_path,
@@ -403,131 +321,3 @@ def _local_completions() -> type:
     return BatchedRolling
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def prompt_hash(arguments: Any) -> str:
-    """sha256 (16 hex digits) of every request a document made: contexts with their few-shot
-    examples, chat template and system instruction applied, continuations, generation settings."""
-    text = json.dumps(_plain(arguments), sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _sample(task_type: str | None, raw: dict[str, Any]) -> Sample:
-    values = {m: _plain(raw[m]) for m in raw.get("metrics", []) if m in raw}
-    sample = Sample(doc_id=int(raw["doc_id"]), filter=str(raw.get("filter") or "none"), doc_hash=raw.get("doc_hash"),
-                    prompt_hash=prompt_hash(raw["arguments"]) if "arguments" in raw else None,
-                    target=_plain(raw.get("target")), values=values, answer_logprob=raw.get("answer_logprob"))
-    resps = raw.get("filtered_resps")
-    if task_type == "multiple_choice" and resps:
-        lls = [float(r[0]) for r in resps]
-        sample.loglikelihoods = lls
-        sample.answer = max(range(len(lls)), key=lambda i: lls[i])
-        if "acc" in values:
-            sample.correct = bool(values["acc"])
-    elif task_type == "loglikelihood_rolling" and resps:
-        sample.answer = float(resps[0])
-    elif resps:
-        sample.answer = _plain(resps[0])
-        if "exact_match" in values:
-            sample.correct = bool(values["exact_match"])
-    return sample
-
-
-def _figures(res: dict[str, Any]):
-    """lm-eval's reported figures of one task or group: (``METRIC,FILTER``, metric, filter, value),
-    leaving out stderrs, names and counts."""
-    for key, value in res.items():
-        metric, _, filt = key.partition(",")
-        if filt and not metric.endswith("_stderr") and _number(value) is not None:
-            yield key, metric, filt, value
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
-        return float(value)
-    return None
-
-
-def _task_result(task: str, res: dict[str, Any], results: dict[str, Any]) -> TaskResult:
-    cfg = results.get("configs", {}).get(task, {})
-    hib = results.get("higher_is_better", {}).get(task, {})
-    configured = {}
-    for m in cfg.get("metric_list", []) or []:
-        if isinstance(m, dict):  # a `!function` metric is logged under its function's name
-            name = m.get("metric")
-            source = re.match(r"\s*def (\w+)\(", name) if isinstance(name, str) else None
-            configured[getattr(name, "__name__", None) or (source.group(1) if source else str(name))] = m
-    metrics: dict[str, Metric] = {}
-    for key, metric, filt, value in _figures(res):
-        agg = configured.get(metric, {}).get("aggregation")
-        metrics[key] = Metric(
-            value=float(value), stderr=_number(res.get(f"{metric}_stderr,{filt}")),
-            higher_is_better=bool(hib.get(metric, True)),
-            aggregation=agg if isinstance(agg, str) else AGGREGATION_OF.get(metric, "mean"),
-            unit=UNITS.get(metric, "fraction" if metric.startswith("acc") or metric in FRACTIONS else ""),
-        )
-    samples = sorted((_sample(cfg.get("output_type"), s) for s in results["samples"][task]),
-                     key=lambda s: (s.filter, s.doc_id))
-    filters = sorted({s.filter for s in samples}) or ["none"]
-    version = results.get("versions", {}).get(task)
-    return TaskResult(task=task, version=None if version is None else str(version), output_type=cfg.get("output_type"),
-                      num_fewshot=int(results.get("n-shot", {}).get(task, 0) or 0),
-                      n_samples=len({s.doc_id for s in samples}), filters=filters, metrics=metrics, samples=samples)
-
-
-def _leaf_tasks(name: str, subtasks: dict[str, list[str]]) -> list[str]:
-    out = []
-    for child in subtasks.get(name, []):
-        out += _leaf_tasks(child, subtasks) if child in subtasks else [child]
-    return out
-
-
-def _group_result(group: str, res: dict[str, Any], results: dict[str, Any], tasks: dict[str, TaskResult],
-                  include_path: tuple[str, ...]) -> GroupResult:
-    """A group's aggregates, with the weighting its own config asks for (lm-eval's rule: a
-    metric's first ``aggregate_metric_list`` entry whose filters include it)."""
-    entry = _task_manager(include_path).task_index.get(group)
-    config = (entry.cfg or {}) if entry is not None else {}
-    agg_list = config.get("aggregate_metric_list") or []
-    agg_list = [agg_list] if isinstance(agg_list, dict) else agg_list
-    subtasks = _leaf_tasks(group, results.get("group_subtasks", {}))
-    metrics: dict[str, GroupMetric] = {}
-    for key, metric, filt, value in _figures(res):
-        agg = next((a for a in agg_list if a.get("metric") == metric
-                    and (a.get("filter_list") is None or filt in ([a["filter_list"]] if isinstance(a["filter_list"], str)
-                                                                  else a["filter_list"]))), None)
-        if agg is None or agg.get("aggregation", "mean") != "mean":
-            continue  # an aggregate compress cannot recompute from documents is not offered to the gate
-        unit = next((tasks[t].metrics[key].unit for t in subtasks if t in tasks and key in tasks[t].metrics), "")
-        metrics[key] = GroupMetric(value=float(value), stderr=_number(res.get(f"{metric}_stderr,{filt}")),
-                                   higher_is_better=bool(results.get("higher_is_better", {}).get(group, {}).get(metric, True)),
-                                   weight_by_size=bool(agg.get("weight_by_size", True)), unit=unit)
-    return GroupResult(group=group, subtasks=subtasks, metrics=metrics)
-
-
-def to_report(results: dict[str, Any], info: ModelInfo, settings: dict[str, Any], key: str,
-              duration: float, include_path: tuple[str, ...] = ()) -> AccuracyReport:
-    """Turn lm-eval's result dictionary into a typed report: every task's metrics per filter,
-    its documents' results per filter, and every group's aggregates."""
-    tasks = {task: _task_result(task, res, results) for task, res in results["results"].items()
-             if task in results.get("samples", {})}
-    groups = {group: _group_result(group, res, results, tasks, include_path)
-              for group, res in (results.get("groups") or {}).items()}
-    import torch
-
-    env = environment(torch)
-    if results.get("engine"):  # measured on a served engine: which one, which version
-        env["engine"] = results["engine"]
-    documents = sum(t.n_samples for t in tasks.values())
-    return AccuracyReport(model=info, settings=settings, tasks=tasks, groups=groups, environment=env,
-                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          duration_s=round(duration, 3), documents=documents,
-                          documents_per_s=round(documents / duration, 2) if duration > 0 else None, cache_key=key)

@@ -106,10 +106,9 @@ def run_draft(target: str, draft: str, settings: Any, *, dtype: str = "auto", re
               log: Any = None) -> tuple[DraftReport, bool]:
     """Benchmark ``target`` alone and with ``draft`` as its assistant; cached by both models'
     bytes and the settings."""
-    from compress.core import env
-    from compress.core import cache
-    from compress.measure.accuracy import model_info
+    from compress.core import cache, env
     from compress.core.models import resolve_dtype, resolve_model
+    from compress.measure.accuracy import model_info
 
     t_ref, d_ref = resolve_model(target, revision), resolve_model(draft, None)
     t_info, d_info = model_info(t_ref.path, target), model_info(d_ref.path, draft)

@@ -36,7 +36,8 @@ def eligible(ctx: MethodContext) -> bool:
     """Whether the recipe's method can stream: a data-free scheme through llm-compressor, no KV
     cache scales to measure, safetensors weights, and no dtype change asked of the unquantized
     layers (``model.dtype`` is ``auto`` or the checkpoint's own)."""
-    from compress.core.models import check_safetensors, checkpoint_dtype
+    from compress.core.models import checkpoint_dtype
+    from compress.core.weights import check_safetensors
 
     m = ctx.recipe.method
     data_free = (m.kind == "fp8" and m.scheme == "dynamic") or (m.kind == "int4" and m.algorithm == "rtn")
@@ -68,7 +69,7 @@ def run(ctx: MethodContext, groups: dict[str, Any], timer: Timer) -> dict[str, A
     from llmcompressor.entrypoints.model_free.converter import ModelFreePtqConverter
     from llmcompressor.entrypoints.model_free.save_utils import update_config
 
-    from compress.core.models import read_tensors, release_freed_memory
+    from compress.core.weights import read_tensors, release_freed_memory
 
     with timer("load"):
         skeleton = meta_model(ctx)
@@ -126,7 +127,7 @@ class ShardWriter:
     def _flush(self, name: str) -> None:
         from safetensors.torch import save_file
 
-        from compress.core.models import release_freed_memory
+        from compress.core.weights import release_freed_memory
 
         path = self.out / name
         save_file({k: v.contiguous() for k, v in self.pending.items()}, str(path), metadata={"format": "pt"})

@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compress.measure.engines.vllm import VllmServer, last_meaningful_line
 from compress.core.errors import EngineError
 from compress.core.reports import ReportModel
+from compress.measure.engines.vllm import VllmServer
+from compress.measure.engines.vllm_log import last_meaningful_line
 
 
 class ServableResult(ReportModel):

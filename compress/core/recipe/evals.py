@@ -1,0 +1,142 @@
+"""The recipe's evals section (lm-evaluation-harness settings) and bench section (load, engine, SLO)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+
+from compress.core.recipe.base import NonNegInt, PositiveFloat, PositiveInt, Strict
+
+# ------------------------------------------------------------------- evals and bench
+
+
+class EvalSpec(Strict):
+    """lm-evaluation-harness settings. Bundled tasks live in ``evals/``.
+
+    Every setting that changes what a model is asked is part of the report's cache key, and
+    each document's full prompt is hashed into the report: a gate refuses to pair a baseline
+    and a candidate that were asked differently.
+    """
+
+    tasks: list[str] = Field(default_factory=lambda: ["tiny_facts_mc", "tiny_bios_ppl"], min_length=1,
+                             description="lm-eval task or group names")
+    num_fewshot: NonNegInt | None = Field(default=None, description="few-shot examples (default: each task's own)")
+    apply_chat_template: bool | str = Field(
+        default=False, description="format prompts with the model's chat template (a name picks one of several)")
+    fewshot_as_multiturn: bool = Field(
+        default=True, description="with a chat template: few-shot examples as user/assistant turns")
+    system_instruction: str | None = Field(default=None, description="a system message before every prompt")
+    gen_kwargs: dict[str, str | int | float | bool | list[str]] | None = Field(
+        default=None, description="generation settings for generative tasks, e.g. {max_gen_toks: 64}")
+    limit: int | float | None = Field(
+        default=None, description="documents per task: a count, or a fraction (0 < x < 1) of each task")
+    include_path: list[str] = Field(
+        default_factory=list, description="extra lm-eval task folders (relative to the current directory)")
+    batch_size: PositiveInt = Field(default=16, description="batch size (also of generation)")
+    seed: int = Field(default=1234, description="seed for sampling and few-shot choice")
+    backend: Literal["hf", "vllm"] = Field(
+        default="hf", description="hf: transformers; vllm: lm-eval against a vLLM server from `make engine`")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    device_map: Literal["auto"] | None = Field(
+        default=None, description="hf: auto spreads the weights over the GPUs, CPU memory and disk as they fit "
+        "(accelerate), for a model larger than one device")
+    tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
+    data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "0.25" or "200", as a --set may give it
+            try:
+                value = float(value)
+            except ValueError:
+                return value
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        if 0 < value < 1:
+            return float(value)
+        if value >= 1 and value == int(value):
+            return int(value)
+        raise ValueError(f"{value} is neither a number of documents (1, 2, ...) nor a fraction between 0 and 1")
+
+    @model_validator(mode="after")
+    def _placement_fits_the_backend(self) -> "EvalSpec":
+        if self.backend == "hf" and (self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise ValueError("tensor_parallel and data_parallel are vLLM's: set backend: vllm, or device_map: auto "
+                             "to spread one model over several devices in hf")
+        if self.backend == "vllm" and self.device_map is not None:
+            raise ValueError("device_map is for the hf back end; vLLM splits a model with tensor_parallel")
+        return self
+
+
+class SloSpec(Strict):
+    """A service-level objective: the tail latencies a serving setup must keep, in milliseconds."""
+
+    ttft_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="time to first token, p99")
+    itl_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="inter-token latency, p99")
+
+    @model_validator(mode="after")
+    def _something(self) -> "SloSpec":
+        if self.ttft_p99_ms is None and self.itl_p99_ms is None:
+            raise ValueError("give ttft_p99_ms and/or itl_p99_ms")
+        return self
+
+
+class BenchSpec(Strict):
+    """Generation benchmark settings.
+
+    ``engine``: ``hf`` times transformers ``generate`` in a worker process (``batch_sizes`` are
+    sequences per call); ``vllm`` serves the model with vLLM from the engine environment
+    (`make engine`) and drives it through the OpenAI-compatible streaming API (``batch_sizes``
+    are concurrency levels: requests in flight). Baseline and candidate are measured in the
+    same time window, in ``rounds`` alternating rounds.
+    """
+
+    engine: Literal["hf", "vllm"] = "hf"
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    prompt_tokens: PositiveInt = Field(default=64, description="prompt length in tokens")
+    output_tokens: PositiveInt = Field(default=32, description="tokens generated per request")
+    warmup: NonNegInt = Field(default=2, description="untimed calls per batch size")
+    repeats: PositiveInt = Field(
+        default=8, description="hf: timed generate calls per batch size and round; vllm: requests per "
+        "concurrency level and round (at least the concurrency)")
+    rounds: Annotated[int, Field(ge=2)] = Field(
+        default=4, description="rounds of measurement; baseline and candidate alternate which goes first, so an "
+        "even number balances the order")
+    slo: SloSpec | None = Field(
+        default=None, description="the latencies the slo_throughput_speedup metric holds to")
+    engine_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="vllm: the dtype the engine computes in (its CPU kernels are bf16)")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        default="auto", description="vllm: the KV cache's dtype (fp8 uses the artifact's calibrated scales)")
+    kv_cache_gib: PositiveInt = Field(default=2, description="vllm on the CPU: KV cache size in GiB (whole GiB)")
+    price_per_hour: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="what the machine costs per hour, in USD"
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    seed: int = 0
+    tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
+    data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
+    start_timeout_s: PositiveFloat | None = Field(
+        default=None, description="vllm: the most seconds a server's start may take while it makes progress (its "
+        "log grows or it uses CPU; one that stands still for 5 minutes fails at once); unset: "
+        "$COMPRESS_ENGINE_START_TIMEOUT, else 3600")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # How long a start may take changes no figure: left out when unset, so every recipe's hash
+        # and every cached report stay what they were.
+        data = handler(self)
+        if data.get("start_timeout_s") is None:
+            data.pop("start_timeout_s", None)
+        return data
+
+    @model_validator(mode="after")
+    def _parallel_is_vllms(self) -> "BenchSpec":
+        if self.engine == "hf" and (self.tensor_parallel > 1 or self.data_parallel > 1):
+            raise ValueError("tensor_parallel and data_parallel are vLLM's: set engine: vllm")
+        return self
+
+

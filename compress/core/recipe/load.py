@@ -1,0 +1,278 @@
+"""The whole recipe, and how a file becomes one: YAML with lines, overrides, every problem at once."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from compress.core.errors import RecipeError, UsageError
+from compress.core.recipe.base import Strict
+from compress.core.recipe.evals import BenchSpec, EvalSpec
+from compress.core.recipe.gate import ExportSpec, GateSpec, SearchSpec
+from compress.core.recipe.model import (
+    METHOD_KINDS,
+    CalibrationSpec,
+    DistillMethod,
+    Fp8Method,
+    Int4Method,
+    Int8Method,
+    Method,
+    ModelSpec,
+)
+
+# ---------------------------------------------------------------------------- recipe
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
+                      description="runs go under runs/NAME/, exports to dist/NAME; default: the file's name "
+                      "without .yaml")
+    description: str = Field(default="", description="free text about the recipe")
+    model: ModelSpec
+    method: Method
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evals: EvalSpec = Field(default_factory=EvalSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    search: SearchSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_needs_no_method(cls, data: Any) -> Any:
+        # A search recipe's candidates are its methods: the first stands in as `method`.
+        if isinstance(data, dict) and "method" not in data and isinstance(data.get("search"), dict):
+            search = data["search"]
+            first = (search.get("candidates") or [None])[0] if not search.get("ladder") else None
+            if first is None and search.get("ladder") in (None, "default"):
+                first = {"kind": "int4", "algorithm": "rtn"}
+            if isinstance(first, dict):
+                data = {**data, "method": first}
+        return data
+
+    def effective(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as plain JSON data (no search section when
+        there is none: the recipes of artifacts never have one)."""
+        return self.model_dump(mode="json", exclude={"search"} if self.search is None else None)
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of the named sections (all of them when none given)."""
+        data = self.effective()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------ loading
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader; lines are read from the composed node tree, not from the data."""
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each path in a YAML document, as a tuple of keys and indexes, to its 1-based line."""
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = key.value
+                lines[path + (k,)] = key.start_mark.line + 1
+                walk(value, path + (k,))
+                lines[path + (k,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+_METHOD_CLASSES = {"fp8": Fp8Method, "int8": Int8Method, "int4": Int4Method, "distill": DistillMethod}
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _known_fields(loc: tuple) -> list[str]:
+    """Field names that the section at ``loc`` accepts (for 'did you mean' on unknown keys)."""
+    model: Any = Recipe
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        if i == 1 and loc[0] == "method":  # the discriminator tag pydantic puts in the location
+            model = _METHOD_CLASSES.get(part)
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return []
+        model = None if (i == 0 and part == "method") else _first_model(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_errors(err: ValidationError, lines: dict[tuple, int]) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        # The discriminated union adds the tag ("int4") to the location; it is not a YAML key.
+        path = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] == "method" and p in METHOD_KINDS))
+        dotted = ".".join(str(p) for p in path) or "(top level)"
+        line = None
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in lines:
+                line = lines[path[:cut]]
+                break
+        where = f"{dotted} (line {line})" if line else dotted
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            msg = "unknown key" + (f"; did you mean '{close[0]}'?" if close else "")
+            if known:
+                msg += f" (allowed: {', '.join(known)})"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown method kind {e['input'].get('kind')!r}; available: {', '.join(METHOD_KINDS)}" \
+                if isinstance(e.get("input"), dict) else msg
+        elif e["type"] == "union_tag_not_found":
+            msg = f"missing 'kind' (one of: {', '.join(METHOD_KINDS)})"
+        elif e["type"] == "string_pattern_mismatch" and path == ("name",):
+            msg = "must start with a letter or digit and use only letters, digits, '.', '_' and '-'"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (["a", "b", "c"], value); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.-]*", key):
+        raise UsageError(f"override '{text}' is not KEY=VALUE", hint="for example --set method.group_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise UsageError(f"override '{text}': value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw recipe document (command line > recipe > defaults)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise UsageError(f"override '{text}': '{k}' is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return data
+
+
+def read_document(path: Path) -> tuple[dict[str, Any], str]:
+    """Read a recipe file into a raw mapping and its text."""
+    if not path.exists():
+        raise UsageError(f"recipe file not found: {path}", hint="check the path; recipes live in recipes/")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a recipe file",
+                         hint=f"pass one of its .yaml files, e.g. {path}/NAME.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not a text file (not UTF-8): a recipe is a YAML file"]) from None
+    try:
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise RecipeError(str(path), [f"not valid YAML{where}: {getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        raise RecipeError(str(path), ["the file is empty"])
+    if not isinstance(data, dict):
+        raise RecipeError(str(path), ["the top level must be a mapping of sections"])
+    return data, text
+
+
+def validate_document(data: dict[str, Any], source: str, text: str = "") -> Recipe:
+    """Validate a raw recipe mapping; raise one RecipeError listing every problem."""
+    data = dict(data)
+    if "name" not in data and source.endswith((".yaml", ".yml")):
+        data["name"] = Path(source).stem
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(source, _format_errors(err, _line_index(text))) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``KEY=VALUE`` strings applied before validation.
+
+    Returns:
+        The validated recipe, defaults filled in.
+
+    Raises:
+        RecipeError: with every problem found, each with its path and line.
+    """
+    path = Path(path)
+    data, text = read_document(path)
+    data = apply_overrides(data, overrides or [])
+    return validate_document(data, str(path), text)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The effective recipe as YAML."""
+    return yaml.safe_dump(recipe.effective(), sort_keys=False)
+
+
+def _slug(text: str) -> str:
+    text = text.rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+def build_recipe(path: Path | None, *, model: str | None = None, scheme: str | None = None,
+                 overrides: list[str] | None = None) -> Recipe:
+    """The effective recipe from a file and/or command-line flags.
+
+    Precedence: ``--set`` overrides > ``--model``/``--scheme`` flags > the recipe file > defaults.
+    Without a file, ``model`` and ``scheme`` are required.
+    """
+    from compress.core.schemes import scheme_method
+
+    if path is not None:
+        data, text = read_document(Path(path))
+        source = str(path)
+    else:
+        if not model or not scheme:
+            raise UsageError("give a RECIPE file, or both --model and --scheme",
+                             hint="e.g. compress quantize --model builtin:tiny-llama --scheme int4-gptq")
+        data, text, source = {}, "", "<command line>"
+        data["name"] = f"{_slug(model)}-{scheme}"
+    if model:
+        section = data.get("model") if isinstance(data.get("model"), dict) else {}
+        data["model"] = {**section, "id": model}
+    if scheme:
+        data["method"] = scheme_method(scheme)
+    data = apply_overrides(data, overrides or [])
+    return validate_document(data, source, text)
