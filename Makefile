@@ -85,7 +85,7 @@ demo: setup engine
 
 # The default suite includes the engine tests (real vLLM servers started, serving artifacts, stopped,
 # also on signals), so it builds the engine environment too.
-# One process: a second pytest-xdist worker on 2 cores makes the gated speed checks INCONCLUSIVE (measured).
+# One process: a second worker on 2 cores makes the gated speed checks of the suite INCONCLUSIVE.
 # Each test's duration goes to scripts/results/test_durations.json (tests/test_suite_budget.py reads it).
 test: setup engine
 	COMPRESS_TEST_DURATIONS=scripts/results/test_durations.json \

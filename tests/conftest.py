@@ -39,22 +39,8 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
 _durations: dict[str, dict] = {}
 
 
-MARKERS = {"slow", "gpu", "engine"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers), every engine test runs on one worker, one after another:
-    two vLLM servers starting at once on 2 cores would each take twice as long, and a test that counts an engine's
-    processes must see only its own."""
-    for item in items:
-        if item.get_closest_marker("engine"):
-            item.add_marker(pytest.mark.xdist_group("engine"))
-
-
 def pytest_runtest_logreport(report):
     entry = _durations.setdefault(report.nodeid, {"outcome": "passed"})
-    # The markers come with the report, so that the controller of an xdist run (which collects nothing) has them.
-    entry["markers"] = sorted(MARKERS & set(report.keywords))
     entry[report.when] = round(report.duration, 2)
     if report.failed:
         entry["outcome"] = "failed"
@@ -75,13 +61,14 @@ def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("COMPRESS_TEST_DURATIONS")
     if not path or not _durations or hasattr(session.config, "workerinput"):
         return
-    tests = dict(sorted(_durations.items()))
+    markers = {item.nodeid: sorted({m.name for m in item.iter_markers()} - {"parametrize", "skipif", "usefixtures"})
+               for item in session.items}
+    tests = {nodeid: {**entry, "markers": markers.get(nodeid, [])} for nodeid, entry in sorted(_durations.items())}
     record = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "markexpr": session.config.option.markexpr or "",
         "args": [str(a) for a in session.config.args],
         "cpus": os.cpu_count(),
-        "workers": int(getattr(session.config.option, "numprocesses", 0) or 0),
         "exit": int(exitstatus),
         "wall_s": round(time.time() - session.config._compress_started, 1),
         "tests": tests,
