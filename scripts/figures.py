@@ -82,9 +82,11 @@ def cold_start() -> str:
 
 def first_run() -> str:
     """The README's one sentence on what a first run takes: the demo cold, and the speed recipe cold and warm."""
+    from compress.measure.bench import DEFAULT_START_ORDER
+
     d = _load("cold_start.json")
     case = {c["case"]: c for c in d["cases"] if not c.get("stopped")}
-    cold, warm, demo = case.get("cold-sequential"), case.get("warm-sequential"), d.get("demo")
+    cold, warm, demo = case.get(f"cold-{DEFAULT_START_ORDER}"), case.get(f"warm-{DEFAULT_START_ORDER}"), d.get("demo")
     parts = []
     if demo:
         parts.append(f"`make demo` on a machine with {d['machine']} that never ran the project (every compile and model "
@@ -265,9 +267,81 @@ def tiny_model() -> str:
             "questions of `tiny_facts_mc` (chance: 25%).\n")
 
 
+def engine_start() -> str:
+    d = _load("engine_start.json")
+    rows = _header("model", "vLLM's AOT cache (`VLLM_USE_AOT_COMPILE`)", "cold start", "warm start",
+                   "the warm start's log")
+    by = {(r["model"], r["setting"], r["caches"]): r for r in d["rows"]}
+    for model, setting in dict.fromkeys((r["model"], r["setting"]) for r in d["rows"]):
+        cold, warm = by[(model, setting, "cold")], by[(model, setting, "warm")]
+        loaded = "failed to load the AOT cache, compiled again" if warm["aot_load_failed"] else "no AOT load failure"
+        rows.append(f"| `{model}` | {'on (vLLM default)' if warm['VLLM_USE_AOT_COMPILE'] == '1' else 'off (compress default)'}"
+                    f" | {cold['start_s']:.0f} s | {warm['start_s']:.0f} s | {loaded} |")
+    return "\n".join(rows) + "\n"
+
+
+def _drop(row: dict) -> str:
+    """A candidate's accuracy drop in points, with its interval where it was decided on every document."""
+    iv = row["quality_interval"] or {}
+    text = f"{100 * iv['estimate']:+.1f} pts" if "estimate" in iv else row["quality_change"] or "-"
+    if "lower" in iv and not row["stopped_at_look"]:
+        text += f" [{100 * iv['lower']:.1f}, {100 * iv['upper']:.1f}]"
+    return text
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def search_table() -> str:
+    d = _load("search.json")
+    first, every = d["first"], d["all"]
+    rows = _header("candidate", "weights", f"{first['candidates'][0]['quality_metric']} drop", "verdict", "documents")
+    for r in first["candidates"]:
+        verdict = r["verdict"] + (f" (stopped at look {r['stopped_at_look']})" if r["stopped_at_look"] else "")
+        name, weights = r["candidate"], _mb(r["weights_bytes"])
+        if r["chosen"]:
+            name, weights, verdict = f"**{name}**", f"{weights} ({r['size_ratio']:.3f}x)", f"**{verdict}: chosen**"
+        full = r["documents"] + r["documents_saved"]
+        docs = f"{r['documents']} of {full}" if r["documents_saved"] else f"{r['documents']}"
+        rows.append(f"| {name} | {weights} | {_drop(r)} | {verdict} | {docs} |")
+    seen = {r["candidate"] for r in first["candidates"]}
+    rest = [r for r in every["candidates"] if r["candidate"] not in seen]
+    verdicts = sorted({r["verdict"] for r in rest})
+    listed = ", ".join(f"{r['candidate']} ({_mb(r['weights_bytes'])}, {_drop(r)}, {r['verdict']})" for r in rest)
+    return (f"On the embedded model (fresh runs and caches, {d['machine']}) `{first['command']}` took "
+            f"{_minutes(first['seconds'])}; the default ladder's first {len(first['candidates'])} candidates were "
+            f"enough:\n\n" + "\n".join(rows) + "\n\n"
+            f"With `--all` (reusing the caches, {_minutes(every['seconds'])} more) the other {len(rest)} candidates "
+            f"came out {' and '.join(verdicts)}: {listed}.\n")
+
+
+def search_early_stopping() -> str:
+    d = _load("search.json")
+    conf = d["looks"]["confidence"][:-1]
+    sim = d["simulation_at_bound"]
+    seq, fixed = sim["sequential"], sim["fixed"]
+    rows = d["first"]["candidates"]
+    saved = sum(r["documents_saved"] for r in rows)
+    full = sum(r["documents"] + r["documents_saved"] for r in rows)
+    stopped = sum(1 for r in rows if r["stopped_at_look"])
+    pct = lambda x: f"{100 * x:.3f}".rstrip("0").rstrip(".") + "%"  # noqa: E731
+    return (f"With {d['looks']['looks']} looks and {d['looks']['spending']} spending, the intervals at the interim "
+            f"looks are computed at {', '.join(pct(c) for c in conf)} confidence instead of 95%. In a simulation of "
+            f"{sim['trials']:,} trials of {sim['n']} paired documents whose true drop sits exactly on the bound "
+            f"({100 * sim['margin']:.0f} points), the sequential rule passed {100 * seq['PASS']:.1f}% of them and the "
+            f"fixed-sample gate {100 * fixed['PASS']:.1f}% (McNemar's own rate at this size; the test allows 2.5% plus "
+            f"three Monte Carlo errors), and called FAIL {100 * seq['FAIL']:.1f}% against {100 * fixed['FAIL']:.1f}%. "
+            f"In the search above, {stopped} candidate(s) stopped early: **{saved:,} of {full:,} candidate documents "
+            f"not evaluated ({saved / full:.0%})**.\n")
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
+    "engine-start": ("scripts/results/engine_start.json", engine_start),
+    "search-table": ("scripts/results/search.json", search_table),
+    "search-early-stopping": ("scripts/results/search.json", search_early_stopping),
     "first-run": ("scripts/results/cold_start.json", first_run),
     "speed-table": ("scripts/results/speed.json", speed_table),
     "mixed-precision-table": ("scripts/results/mixed_precision.json", mixed_precision_table),

@@ -23,13 +23,22 @@ def runs_dir(tmp_path, monkeypatch):
     return d
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
-    """Run `python -m compress ARGS` in a fresh process; return the CompletedProcess."""
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, fresh: bool = False):
+    """Run `compress ARGS` in a process of its own; return the CompletedProcess.
+
+    The process is forked from a server that has already imported torch, transformers and lm-eval
+    (tests/zygote.py); with ``fresh=True``, or an environment that a fork cannot honour, it is a new
+    `python -m compress` interpreter."""
     import subprocess
 
+    import zygote
+
+    zygote.start()  # first: it sets what compress sets before its imports
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or ROOT, timeout=1800)
+    if fresh:
+        return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True,
+                              env=full_env, cwd=cwd or ROOT, timeout=1800)
+    return zygote.run(list(args), env=full_env, cwd=cwd or ROOT, timeout=1800)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ command succeeds with the results of an uninterrupted run, and that it removes w
 one left behind.
 
 Each command runs in a process forked from a zygote that has already imported compress, torch,
-transformers, lm-eval and llm-compressor (multiprocessing's forkserver), so a kill point costs
-the work up to it, not five seconds of imports. ``COMPRESS_TESTING=1 COMPRESS_FAULT=NAME[#N]``
+transformers, lm-eval and llm-compressor (tests/zygote.py), so a kill point costs the work up to it,
+not five seconds of imports. ``COMPRESS_TESTING=1 COMPRESS_FAULT=NAME[#N]``
 makes the process SIGKILL itself the N-th time it reaches ``fault_point(NAME)`` (compress/core/faults.py).
 
 The killed commands form a chain over one state folder (each next command is killed further
@@ -15,18 +15,17 @@ uninterrupted rerun, which must succeed and equal the reference run.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import signal
 import stat
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import zygote
 from conftest import ROOT
 
 RECIPE = str(ROOT / "recipes" / "tiny-llama-int4-rtn.yaml")
@@ -39,41 +38,6 @@ WITH_BENCH = ["--set", "evals.tasks=[tiny_facts_mc]", "--set", "evals.limit=60",
 RUN = ["run", RECIPE, *QUALITY_ONLY, "-o", "dist/x", "--json"]
 TEMP = re.compile(r"^\..+\.(tmp|old)-\d+-[0-9a-f]+$")
 
-_ctx = multiprocessing.get_context("forkserver")
-_ctx.set_forkserver_preload(["crash_zygote"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def zygote():
-    """Start the fork server with this folder importable (Python 3.11's fork server imports its
-    preload modules before it applies the parent's sys.path), then put the environment back."""
-    from multiprocessing import forkserver
-
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), saved]))
-    try:
-        forkserver.ensure_running()
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
-
-
-def _child(argv: list[str], env: dict[str, str], cwd: str, log: str) -> None:
-    os.environ.update(env)
-    os.chdir(cwd)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    from compress.cli import main
-
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def compress(root: Path, *argv: str, fault: str | None = None, log: str = "log.txt") -> tuple[int, str]:
     """Run ``compress ARGV`` in ``root`` (runs/, cache/ and dist/ inside it); return (exit code, output).
 
@@ -82,8 +46,7 @@ def compress(root: Path, *argv: str, fault: str | None = None, log: str = "log.t
     env = {"COMPRESS_RUNS_DIR": "runs", "COMPRESS_CACHE_DIR": "cache", "COMPRESS_TESTING": "1",
            "COMPRESS_FAULT": fault or ""}
     path = root.parent / f"{root.name}-{log}"
-    p = _ctx.Process(target=_child, args=(list(argv), env, str(root), str(path)))
-    p.start()
+    p = zygote.process(list(argv), env=dict(os.environ, **env), cwd=root, out=path)
     p.join(600)
     if p.is_alive():
         p.kill()
@@ -189,8 +152,14 @@ def test_run_killed_at_every_stage_boundary_and_mid_write(tmp_path, reference):
     root = tmp_path / "state"
     root.mkdir()
 
+    killed = []
+
     def same_as_reference(copy, text, fault):
         assert outcome(copy, text) == reference, fault
+        killed.append(fault)
+        if len(killed) > RUN_FAULTS.index("run.after-artifact"):  # the artifact stage had finished: reused
+            stages = {s["stage"]: s["reused"] for s in _json_out(text)["stages"]}
+            assert stages["artifact"] is True, (fault, stages)
 
     reached = _kill_chain(root, RUN, RUN_FAULTS, same_as_reference)
     code, text = compress(root, *RUN)

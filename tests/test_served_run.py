@@ -2,8 +2,9 @@
 
 Two vLLM servers (the bf16 base and its int4 artifact) are started from `.venv-engine`, measured
 in alternating rounds through the streaming API, and stopped; the gate decides from the rounds.
-A third serves the artifact for the `servable: vllm` check. About three minutes on 2 CPU cores. `make test` builds the engine first; without `.venv-engine`
-the test is skipped (run `make engine`).
+A third serves the artifact for the `servable: vllm` check, whose greedy tokens must equal
+transformers'. About two minutes on 2 CPU cores. `make test` builds the engine first; without
+`.venv-engine` the test is skipped (run `make engine`).
 """
 import json
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_run_measures_base_and_candidate_together_in_vllm_and_stops_both(tmp_pat
     p = run_cli("run", str(RECIPE), "--set", "bench.engine=vllm", "--set", "bench.rounds=2",
                 "--set", "bench.repeats=4", "--set", "bench.batch_sizes=[1, 4]", "--set", "bench.output_tokens=12",
                 "--set", "gate.checks=[{metric: size_ratio, max: 0.5}, {metric: throughput_speedup, min: 0.05}]",
-                "--set", "gate.servable=vllm",
+                "--set", "gate.servable={engine: vllm, prompts: 6, tokens: 8, min_agreement: 1.0}",
                 "--no-export", "--json", env=env, cwd=tmp_path)
     assert p.returncode in (0, 3), p.stderr[-3000:]
     out = json.loads(p.stdout)
@@ -59,9 +60,19 @@ def test_run_measures_base_and_candidate_together_in_vllm_and_stops_both(tmp_pat
     # Baseline and candidate took turns at going first.
     assert {(r["round"], r["position"]) for r in base["runs"]} == {(0, 0), (1, 1)}
     assert {(r["round"], r["position"]) for r in cand["runs"]} == {(0, 1), (1, 0)}
-    # The servable check served the artifact a third time and compared greedy tokens with transformers'.
+    # The servable check served the artifact a third time and compared greedy tokens with transformers':
+    # in bfloat16 every prompt's first 8 tokens match, compared as token ids.
     servable = next(c for c in out["gate"]["checks"] if c["metric"] == "servable:vllm")
     assert servable["verdict"] == "PASS" and "CPUWNA16LinearKernel" in servable["note"], servable
+    from compress.measure.engines.servable import ServableResult
+
+    result = ServableResult.model_validate(
+        json.loads((Path(out["run_dir"]) / "reports" / "servable.json").read_text())["result"])
+    assert result.ok and result.error is None and result.engine_version == "0.32.0"
+    assert result.compared == "token_ids" and result.dtype == "bfloat16"
+    assert result.kernels == {"CPUWNA16LinearKernel": ["CompressedTensorsWNA16"]}
+    assert [len(s) for s in result.served_token_ids] == [8] * 6
+    assert result.agreement == sum(m == 8 for m in result.matching_prefix) / 6 == 1.0
     # The gate read its ratio from those rounds, with an interval.
     check = next(c for c in out["gate"]["checks"] if c["metric"] == "throughput_speedup")
     assert check["interval"]["method"] == "paired bootstrap over 2 interleaved rounds"

@@ -10,10 +10,9 @@ from compress.core.stats import FAIL, INCONCLUSIVE, PASS, Interval, decide, mcne
 def simulate(rng, n, p_base=0.8, p_break=0.06, p_fix=0.02):
     """Paired right/wrong outcomes: the candidate breaks some of the baseline's right answers
     and fixes some wrong ones. True accuracy drop = p_base*p_break - (1-p_base)*p_fix."""
-    base = rng.random(n) < p_base
-    u = rng.random(n)
-    cand = np.where(base, u >= p_break, u < p_fix)
-    return base, cand
+    from compress.decide.sequential import paired_outcomes
+
+    return paired_outcomes(rng, n, p_base, p_break, p_fix)
 
 
 TRUE_DROP = 0.8 * 0.06 - 0.2 * 0.02  # 0.044
@@ -113,34 +112,22 @@ def test_unequal_lengths_are_rejected():
 
 # ------------------------------------------------------------------ early stopping (search)
 
-def _sequential_rates(rng, true_drop_params, margin, trials, n=400, design=None):
+def _sequential_rates(seed, true_drop_params, margin, trials, n=400):
     """How often the group-sequential rule (interim looks stop for FAIL, PASS only on all
     documents) and the fixed-sample gate on all documents say PASS and FAIL, and the documents
     the sequential rule evaluates on average."""
-    from compress.decide.sequential import Design, sequential_verdict
+    from compress.decide.sequential import operating_characteristics
 
-    design = design or Design()
-    counts = design.counts(n)
-    seq = {PASS: 0, FAIL: 0, INCONCLUSIVE: 0}
-    fixed = dict(seq)
-    docs = 0
-    for _ in range(trials):
-        base, cand = simulate(rng, n, **true_drop_params)
-        verdict, used = sequential_verdict(lambda k, conf: mcnemar_interval(base[:k], cand[:k], confidence=conf),
-                                           counts, margin, design, 0.95)
-        seq[verdict] += 1
-        docs += used
-        fixed[decide(mcnemar_interval(base, cand, confidence=0.95), margin)] += 1
-    return {k: v / trials for k, v in seq.items()}, {k: v / trials for k, v in fixed.items()}, docs / trials
+    oc = operating_characteristics(n=n, margin=margin, trials=trials, seed=seed, **true_drop_params)
+    return oc["sequential"], oc["fixed"], oc["documents"]
 
 
 def test_early_stopping_keeps_the_false_pass_rate_within_the_gates_level():
     """A candidate exactly at the bound (true drop = the allowed regression) is not good enough:
     a PASS is a false pass. The sequential rule may only stop for FAIL, so it passes no more
     often than the fixed-sample gate does, which passes at most (1 - 0.95) / 2 of the time."""
-    rng = np.random.default_rng(2026)
     at_bound = {"p_base": 0.8, "p_break": 0.1, "p_fix": 0.1}  # drop 0.8*0.1 - 0.2*0.1 = 0.06
-    seq, fixed, _ = _sequential_rates(rng, at_bound, 0.06, trials=2000)
+    seq, fixed, _ = _sequential_rates(2026, at_bound, 0.06, trials=2000)
     assert seq[PASS] <= fixed[PASS]
     # One-sided 2.5%, and three Monte Carlo standard errors (0.35 points each at 2000 trials).
     assert seq[PASS] <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / 2000), seq
@@ -152,12 +139,11 @@ def test_early_stopping_keeps_the_false_pass_rate_within_the_gates_level():
 def test_early_stopping_saves_documents_on_a_clear_failure_and_costs_little_otherwise():
     from compress.decide.sequential import Design, bounds
 
-    rng = np.random.default_rng(7)
     clear_fail = {"p_base": 0.8, "p_break": 0.2, "p_fix": 0.05}  # drop 0.15 against a 0.03 bound
-    seq, fixed, docs = _sequential_rates(rng, clear_fail, 0.03, trials=300)
+    seq, fixed, docs = _sequential_rates(7, clear_fail, 0.03, trials=300)
     assert seq[FAIL] == fixed[FAIL] == 1.0 and docs <= 0.6 * 400, docs
     harmless = {"p_base": 0.8, "p_break": 0.02, "p_fix": 0.08}  # drop 0
-    seq, fixed, docs = _sequential_rates(rng, harmless, 0.03, trials=300)
+    seq, fixed, docs = _sequential_rates(8, harmless, 0.03, trials=300)
     assert docs == 400 and seq == fixed  # never stopped: the same verdicts as the fixed-sample gate
     # The spending functions' bounds (one-sided 2.5%, four equally spaced looks) as published:
     # O'Brien-Fleming 4.333, 2.963, 2.359, 2.014; Pocock about 2.36 at every look.

@@ -117,3 +117,41 @@ def sequential_verdict(interval_at: Callable[[int, float], Interval], counts: Se
     iv = interval_at(total, gate_confidence)
     verdict = PASS if iv.upper <= threshold else FAIL if iv.lower > threshold else INCONCLUSIVE
     return verdict, total
+
+
+def paired_outcomes(rng, n: int, p_base: float, p_break: float, p_fix: float):
+    """Simulated paired right/wrong answers on ``n`` documents: the baseline is right with probability
+    ``p_base``; the candidate breaks a share ``p_break`` of its right answers and fixes a share ``p_fix`` of
+    its wrong ones. The true accuracy drop is ``p_base * p_break - (1 - p_base) * p_fix``."""
+    import numpy as np
+
+    base = rng.random(n) < p_base
+    u = rng.random(n)
+    return base, np.where(base, u >= p_break, u < p_fix)
+
+
+def operating_characteristics(*, n: int, margin: float, p_base: float, p_break: float, p_fix: float,
+                              trials: int, seed: int, design: Design | None = None,
+                              gate_confidence: float = 0.95) -> dict:
+    """How often the sequential rule and the fixed-sample gate (McNemar's interval on all ``n`` documents)
+    say PASS and FAIL for a candidate of a known true drop against the bound ``margin``, and the documents
+    the sequential rule evaluates on average, over ``trials`` simulated evaluations."""
+    import numpy as np
+
+    from compress.core.stats import decide, mcnemar_interval
+
+    design = design or Design()
+    counts = design.counts(n)
+    rng = np.random.default_rng(seed)
+    seq = {PASS: 0, FAIL: 0, INCONCLUSIVE: 0}
+    fixed = dict(seq)
+    docs = 0
+    for _ in range(trials):
+        base, cand = paired_outcomes(rng, n, p_base, p_break, p_fix)
+        verdict, used = sequential_verdict(lambda k, conf: mcnemar_interval(base[:k], cand[:k], confidence=conf),
+                                           counts, margin, design, gate_confidence)
+        seq[verdict] += 1
+        docs += used
+        fixed[decide(mcnemar_interval(base, cand, confidence=gate_confidence), margin)] += 1
+    return {"sequential": {k: v / trials for k, v in seq.items()}, "fixed": {k: v / trials for k, v in fixed.items()},
+            "documents": docs / trials, "trials": trials, "n": n}

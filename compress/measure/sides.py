@@ -103,7 +103,9 @@ class HfSide:
 
         self.runtime = Runtime(engine="hf", version=package_version("transformers"), dtype=dtype)
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the worker and hand it its job, without waiting: workers launched one after another load side by
+        side (their imports are single-threaded)."""
         from compress.core import procs
 
         self._err = tempfile.TemporaryFile(mode="w+")
@@ -113,16 +115,27 @@ class HfSide:
                                      stdout=subprocess.PIPE, stderr=self._err, text=True, env=env,
                                      start_new_session=True)
         procs.register(self.proc.pid, "the transformers benchmark worker")
-        self.info = self._ask(self.job)
+        self._send(self.job)
 
-    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+    def start(self) -> None:
+        if self.proc is None:
+            self.launch()
+        self.info = self._answer("loading the model")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(message) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
-        what = "loading the model" if "path" in message else "the round" if "round" in message else "finishing"
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._send(message)
+        return self._answer("the round" if "round" in message else "finishing")
+
+    def _answer(self, what: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
         line = _read_answer(self.proc, self.timeout or worker_timeout(), what)
         data = json.loads(line) if line.strip() else None
         if data is None:

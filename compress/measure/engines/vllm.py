@@ -38,6 +38,7 @@ DEFAULT_MAX_MODEL_LEN = 4096
 START_TIMEOUT_ENV = "COMPRESS_ENGINE_START_TIMEOUT"
 DEFAULT_START_TIMEOUT = 3600.0
 STALL_TIMEOUT = 300.0
+AOT_ENV = "VLLM_USE_AOT_COMPILE"
 
 
 # Requests to the local server never go through a proxy from the environment.
@@ -332,7 +333,7 @@ class VllmServer:
         self.command = self._build_command()
         # The compression environment's paths must not leak into vLLM's, nor a signing key given as text.
         env = procs.child_env({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_gib))),
-                               "PYTHONUNBUFFERED": "1", **self.env}, drop=("PYTHONPATH",))
+                               "PYTHONUNBUFFERED": "1", **self._cache_env(), **self.env}, drop=("PYTHONPATH",))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self._log.write(("$ " + " ".join(self.command) + "\n").encode())
@@ -357,6 +358,15 @@ class VllmServer:
         self.start_seconds = time.monotonic() - began
         self.version = self._get_json("/version").get("version")
         self._read_log()
+
+    def _cache_env(self) -> dict[str, str]:
+        """vllm-cpu 0.32 saves an AOT-compiled model on a first start and fails to load it on every later one
+        ("'function' object has no attribute 'finalize_loading'"), compiling again: with its AOT cache off, a
+        warm start loads vLLM's own compile cache instead (1B model here: 43 s instead of 66 s; a cold start
+        is the same; scripts/engine_start.py). A value the user set is left as it is."""
+        if AOT_ENV in os.environ or AOT_ENV in self.env:
+            return {}
+        return {AOT_ENV: "0"} if engine_info(self.python.parent.parent)["device"] == "cpu" else {}
 
     def _wait_healthy(self) -> None:
         """Poll ``GET /health`` while the server works. Ends on 200; fails when the process exits,

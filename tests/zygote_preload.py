@@ -1,5 +1,6 @@
-"""Imported once by the crash tests' fork server: everything a compress command loads before it
-starts working (no torch operation runs here, so forking afterwards is safe)."""
+"""Imported once by the tests' fork server (tests/zygote.py, which sets what compress sets before these imports):
+everything a compress command loads before it starts working. No torch operation runs here, so forking afterwards
+is safe."""
 import compress.cli  # noqa: F401
 import compress.pipeline  # noqa: F401
 import llmcompressor  # noqa: F401
