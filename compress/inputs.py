@@ -85,3 +85,18 @@ def check_recipe(recipe, *, evals: bool = False) -> None:
 
         if needs(recipe)[0]:
             check_eval_settings(recipe.evals)
+        if recipe.evals.traffic is not None:
+            check_traffic(recipe.evals.traffic, m.id)
+
+
+def check_traffic(spec, model: str) -> None:
+    """The traffic file: every request read and rendered for the model (a bad line or one too long for its
+    context is named, exit 2), before any work."""
+    from compress.core.models import load_tokenizer, resolve_model
+    from compress.measure.engines.vllm import max_positions
+    from compress.measure.traffic import load_requests, render
+
+    requests = load_requests(spec.path, limit=spec.limit, sample=spec.sample, seed=spec.seed)
+    path = resolve_model(model).path
+    render(requests, load_tokenizer(path), path=spec.path, max_new_tokens=spec.max_new_tokens,
+           context=max_positions(path))

@@ -16,13 +16,13 @@ from typing import Any
 from compress import runs
 from compress.core.artifact import MANIFEST, read_json, write_json
 from compress.core.errors import UsageError
-from compress.decide.evidence import GATE_FILE, REPORT_FILES, report_hashes
+from compress.decide.evidence import GATE_FILE, REPORT_FILES, decide_reports, report_hashes
 from compress.decide.evidence import load_reports as _load_folder
 from compress.ship.export import export_run
 from compress.core.faults import fault_point
-from compress.decide.gate import GateResult, evaluate
+from compress.decide.gate import GateResult
 from compress.core.locks import locked
-from compress.core.recipe import Recipe
+from compress.core.recipe import Recipe, metric_family
 from compress.core.stats import PASS
 
 
@@ -40,10 +40,16 @@ class RunResult:
 
 def needs(recipe: Recipe) -> tuple[bool, bool]:
     """Whether the recipe's gate needs accuracy reports, and whether it needs bench reports."""
-    checks = recipe.gate.checks
-    quality = any("/" in c.metric for c in checks)
-    efficiency = any("/" not in c.metric and c.metric != "draft_speedup" for c in checks)
+    families = [(metric_family(c.metric), c.metric) for c in recipe.gate.checks]
+    quality = any(f in ("quality", "flips") for f, _ in families)
+    efficiency = any(f == "efficiency" and m != "draft_speedup" for f, m in families)
     return quality, efficiency
+
+
+def needs_traffic(recipe: Recipe) -> bool:
+    """Whether the run answers the user's own traffic: whenever the recipe names a file (evals.traffic), gated or
+    not, its figures are measured and travel with the evidence."""
+    return recipe.evals.traffic is not None
 
 
 def needs_draft(recipe: Recipe) -> bool:
@@ -55,6 +61,7 @@ def plan(recipe: Recipe, export: bool = True) -> list[str]:
     """The stages `run` goes through for this recipe, in order (export only after a PASS)."""
     quality, efficiency = needs(recipe)
     names = ["artifact"] + (["eval baseline", "eval candidate"] if quality else []) \
+        + (["traffic both"] if needs_traffic(recipe) else []) \
         + (["bench both"] if efficiency else []) + (["bench draft"] if needs_draft(recipe) else [])
     if recipe.gate.servable is not None:
         names.append(f"servable {recipe.gate.servable.engine}")
@@ -94,9 +101,7 @@ def gate_run(run_dir: Path, recipe: Recipe, reports: dict[tuple[str, str], Any] 
     """
     with locked(run_dir.parent, f"runs of {recipe.name}"):
         reports = load_reports(run_dir) if reports is None else reports
-        result = decided or evaluate(recipe.gate, reports.get(("baseline", "accuracy")),
-                                     reports.get(("candidate", "accuracy")), reports.get(("both", "speed")),
-                                     reports.get(("candidate", "servable")), reports.get(("both", "draft")))
+        result = decided or decide_reports(recipe.gate, reports)
         hashes = report_hashes(run_dir / "reports")
         used = {REPORT_FILES[k] for k in reports}
         result.reports = {name: digest for name, digest in hashes.items() if name in used}
@@ -161,7 +166,7 @@ def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "a
     from compress.decide.sequential import Design
     from compress.core.stats import FAIL
 
-    quality = [c for c in recipe.gate.checks if "/" in c.metric]
+    quality = [c for c in recipe.gate.checks if metric_family(c.metric) == "quality"]
     if not quality or recipe.evals.backend == "vllm" or not isinstance(design, Design) or design.looks < 2:
         return None
     start = time.time()
@@ -196,7 +201,7 @@ def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "a
             for (who, kind), report in reports.items():
                 report.save(run_dir / "reports" / REPORT_FILES[(who, kind)])
             # (reports of another measurement of these bytes, left by an earlier run)
-            for stale in ("both", "speed"), ("candidate", "servable"), ("both", "draft"):
+            for stale in ("both", "speed"), ("candidate", "servable"), ("both", "draft"), ("both", "traffic"):
                 (run_dir / "reports" / REPORT_FILES[stale]).unlink(missing_ok=True)
             decided = GateResult(verdict=FAIL, exit_code=EXIT_CODES[FAIL], confidence=recipe.gate.confidence,
                                  test=recipe.gate.test, checks=checks, candidate_hash=cand.model.content_hash,
@@ -272,6 +277,15 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
                 requests_cache=requests_cache and w == "candidate", **common), lambda r: r[1])
             report.save(run_dir / "reports" / REPORT_FILES[(who, "accuracy")])
             reports[(who, "accuracy")] = report
+    if needs_traffic(recipe):
+        from compress.measure.fidelity import run_traffic
+
+        # The user's own requests, answered by both: the candidate's fidelity to the base, no labels needed.
+        report, _ = stage("traffic both", lambda: run_traffic(
+            base_spec, str(model_dir), recipe.evals.traffic, dtype=spec.dtype, rerun=rerun_reports,
+            log_path=run_dir / "logs" / "traffic-vllm.log", log=log), lambda r: r[1])
+        report.save(run_dir / "reports" / REPORT_FILES[("both", "traffic")])
+        reports[("both", "traffic")] = report
     if want_bench:
         # Both models in the same time window, alternating rounds: never a figure from another moment.
         log(f"bench: baseline and candidate together ({recipe.bench.engine}, {recipe.bench.rounds} rounds, "

@@ -316,7 +316,7 @@ def frontier_rows(result: SearchResult) -> list[dict[str, Any]]:
     rows = []
     for t in result.tried:
         gate, manifest = t.run.gate, t.run.manifest
-        quality = next((c for c in gate.checks if c.kind == "quality"), None)
+        quality = next((c for c in gate.checks if c.kind in ("quality", "traffic")), None)
         cost = next((c for c in gate.checks if c.metric.startswith("cost_ratio")), None)
         acc = t.run.reports.get(("candidate", "accuracy"))
         rows.append({
@@ -399,7 +399,7 @@ def frontier_plot(result: SearchResult, path: Path) -> None:
     metric, bound = None, None
     stopped_any = False
     for i, t in enumerate(result.tried):
-        check = next((c for c in t.run.gate.checks if c.kind == "quality"), None)
+        check = next((c for c in t.run.gate.checks if c.kind in ("quality", "traffic")), None)
         if check is None or not check.interval:
             continue
         stopped = t.run.gate.stopped_early is not None

@@ -336,11 +336,38 @@ def search_early_stopping() -> str:
             f"not evaluated ({saved / full:.0%})**.\n")
 
 
+def traffic_table() -> str:
+    d = _load("traffic.json")
+    rows = _header("candidate", "weights", "tiny_facts_mc/acc drop [95%]", "traffic/kl [95%]", "traffic/top1 [95%]",
+                   "traffic/greedy_match [95%]", "gate (accuracy)")
+
+    def iv(x: dict, pct: bool) -> str:
+        f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+        return f"{f(x['estimate'])} [{f(x['lower'])}, {f(x['upper'])}]"
+
+    for r in sorted(d["rows"], key=lambda r: (r["weights_bytes"], r["candidate"])):
+        lo, hi = r["acc_drop_interval"]
+        rows.append(f"| {r['candidate']} | {r['weights_bytes'] / 1e6:.1f} MB | {100 * r['acc_drop']:+.1f} pts "
+                    f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {iv(r['kl'], False)} | {iv(r['top1'], True)} | "
+                    f"{iv(r['greedy_match'], True)} | {r['verdict']} |")
+    sp = d["spearman_kl_vs_acc_drop"]
+    n = d["rows"][0]["requests"]
+    return ("\n".join(rows) + "\n\n"
+            f"KL in nats per token, over {n} requests of `{d['traffic']}` ({d['machine']}, `{d['command']}`, "
+            f"{_minutes(d['seconds'])} in all). The rank correlation between `traffic/kl` and the accuracy drop "
+            f"over these {len(d['rows'])} candidates is Spearman's rho = {sp['rho']:.2f} (p = {sp['p']:.2g}); with "
+            f"the top-1 disagreement in KL's place, {d['spearman_top1_disagreement_vs_acc_drop']:.2f}. The "
+            f"measurement costs {d['requests_per_s']:.1f} requests per second here (both models, greedy answers of "
+            f"up to 32 tokens, teacher forcing), against {d['documents_per_s']:.0f} documents per second for the "
+            f"accuracy evaluation of one model.\n")
+
+
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
     "engine-start": ("scripts/results/engine_start.json", engine_start),
     "search-table": ("scripts/results/search.json", search_table),
+    "traffic-table": ("scripts/results/traffic.json", traffic_table),
     "search-early-stopping": ("scripts/results/search.json", search_early_stopping),
     "first-run": ("scripts/results/cold_start.json", first_run),
     "speed-table": ("scripts/results/speed.json", speed_table),

@@ -14,6 +14,22 @@ RECIPES = ROOT / "recipes"
 BUILTIN = ROOT / "compress" / "assets" / "tiny-llama"
 
 
+@pytest.fixture(autouse=True)
+def _no_environment_left_by_imports():
+    """A test that imports GPTQModel in this process finds HF_HOME and more set by that import (compress keeps them
+    from its children: compress.core.procs.SET_BY_IMPORTS). They are put back after the test: the commands of the
+    tests that follow then still fork from the preloaded server (tests/zygote.py) instead of starting afresh."""
+    from compress.core.procs import SET_BY_IMPORTS
+
+    before = {key: os.environ.get(key) for key in SET_BY_IMPORTS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
     """An isolated runs directory and report cache for one test."""
@@ -21,6 +37,18 @@ def runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_RUNS_DIR", str(d))
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
     return d
+
+
+# The settings of the int4-rtn recipe's gated run that several modules make (tests/test_gate_flow.py,
+# tests/test_provenance.py): with one report cache between them, the second measures nothing again.
+FAST_RUN = ["--set", "bench.repeats=2", "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=8",
+            "--set", "bench.warmup=1"]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """A report cache shared by the modules that gate the same artifact with the same settings (FAST_RUN)."""
+    return tmp_path_factory.mktemp("shared-cache")
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, fresh: bool = False):
@@ -63,6 +91,13 @@ def pytest_sessionstart(session):
     session.config._compress_started = time.time()
 
 
+def _commands() -> dict:
+    """How the session's `compress` commands ran: forked from the preloaded server, or in a fresh interpreter."""
+    import zygote
+
+    return dict(zygote.COMMANDS)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import json
     import time
@@ -80,6 +115,7 @@ def pytest_sessionfinish(session, exitstatus):
         "cpus": os.cpu_count(),
         "exit": int(exitstatus),
         "wall_s": round(time.time() - session.config._compress_started, 1),
+        "commands": _commands(),
         "tests": tests,
     }
     Path(path).write_text(json.dumps(record, indent=1) + "\n")

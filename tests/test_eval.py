@@ -80,6 +80,18 @@ def test_unknown_task_suggests_close_names():
         check_tasks(["tiny_facts_mcq"])
 
 
+def test_lm_evals_own_tasks_are_indexed_only_for_a_task_the_bundled_ones_lack():
+    """Indexing lm-eval's own tasks reads some 14,000 YAML files (seconds): an eval of bundled tasks skips it."""
+    from compress.measure.tasks import task_manager
+
+    bundled = task_manager((), ["tiny_facts_mc", "tiny_world"])
+    assert {"tiny_facts_mc", "tiny_world", "tiny_world_places"} <= set(bundled.all_tasks)
+    assert "hellaswag" not in bundled.all_tasks and len(bundled.all_tasks) < 50
+    everything = task_manager((), ["tiny_facts_mc", "hellaswag"])
+    assert {"tiny_facts_mc", "hellaswag"} <= set(everything.all_tasks)
+    assert task_manager() is everything and task_manager((), ["tiny_bios_ppl"]) is bundled  # one of each per process
+
+
 @pytest.mark.parametrize("args,code,text", [
     (["eval", "builtin:tiny-llama", "--limit", "0"], 2, "--limit"),
     (["eval", "builtin:tiny-llama", "--batch-size", "-3"], 2, "--batch-size"),

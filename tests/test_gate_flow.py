@@ -13,19 +13,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import FAST_RUN, ROOT, run_cli
 
-FAST = ["--set", "bench.repeats=2", "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=8",
-        "--set", "bench.warmup=1"]
+FAST = FAST_RUN
 GOOD = ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"
 BAD = ROOT / "recipes" / "demo" / "tiny-llama-int2-rtn.yaml"
 
 
 @pytest.fixture(scope="module")
-def flow(tmp_path_factory):
+def flow(tmp_path_factory, shared_cache):
     """One PASS run and one FAIL run sharing a runs directory and report cache."""
     root = tmp_path_factory.mktemp("flow")
-    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache"),
+    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(shared_cache),
            "GITHUB_STEP_SUMMARY": str(root / "step-summary.md")}
     start = time.time()
     good = run_cli("run", str(GOOD), *FAST, "-o", str(root / "dist" / "good"), "--junit",

@@ -94,7 +94,7 @@ def test_int4_rtn_with_fp8_kv_cache_stores_calibrated_scales_and_reloads(kv_arti
     for name, s in scales.items():
         assert s.numel() == 1 and 0.1 < float(s) * 448 < 100, (name, float(s))
 
-    check = reload_check(out)
+    check = reload_check(out)[str(out)]
     assert check["finite"] and not check["compress_imported"]
     assert check["agreement"] >= AGREEMENT["int4-rtn"], check
 

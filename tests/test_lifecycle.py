@@ -6,6 +6,7 @@ engine's own last line, and a signal to a command that started servers from work
 The same guarantees on a real vLLM server are in tests/test_engine.py.
 """
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -337,3 +338,24 @@ def test_a_long_start_off_a_terminal_says_little_but_is_never_silent_for_long(mo
     assert len(live) == 140 + 50
     assert [line.split(":")[0] for line in said] == ["vLLM (baseline)"] * 3  # at 60, 300 and 600 s
     assert said[0].endswith(console.fmt_seconds(60.0)) and "reuse the cache" in said[0]
+
+
+def test_what_a_back_ends_import_writes_into_the_environment_is_not_inherited(tmp_path):
+    """GPTQModel's import points HF_HOME and the hub caches at a shared /tmp folder and sets CUDA and allocator
+    variables in the importing process: a server or worker started afterwards sees the command's own values."""
+    code = textwrap.dedent("""
+        import json, os
+        from compress.core import procs
+        procs.remember_environment()
+        import gptqmodel  # noqa: F401
+        print(json.dumps({"own": {k: os.environ.get(k) for k in procs.SET_BY_IMPORTS},
+                          "child": {k: procs.child_env().get(k) for k in procs.SET_BY_IMPORTS}}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE",
+                                                            "CUDA_DEVICE_ORDER", "PYTORCH_ALLOC_CONF")}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    assert seen["own"]["HF_HOME"] and seen["own"]["HF_HOME"].startswith("/tmp/")  # what the import did
+    assert seen["child"] == {k: None for k in seen["child"]} | {"HF_MODULES_CACHE": str(tmp_path / "modules")}

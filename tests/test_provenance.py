@@ -23,10 +23,9 @@ from compress.core.artifact import PROVENANCE
 from compress.cli import main
 from compress.core.errors import EXIT_RUNTIME, EXIT_USAGE, IntegrityError, RecipeError, UsageError
 from compress.core.recipe import load_recipe
-from conftest import ROOT, run_cli
+from conftest import FAST_RUN, ROOT, run_cli
 
-FAST = ["--set", "bench.repeats=2", "--set", "bench.batch_sizes=[1]", "--set", "bench.output_tokens=8",
-        "--set", "bench.warmup=1", "--set", "evals.limit=100"]
+FAST = FAST_RUN
 GOOD = ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"
 
 
@@ -324,12 +323,12 @@ def test_bad_key_fails_before_any_work(tmp_path):
 # ------------------------------------------------------------------ the real flow, signed
 
 @pytest.fixture(scope="module")
-def signed_flow(tmp_path_factory):
+def signed_flow(tmp_path_factory, shared_cache):
     """One PASS run of the embedded model, exported and signed with --sign; then the same run
     exported again by `compress export`, signed with another key given as text in the environment."""
     root = tmp_path_factory.mktemp("signed")
     a, b = _keypair(root / "keys-a"), _keypair(root / "keys-b")
-    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(root / "cache"),
+    env = {"COMPRESS_RUNS_DIR": str(root / "runs"), "COMPRESS_CACHE_DIR": str(shared_cache),
            provenance.ENV_KEY: "", "COMPRESS_DEBUG": "1"}
     run = run_cli("run", str(GOOD), *FAST, "-o", str(root / "dist" / "signed"), "--sign", str(a["priv"]),
                   "--json", env=env, cwd=root)
@@ -338,7 +337,7 @@ def signed_flow(tmp_path_factory):
     exp = run_cli("export", str(run_dir), "-o", str(root / "dist" / "env-signed"),
                   env={**env, provenance.ENV_KEY: b["pem"]}, cwd=root)
     assert exp.returncode == 0, exp.stderr[-3000:]
-    return {"root": root, "a": a, "b": b, "env": env, "run_dir": run_dir, "logs": [run, exp],
+    return {"root": root, "cache": shared_cache, "a": a, "b": b, "env": env, "run_dir": run_dir, "logs": [run, exp],
             "dist": root / "dist" / "signed", "env_dist": root / "dist" / "env-signed"}
 
 
@@ -423,9 +422,8 @@ def test_no_private_key_material_in_runs_exports_cache_or_logs(signed_flow):
         needles += [pem.encode(), der_b64.encode(), base64.b64decode(der_b64), raw, raw.hex().encode(),
                     base64.b64encode(raw), b"PRIVATE KEY"]
         texts += [pem, der_b64, raw.hex(), base64.b64encode(raw).decode(), "PRIVATE KEY"]
-    root = signed_flow["root"]
     searched = 0
-    for path in root.rglob("*"):
+    for path in [*signed_flow["root"].rglob("*"), *signed_flow["cache"].rglob("*")]:
         if not path.is_file() or path.parent.name.startswith("keys-"):
             continue  # the key pairs themselves
         data = path.read_bytes()

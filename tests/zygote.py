@@ -32,6 +32,9 @@ PRESET = {"LLM_COMPRESSOR_LOG_DISABLED": "true"}
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["zygote", "zygote_preload"])
 _server_env: dict[str, str] | None = None
+# How the session's commands ran (tests/conftest.py records it beside the durations): a command that could not be
+# forked counts under the variables that stopped it.
+COMMANDS: dict = {"forked": 0, "fresh": 0, "fresh_because": {}}
 
 
 def start() -> None:
@@ -42,7 +45,7 @@ def start() -> None:
         return
     from multiprocessing import forkserver
 
-    for key, value in PRESET.items():
+    for key, value in {**PRESET, **_set_by_libraries()}.items():
         os.environ.setdefault(key, value)
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), saved]))
@@ -56,11 +59,27 @@ def start() -> None:
     _server_env = dict(os.environ)
 
 
+def _set_by_libraries() -> dict[str, str]:
+    """What libraries put into their own process's environment when imported or first used: scikit-learn and
+    joblib their OpenMP flags, torch's inductor its default cache folder. Any command that makes those imports sets
+    the same values, and so does a test that makes them in its own process, after the server started: set first,
+    they are in the server's environment too, and such a test's commands are still forked (without this, every
+    command after the first such import ran in a fresh interpreter)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return {"KMP_DUPLICATE_LIB_OK": "True", "KMP_INIT_AT_FORK": "FALSE",
+            "TORCHINDUCTOR_CACHE_DIR": os.path.abspath(default_cache_dir())}
+
+
+def unforkable(env: dict[str, str]) -> list[str]:
+    """The variables read at import time in which this whole environment differs from the server's."""
+    start()
+    return sorted(k for k in set(env) | set(_server_env) if k.startswith(IMPORT_TIME) and env.get(k) != _server_env.get(k))
+
+
 def forkable(env: dict[str, str]) -> bool:
     """Whether a command with this whole environment may be forked from the server."""
-    start()
-    keys = set(env) | set(_server_env)
-    return all(env.get(k) == _server_env.get(k) for k in keys if k.startswith(IMPORT_TIME))
+    return not unforkable(env)
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str | None) -> None:
@@ -110,7 +129,11 @@ def run(argv: list[str], *, env: dict[str, str], cwd: str | Path, timeout: float
     ``subprocess.run(..., capture_output=True, text=True)`` gives it."""
     args = [sys.executable, "-m", "compress", *argv]
     if not forkable(env):
+        COMMANDS["fresh"] += 1
+        for key in unforkable(env):
+            COMMANDS["fresh_because"][key] = COMMANDS["fresh_because"].get(key, 0) + 1
         return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    COMMANDS["forked"] += 1
     with tempfile.TemporaryDirectory(prefix="compress-cli-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         p = process(argv, env=env, cwd=cwd, out=out, err=err)

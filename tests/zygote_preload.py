@@ -7,6 +7,9 @@ import llmcompressor  # noqa: F401
 import lm_eval  # noqa: F401
 import torch  # noqa: F401
 import transformers  # noqa: F401
-from compress.measure.tasks import task_manager
+from compress.measure.tasks import bundled_task_names, task_manager
 
-task_manager()  # lm-eval indexes every task it knows once per process: do it before forking
+# lm-eval's task indexes, built once per process: do it before forking (the bundled tasks alone, which most
+# commands need, and every task lm-eval knows, which a command naming one of its own tasks needs).
+task_manager((), bundled_task_names())
+task_manager()

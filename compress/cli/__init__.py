@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     console.state.log_path = None
     argv = _new_spellings(sys.argv[1:] if argv is None else list(argv))
+    procs.remember_environment()  # what a back end's import changes there, children do not inherit
     procs.install_handlers()  # SIGTERM and SIGHUP stop every server and worker before the command ends
     with _ctrl_c() as interrupted:
         code = _main(argv, debug)

@@ -127,6 +127,21 @@ def settings_from(cls, recipe, section: str, flags: dict):
         raise UsageError(f"{name}: {err['msg']}", hint="see --help") from None
 
 
+def traffic_spec(recipe, path: Optional[Path]):
+    """The evals.traffic settings: the recipe's, with ``--traffic FILE`` as the file (None without either)."""
+    from compress.core.recipe import TrafficSpec
+
+    spec = recipe.evals.traffic if recipe is not None else None
+    if path is None:
+        return spec
+    return TrafficSpec.model_validate({**(spec.model_dump() if spec else {}), "path": str(path)})
+
+
+def traffic_overrides(overrides: Optional[list[str]], path: Optional[Path]) -> list[str]:
+    """``--traffic FILE`` as a recipe override (evals.traffic.path), after the ``--set`` ones."""
+    return [*(overrides or []), *([f"evals.traffic.path={path}"] if path is not None else [])]
+
+
 def load_optional(recipe: Optional[Path], overrides: Optional[list[str]] = None):
     from compress.core.recipe import load_recipe
 

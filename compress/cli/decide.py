@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from compress.core import console
-from compress.cli.common import DECIDE, command, examples, load_optional, print_gate, run_recipe
+from compress.cli.common import DECIDE, command, examples, load_optional, print_gate, run_recipe, traffic_overrides
 from compress.cli.options import Force, JsonOut, RecipeFile, Rerun, SetOverrides
 from compress.core.errors import UsageError
 
@@ -81,7 +81,9 @@ def report(
     "compress cascade run:tiny-llama-distill builtin:tiny-llama --recipe recipes/tiny-llama-distill.yaml "
     "--min-share 0.5 -o dist/cascade --plot runs/cascade",
     "compress cascade SMALL LARGE --recipe R --set gate.checks='[{metric: tiny_facts_mc/acc, max_regression: 0.01}]' "
-    "--no-bench --json")
+    "--no-bench --json",
+    "compress cascade SMALL LARGE --recipe R --traffic prod-sample.jsonl "
+    "--set gate.checks='[{metric: traffic/greedy_match, min: 0.95}]'")
     + "\nExit codes: 0 PASS (router exported with -o), 1 FAIL, 2 bad usage, 3 INCONCLUSIVE, 4 runtime failure.\n")
 def cascade(
     small: Annotated[str, typer.Argument(metavar="SMALL", help="The cheap model: builtin:NAME, a model or artifact "
@@ -94,6 +96,10 @@ def cascade(
         "\\[default: the recipe's, else 0]")] = None,
     no_bench: Annotated[bool, typer.Option("--no-bench",
                                            help="Leave out cost (no benchmark of the two models).")] = False,
+    traffic: Annotated[Optional[Path], typer.Option(
+        "--traffic", metavar="FILE", help="Route your own requests instead of a labeled task: SMALL keeps a "
+        "request when it is confident, and the cascade is held to traffic/greedy_match (the share of answers that "
+        "stay LARGE's).  \\[default: the recipe's evals.traffic when its gate checks traffic/greedy_match]")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--output", "-o", metavar="DIR",
         help="On PASS, export the router (router.json), the analysis and a card here.")] = None,
@@ -115,7 +121,7 @@ def cascade(
     if recipe is None:
         raise UsageError("a cascade is held to a gate's quality checks, and no --recipe was given",
                          hint="pass --recipe FILE (its evals, bench and gate.checks apply)")
-    r = load_optional(recipe, set_)
+    r = load_optional(recipe, traffic_overrides(set_, traffic))
     if out is not None and out.exists() and not force:
         raise UsageError(f"{out} exists", hint="pass another -o, or --force to replace it")
     share = min_share if min_share is not None else (r.gate.cascade.min_share if r.gate.cascade else 0.0)
@@ -132,9 +138,20 @@ def cascade(
         return value
 
     costs = None
-    with console.Stages(3 - no_bench, "cascade") as stages:
-        small_report = timed(stages, "eval small", lambda: run_eval(small, r.evals, **common))
-        large_report = timed(stages, "eval large", lambda: run_eval(large, r.evals, **common))
+    spec = r.evals.traffic
+    on_traffic = spec is not None and (traffic is not None or any(
+        c.metric == f"{cs.TRAFFIC_TASK}/greedy_match" for c in r.gate.checks))
+    policy = cs.traffic_policy(r.gate) if on_traffic else r.gate
+    with console.Stages(3 - no_bench - on_traffic, "cascade") as stages:
+        if on_traffic:
+            from compress.measure.fidelity import run_traffic
+
+            report = timed(stages, "traffic both", lambda: run_traffic(
+                large, small, spec, dtype=r.model.dtype, rerun=rerun, log=console.detail))
+            small_report, large_report = cs.traffic_reports(report)
+        else:
+            small_report = timed(stages, "eval small", lambda: run_eval(small, r.evals, **common))
+            large_report = timed(stages, "eval large", lambda: run_eval(large, r.evals, **common))
         if not no_bench:
             # Both models in the same time window, alternating rounds (large = baseline).
             speed = timed(stages, "bench both", lambda: run_speed(large, small, r.bench, log=console.detail, **common))
@@ -145,7 +162,7 @@ def cascade(
                      "small_per_mtok": small_cost, "large_per_mtok": small_cost / ratio.estimate,
                      "level": max(b.batch_size for b in speed.candidate.batches), "level_word": level_word(speed),
                      "price_per_hour": float(speed.settings.get("price_per_hour", 1.0))}
-    analysis = cs.analyse(small_report, large_report, r.gate, min_share=share, costs=costs)
+    analysis = cs.analyse(small_report, large_report, policy, min_share=share, costs=costs)
     if plot:
         cs.plots(analysis, plot)
     exported = None

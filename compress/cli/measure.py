@@ -7,8 +7,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from compress.core import console
-from compress.cli.common import MEASURE, command, default, emit, examples, load_optional, model_dtype, plain, settings_from
-from compress.cli.options import DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides, StartTimeout, TensorParallel
+from compress.cli.common import (MEASURE, command, default, emit, examples, load_optional, model_dtype, plain,
+                                 settings_from, traffic_spec)
+from compress.cli.options import (DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides,
+                                  StartTimeout, TensorParallel, Traffic)
 from compress.core.errors import UsageError
 from compress.core.recipe import BenchSpec, EvalSpec
 
@@ -20,7 +22,8 @@ from compress.core.recipe import BenchSpec, EvalSpec
     "compress eval dist/tiny-llama-int4-rtn --engine vllm --dtype bfloat16",
     "compress eval builtin:tiny-llama --tasks tiny_facts_gen_3shot,tiny_world --apply-chat-template --limit 0.2",
     "compress eval ./my-model --tasks my_task --include-path ./my-tasks --gen-kwargs max_gen_toks=256",
-    "compress eval ./my-model --recipe recipes/tiny-llama-int4-gptq.yaml --set evals.limit=100"))
+    "compress eval ./my-model --recipe recipes/tiny-llama-int4-gptq.yaml --set evals.limit=100",
+    "compress eval ./my-model --traffic prod-sample.jsonl --recipe my-recipe.yaml --json"))
 def eval_(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     tasks: Annotated[Optional[str], typer.Option("--tasks", "-t", help="Comma-separated lm-eval task names."
@@ -58,13 +61,16 @@ def eval_(
     tensor_parallel: TensorParallel = None,
     data_parallel: DataParallel = None,
     dtype: ModelDtype = None,
+    traffic: Traffic = None,
     recipe: RecipeFile = None,
     set_: SetOverrides = None,
     rerun: Rerun = False,
     out: ReportOut = None,
     json_: JsonOut = False,
 ) -> None:
-    """Accuracy with lm-evaluation-harness, per-sample results kept; cached by model bytes and settings."""
+    """Accuracy with lm-evaluation-harness, per-sample results kept; cached by model bytes and settings.
+    With --traffic, the model's answers to your own requests instead: their lengths and the recipe's behaviour
+    checks (evals.traffic.checks)."""
     from compress.measure.accuracy import check_eval_settings, run_eval
     from compress.inputs import check_model
     from compress.core.recipe import EvalSpec
@@ -76,6 +82,14 @@ def eval_(
              "include_path": [str(p) for p in include_path] if include_path else None, "device_map": device_map,
              "tensor_parallel": tensor_parallel, "data_parallel": data_parallel}
     r = load_optional(recipe, set_)
+    if traffic is not None:
+        check_model(model)
+        spec = traffic_spec(r, traffic)
+        if backend is not None:  # --engine vllm: the answers come from the served model
+            if backend not in ("hf", "vllm"):
+                raise UsageError(f"--engine: '{backend}' is not hf or vllm", hint="e.g. --engine vllm")
+            spec = spec.model_copy(update={"engine": backend})
+        return _traffic_only(model, spec, model_dtype(r, dtype), rerun, out, json_)
     settings = settings_from(EvalSpec, r, "evals", flags)
     check_eval_settings(settings)  # bad inputs fail here, before any compute or write
     check_model(model)
@@ -85,6 +99,29 @@ def eval_(
 
     if emit(report, cached, out, json_, accuracy_table):
         console.out.print(f"{model}: {sum(t.n_samples for t in report.tasks.values())} per-document results kept")
+
+
+def _traffic_only(model: str, spec, dtype: str, rerun: bool, out: Optional[Path], json_: bool) -> None:
+    """`compress eval MODEL --traffic FILE`: one model's answers to the requests (no pair, so no fidelity)."""
+    from compress.measure.compare import traffic_rows
+    from compress.measure.fidelity import run_traffic
+    from compress.measure.traffic import load_requests
+    from compress.ship.report.tables import traffic_table
+
+    load_requests(spec.path, limit=spec.limit, sample=spec.sample, seed=spec.seed)  # a bad file: before any model
+    with console.err.status(f"{model} answering {spec.path}"), console.stdout_to_stderr():
+        report, cached = run_traffic(model, None, spec, dtype=dtype if dtype != "auto" else "float32", rerun=rerun)
+    if out:
+        report.save(out)
+    if json_:
+        console.print_json(report.model_dump(mode="json"))
+        return
+    lengths = sorted(r.base_tokens for r in report.requests)
+    console.out.print(traffic_table(traffic_rows(report), f"{model}, {len(report.requests)} requests"
+                                    + (" (cached)" if cached else "")))
+    console.out.print(f"{model}: answers of {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}) "
+                      f"to {len(lengths)} requests; per-request figures kept, no request text"
+                      + ("" if not spec.keep_text else " (keep_text: the texts too)"))
 
 
 def _limit(value: Optional[float]) -> int | float | None:
@@ -150,6 +187,10 @@ def bench(
     data_parallel: DataParallel = None,
     start_timeout: StartTimeout = None,
     dtype: ModelDtype = None,
+    traffic: Annotated[Optional[Path], typer.Option(
+        "--traffic", metavar="FILE", help="With --draft: also the draft's expected acceptance on your own requests "
+        "(traffic/acceptance), beside the acceptance measured.  \\[default: the recipe's evals.traffic, else none]")
+    ] = None,
     recipe: RecipeFile = None,
     set_: SetOverrides = None,
     rerun: Rerun = False,
@@ -198,11 +239,19 @@ def bench(
         from compress.measure.speculative import run_draft
         from compress.ship.report import draft_table
 
+        spec = traffic_spec(r, traffic)
+        if spec is not None:
+            from compress.measure.traffic import load_requests
+
+            load_requests(spec.path, limit=spec.limit, sample=spec.sample, seed=spec.seed)  # a bad file: first
         with console.err.status(f"Benchmarking {model} with draft {draft} ({settings.rounds} rounds)"), \
                 console.stdout_to_stderr():
             report, cached = run_draft(model, draft, settings, dtype=model_dtype(r, dtype), rerun=rerun,
                                        log=console.detail)
-        emit(report, cached, out, json_, draft_table)
+        if spec is None:
+            emit(report, cached, out, json_, draft_table)
+            return
+        _draft_with_traffic(model, draft, report, cached, spec, model_dtype(r, dtype), rerun, out, json_)
         return
     where = f"at {endpoint}" if endpoint else f"with {settings.engine}"
     with console.err.status(f"Benchmarking {model} {where} (levels {', '.join(map(str, settings.batch_sizes))}, "
@@ -217,9 +266,36 @@ def bench(
                           + (f", kernels {', '.join(m.runtime.kernels)}" if m.runtime.kernels else ""))
 
 
+def _draft_with_traffic(model: str, draft: str, report, cached: bool, spec, dtype: str, rerun: bool,
+                        out: Optional[Path], json_: bool) -> None:
+    """The acceptance speculative decoding measured, beside what the user's traffic predicts for this draft:
+    sum(min(p, q)) per position of MODEL's answers (traffic/acceptance)."""
+    from compress.core.stats import mean_bootstrap
+    from compress.measure.fidelity import run_traffic
+    from compress.ship.report import draft_table
+
+    with console.err.status(f"{model} and {draft} answering {spec.path}"), console.stdout_to_stderr():
+        traffic, _ = run_traffic(model, draft, spec, dtype=dtype if dtype != "auto" else "float32", rerun=rerun)
+    expected = mean_bootstrap(traffic.values("acceptance"))
+    measured = report.figures()["acceptance_rate"]
+    if out:
+        report.save(out)
+    if json_:
+        console.print_json({"draft": report.model_dump(mode="json"), "traffic": traffic.model_dump(mode="json"),
+                            "acceptance": {"measured": measured.as_dict(), "expected_from_traffic": expected.as_dict()}})
+        return
+    console.out.print(draft_table(report))
+    console.out.print(f"acceptance: {measured.estimate:.1%} [{measured.lower:.1%}, {measured.upper:.1%}] measured in "
+                      f"assisted generation; traffic/acceptance {expected.estimate:.1%} [{expected.lower:.1%}, "
+                      f"{expected.upper:.1%}] expected per token from {len(traffic.requests)} of your requests "
+                      f"(sum of min(p, q) over {model}'s answers)")
+    console.out.print("from the cache (--rerun to measure again)" if cached else f"measured in {report.duration_s:.1f} s")
+
+
 @command("compare", panel=MEASURE, capture=True, epilog=examples(
     "compress compare builtin:tiny-llama runs/tiny-llama-int4-gptq/KEY/model",
-    "compress compare ./base ./candidate --recipe recipes/tiny-llama-int4-gptq.yaml --no-bench -o compare.json"))
+    "compress compare ./base ./candidate --recipe recipes/tiny-llama-int4-gptq.yaml --no-bench -o compare.json",
+    "compress compare ./base ./candidate --traffic prod-sample.jsonl --no-eval --no-bench"))
 def compare(
     baseline: Annotated[str, typer.Argument(metavar="BASELINE", help="The reference model.")],
     candidate: Annotated[str, typer.Argument(metavar="CANDIDATE", help="The model to compare against it.")],
@@ -227,6 +303,7 @@ def compare(
     set_: SetOverrides = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip accuracy.")] = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark.")] = False,
+    traffic: Traffic = None,
     rerun: Rerun = False,
     out: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
                                                 help="Also write the comparison as JSON to this file.")] = None,
@@ -243,6 +320,11 @@ def compare(
     check_model(baseline)  # bad models fail here, before any compute or write
     check_model(candidate)
     dtype = model_dtype(r, None)
+    spec = traffic_spec(r, traffic)
+    if spec is not None:
+        from compress.measure.traffic import load_requests
+
+        load_requests(spec.path, limit=spec.limit, sample=spec.sample, seed=spec.seed)  # a bad file: before any work
     result: dict = {}
     if not no_eval:
         settings = settings_from(EvalSpec, r, "evals", {})
@@ -261,6 +343,16 @@ def compare(
         from compress.ship.report import speed_heading
 
         result["speed_measured_with"] = speed_heading(speed)
+    if spec is not None:
+        from compress.measure.compare import traffic_rows
+        from compress.measure.fidelity import run_traffic
+
+        with console.err.status(f"Both models answering {spec.path}"), console.stdout_to_stderr():
+            report, _ = run_traffic(baseline, candidate, spec, dtype=dtype if dtype != "auto" else "float32",
+                                    rerun=rerun)
+        result["traffic"] = traffic_rows(report)
+        result["traffic_measured_with"] = (f"{len(report.requests)} requests, {report.engine['name']} "
+                                           f"({report.engine['kl']}), {report.seconds:.1f} s")
     if out:
         from compress.core.artifact import write_json
 

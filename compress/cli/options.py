@@ -44,6 +44,10 @@ SignKey = Annotated[
                       "provenance.intoto.json.  \\[default: the recipe's export.sign_key, then $COMPRESS_SIGN_KEY "
                       "(a path or the key text)]"),
 ]
+Traffic = Annotated[Optional[Path], typer.Option(
+    "--traffic", metavar="FILE", help="A JSONL file of your own requests (prompt, chat messages or ShareGPT "
+    "conversations): both models answer them (evals.traffic.path; its other settings from the recipe).  "
+    "\\[default: the recipe's evals.traffic, else none]")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Also show the back ends' output (warnings, logs, progress bars) and compress's "

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from compress.core import console
-from compress.cli.common import SHIP, command, examples, print_gate, run_recipe
-from compress.cli.options import Device, Force, JsonOut, Rerun, SetOverrides, SignKey
+from compress.cli.common import SHIP, command, examples, print_gate, run_recipe, traffic_overrides
+from compress.cli.options import Device, Force, JsonOut, Rerun, SetOverrides, SignKey, Traffic
 from compress.core.errors import InputError, UsageError
 
 
@@ -118,7 +118,8 @@ def write_ci_files(markdown: str, summary: Optional[Path], junit_text: str, juni
     "compress run recipes/tiny-llama-int4-gptq.yaml",
     "compress run recipes/tiny-llama-fp8-dynamic.yaml --junit gate.xml --summary gate.md -o dist/fp8",
     "compress run recipes/demo/tiny-llama-int2-rtn.yaml     # exits 1: the gate fails it, nothing is exported",
-    "compress run recipes/tiny-llama-int4-gptq.yaml -v     # also show the back ends' output")
+    "compress run recipes/tiny-llama-int4-gptq.yaml -v     # also show the back ends' output",
+    "compress run my-recipe.yaml --traffic prod-sample.jsonl     # the gate's traffic/... checks on your requests")
     + "\nExit codes: 0 PASS (exported), 1 FAIL, 2 bad usage or recipe, 3 INCONCLUSIVE, 4 runtime failure.\n")
 def run_(
     recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file.")],
@@ -129,6 +130,7 @@ def run_(
     no_export: Annotated[bool, typer.Option("--no-export", help="Stop after the gate.")] = False,
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML file, one test case per check.")] = None,
     summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY).")] = None,
+    traffic: Traffic = None,
     rerun: Rerun = False,
     force: Force = False,
     sign: SignKey = None,
@@ -141,7 +143,7 @@ def run_(
     from compress.core.recipe import load_recipe
     from compress.ship.report import junit_xml, model_card, run_summary_markdown
 
-    r = load_recipe(recipe, set_ or [])
+    r = load_recipe(recipe, traffic_overrides(set_, traffic))
     if r.search is not None:
         raise UsageError(f"{recipe} is a search recipe (it lists candidates)",
                          hint=f"run `compress search {recipe}`, then `compress run` on the chosen recipe it writes")
@@ -197,6 +199,7 @@ def search_(
                                                     "(also appended to $GITHUB_STEP_SUMMARY).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PNG", help="Plot each candidate's quality "
                                                  "change (with its interval) against its size.")] = None,
+    traffic: Traffic = None,
     rerun: Rerun = False,
     force: Force = False,
     sign: SignKey = None,
@@ -212,7 +215,7 @@ def search_(
     from compress.ship.report import local_base, model_card
     from compress.decide.sequential import Design
 
-    r = load_recipe(recipe, set_ or [])
+    r = load_recipe(recipe, traffic_overrides(set_, traffic))
     if r.search is None:
         raise UsageError(f"{recipe} has no search section",
                          hint="add `search: {ladder: default}` (or a list of candidates), or use `compress run`")

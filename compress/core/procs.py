@@ -7,7 +7,8 @@ unwind with the usual exit code (130 for Ctrl-C, 128 + the signal otherwise). An
 ends whatever is still registered when the interpreter exits by any other path.
 
 Children also get an environment without the secrets compress holds: the signing key given as
-text in ``COMPRESS_SIGN_KEY`` is never inherited by a server or worker.
+text in ``COMPRESS_SIGN_KEY`` is never inherited by a server or worker. Nor do they inherit what a
+back end wrote into compress's own environment when it was imported (see :data:`SET_BY_IMPORTS`).
 
 Example:
     with owned(proc.pid):      # the group ends on a signal even if this thread never sees it
@@ -26,15 +27,33 @@ from typing import Iterator, Mapping
 
 # Variables a child process must not inherit: a private key given as text (compress.ship.provenance).
 SECRETS = ("COMPRESS_SIGN_KEY",)
+# Variables that back ends write into the environment of the process that imports them: GPTQModel's tokenizer
+# helper (tokenicer) points HF_HOME and the hub and module caches at the shared folder /tmp/tokenicer_hf_home, and
+# GPTQModel sets CUDA_DEVICE_ORDER and PYTORCH_ALLOC_CONF. A child gets the value the command started with, or none.
+SET_BY_IMPORTS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE", "CUDA_DEVICE_ORDER",
+                  "PYTORCH_ALLOC_CONF")
 SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 _groups: dict[int, str] = {}  # pgid -> what it is, for the log
 _lock = threading.Lock()
+_started_with: dict[str, str | None] = {}  # SET_BY_IMPORTS as the command found them (remember_environment)
+
+
+def remember_environment() -> None:
+    """Note :data:`SET_BY_IMPORTS` as they are now, before any back end is imported (the CLI's first step)."""
+    _started_with.clear()
+    _started_with.update({k: os.environ.get(k) for k in SET_BY_IMPORTS})
 
 
 def child_env(extra: Mapping[str, str] | None = None, *, drop: tuple[str, ...] = ()) -> dict[str, str]:
-    """The current environment less :data:`SECRETS` (and ``drop``), with ``extra`` on top."""
+    """The current environment less :data:`SECRETS` (and ``drop``), with :data:`SET_BY_IMPORTS` as the command
+    started with them (once :func:`remember_environment` ran), and ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if k not in SECRETS and k not in drop}
+    for key, value in _started_with.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     env.update(extra or {})
     return env
 

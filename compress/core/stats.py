@@ -140,6 +140,20 @@ def stratified_paired_bootstrap(strata: Sequence[Stratum], *, higher_is_better: 
     return Interval(estimate, float(lower), float(upper), confidence, method, sum(len(b) for b, *_ in arrays))
 
 
+def mean_bootstrap(values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> Interval:
+    """Percentile-bootstrap interval of a mean over items (requests, documents), each item resampled whole."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        raise ValueError("no values to bootstrap")
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([v[rng.integers(0, len(v), size=(min(500, resamples - s), len(v)))].mean(axis=1)
+                            for s in range(0, resamples, 500)])
+    alpha = (1 - confidence) / 2
+    lower, upper = np.quantile(means, [alpha, 1 - alpha])
+    return Interval(float(v.mean()), float(lower), float(upper), confidence, "bootstrap over items", len(v))
+
+
 def mcnemar_interval(base_correct: Sequence[bool], cand_correct: Sequence[bool], *,
                      confidence: float = 0.95) -> Interval:
     """Interval for the accuracy drop (baseline minus candidate) from McNemar's 2x2 table.

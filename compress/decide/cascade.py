@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from compress.core.errors import UsageError
+from compress.core.recipe import metric_family
 from compress.core.reports import AccuracyReport
 from compress.core.stats import FAIL, INCONCLUSIVE, PASS
 
@@ -201,7 +202,9 @@ def analyse(small: AccuracyReport, large: AccuracyReport, policy: Any, *, min_sh
     from compress.measure.scoring import parts
 
     checks, skipped = [], []
-    for c in (c for c in policy.checks if "/" in c.metric):
+    # Quality checks over documents (a traffic cascade's greedy match comes as one, see traffic_policy).
+    for c in (c for c in policy.checks if c.max_regression is not None
+              and metric_family(c.metric) in ("quality", "fidelity")):
         # A perplexity has no answer to route on: only checks over answered documents apply.
         answered = all(large.tasks[p.task].output_type in ("multiple_choice", "generate_until")
                        for p in parts(large, c.metric)[3])
@@ -377,3 +380,49 @@ passed the gate's quality checks against the large model there, and verified on 
 Verdict: **{analysis.verdict}**. A cascade changes which model answers, not either model: re-verify when
 either model or the traffic changes.
 """
+
+
+# ------------------------------------------------------------------------------------ on the user's traffic
+
+TRAFFIC_TASK = "traffic"
+
+
+def traffic_reports(traffic: Any) -> tuple[AccuracyReport, AccuracyReport]:
+    """A traffic report of LARGE (its base) and SMALL (its candidate) as the two accuracy reports a cascade is
+    analysed on: one generative task, ``traffic``, whose score per request is ``greedy_match`` (the large model
+    always matches itself; the small one where its answer is the large one's), and the small model's confidence
+    its mean log-probability per token of its own answer."""
+    from compress.core.reports import Metric, Sample, TaskResult
+
+    if traffic.candidate is None or any(r.candidate_logprob is None for r in traffic.requests):
+        raise UsageError("the traffic report has no small-model answers with their confidence",
+                         hint="measure the traffic again with --rerun (older reports lack it)")
+
+    def report(model: Any, small: bool) -> AccuracyReport:
+        samples = [Sample(doc_id=r.index, doc_hash=r.sha256, answer_logprob=r.candidate_logprob if small else 0.0,
+                          correct=bool(r.greedy_match) if small else True,
+                          values={"greedy_match": float(r.greedy_match) if small else 1.0}) for r in traffic.requests]
+        value = sum(s.values["greedy_match"] for s in samples) / len(samples)
+        task = TaskResult(task=TRAFFIC_TASK, output_type="generate_until", n_samples=len(samples),
+                          metrics={"greedy_match,none": Metric(value=value, higher_is_better=True, unit="fraction")},
+                          samples=samples)
+        return AccuracyReport(model=model, settings=traffic.settings, tasks={TRAFFIC_TASK: task},
+                              environment=traffic.environment, created=traffic.created, duration_s=traffic.seconds,
+                              cache_key=traffic.cache_key)
+
+    return report(traffic.candidate, True), report(traffic.baseline, False)
+
+
+def traffic_policy(policy: Any) -> Any:
+    """The gate a traffic cascade is held to: ``traffic/greedy_match`` with ``min: m`` becomes the cascade's
+    greedy match against the large model's (always 1) with at most ``1 - m`` regression, decided on the same
+    paired intervals as a cascade on a labeled task."""
+    from compress.core.recipe import GateCheck
+
+    bounds = [c for c in policy.checks if c.metric == f"{TRAFFIC_TASK}/greedy_match" and c.min is not None]
+    if not bounds:
+        raise UsageError("a cascade on traffic is held to the share of answers that stay the large model's",
+                         hint="add {metric: traffic/greedy_match, min: 0.95} to gate.checks")
+    checks = [GateCheck.model_construct(metric=c.metric, max_regression=1.0 - c.min, relative=False, min=None,
+                                        max=None, at=None) for c in bounds]
+    return policy.model_copy(update={"checks": checks})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.artifact import EVIDENCE_DIR, inside, safe_name, sha256_file
-from compress.core.reports import AccuracyReport, ServableReport, SpeedReport
+from compress.core.reports import AccuracyReport, ServableReport, SpeedReport, TrafficReport
 from compress.measure.speculative import DraftReport
 
 REPORT_FILES = {
@@ -23,11 +23,13 @@ REPORT_FILES = {
     ("both", "speed"): "speed.json",
     ("candidate", "servable"): "servable.json",
     ("both", "draft"): "draft.json",  # the baseline generating with the candidate as its draft
+    ("both", "traffic"): "traffic.json",  # both models on the user's own requests
 }
-_CLASSES = {"accuracy": AccuracyReport, "speed": SpeedReport, "servable": ServableReport, "draft": DraftReport}
+_CLASSES = {"accuracy": AccuracyReport, "speed": SpeedReport, "servable": ServableReport, "draft": DraftReport,
+            "traffic": TrafficReport}
 GATE_FILE = "gate.json"
-__all__ = ["EVIDENCE_DIR", "GATE_FILE", "REPORT_FILES", "check_evidence", "differences", "load_reports",
-           "report_hashes"]
+__all__ = ["EVIDENCE_DIR", "GATE_FILE", "REPORT_FILES", "check_evidence", "decide_reports", "differences",
+           "load_reports", "report_hashes"]
 # Aggregations that compress can recompute from per-document values (compress.measure.accuracy).
 _RECOMPUTABLE = {"mean", "weighted_perplexity", "bits_per_byte", "perplexity"}
 
@@ -40,6 +42,15 @@ def load_reports(folder: Path) -> dict[tuple[str, str], Any]:
         if path.exists():
             out[(who, kind)] = _CLASSES[kind].load(path)
     return out
+
+
+def decide_reports(policy: Any, reports: dict[tuple[str, str], Any]) -> Any:
+    """The gate's decision on a set of stored reports (``compress.decide.gate.evaluate`` on each kind)."""
+    from compress.decide.gate import evaluate
+
+    return evaluate(policy, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
+                    reports.get(("both", "speed")), reports.get(("candidate", "servable")),
+                    reports.get(("both", "draft")), reports.get(("both", "traffic")))
 
 
 def report_hashes(folder: Path) -> dict[str, str]:
@@ -82,7 +93,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
         gate: the recorded decision, with the policy and the report hashes it was made on.
         candidate_hash, baseline_hash: content hashes of the bytes that were supposedly measured.
     """
-    from compress.decide.gate import evaluate, policy_hash
+    from compress.decide.gate import policy_hash
     from compress.core.recipe import GateSpec
 
     if not gate.policy or not gate.reports:
@@ -103,6 +114,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
     for (who, kind), report in reports.items():
         measured = ([("baseline", report.baseline.model), ("candidate", report.candidate.model)] if kind == "speed"
                     else [("baseline", report.target), ("candidate", report.draft)] if kind == "draft"
+                    else [("baseline", report.baseline), ("candidate", report.candidate)] if kind == "traffic"
                     else [(who, report.model)])
         for side, model in measured:
             expected = candidate_hash if side == "candidate" else baseline_hash
@@ -118,9 +130,7 @@ def check_evidence(folder: Path, gate: Any, candidate_hash: str, baseline_hash: 
     if problems:
         return problems
     try:
-        fresh = evaluate(policy, reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")),
-                         reports.get(("both", "speed")), reports.get(("candidate", "servable")),
-                         reports.get(("both", "draft")))
+        fresh = decide_reports(policy, reports)
     except Exception as e:  # noqa: BLE001 - a malformed report is a reason, not a crash
         return [f"the reports cannot be gated again: {e}"]
     return differences(gate, fresh)

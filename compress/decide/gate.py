@@ -19,10 +19,12 @@ from pydantic import BaseModel
 
 from compress.measure.compare import efficiency_metrics, level_word
 from compress.core.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_PASS, UsageError
-from compress.core.reports import AccuracyReport, GroupMetric, Metric, ReportModel, ServableReport, SpeedReport
+from compress.core.reports import (AccuracyReport, GroupMetric, Metric, ReportModel, ServableReport, SpeedReport,
+                                   TrafficReport)
 from compress.measure.scoring import parts
-from compress.core.recipe import EFFICIENCY_METRICS, GateCheck, GateSpec, ServableSpec
-from compress.core.stats import FAIL, INCONCLUSIVE, PASS, Interval, Stratum, decide, mcnemar_interval, samples_to_decide, stratified_paired_bootstrap
+from compress.core.recipe import EFFICIENCY_METRICS, FLIPS, GateCheck, GateSpec, ServableSpec, metric_family
+from compress.core.stats import (FAIL, INCONCLUSIVE, PASS, Interval, Stratum, decide, mcnemar_interval,
+                                 mean_bootstrap, samples_to_decide, stratified_paired_bootstrap)
 
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
@@ -32,7 +34,7 @@ ABSOLUTE_EFFICIENCY = {"peak_memory_mb": "{:.1f} MiB", "cost_per_mtok": "${:.4g}
 
 class CheckResult(BaseModel):
     metric: str
-    kind: Literal["quality", "efficiency", "servable"]
+    kind: Literal["quality", "efficiency", "servable", "traffic"]
     verdict: Verdict
     measured: float | None  # None: the reports hold no evidence (the check is INCONCLUSIVE)
     shown: str = ""  # the measured value as people read it ("+0.90 pts", "0.25x")
@@ -138,6 +140,91 @@ def _fmt(x: float, relative: bool, unit: str, sign: bool = True) -> str:
     return f"{x:{'+' if sign else ''}.4g}"
 
 
+def _paired_binary(check: GateCheck, policy: GateSpec, base: list[bool], cand: list[bool]) -> Interval:
+    """The interval of the drop in a pass rate (base - candidate), McNemar's or the paired bootstrap's."""
+    if policy.test == "mcnemar" and not check.relative:
+        return mcnemar_interval(base, cand, confidence=policy.confidence)
+    return stratified_paired_bootstrap([Stratum([float(v) for v in base], [float(v) for v in cand])],
+                                       higher_is_better=True, relative=check.relative, confidence=policy.confidence,
+                                       resamples=policy.bootstrap_resamples, seed=0)
+
+
+def _bound_needed(iv: Interval, low: float | None, high: float | None) -> int | None:
+    """Items that would decide an interval straddling one of its bounds, if the estimate and spread held."""
+    for bound in (low, high):
+        if bound is not None and iv.lower < bound < iv.upper:
+            return samples_to_decide(iv, bound)
+    return None
+
+
+def _bounds_text(low: float | None, high: float | None, show) -> str:
+    return " and ".join(b for b in [f">= {show(low)}" if low is not None else "",
+                                    f"<= {show(high)}" if high is not None else ""] if b)
+
+
+def traffic_check(check: GateCheck, policy: GateSpec, traffic: TrafficReport) -> CheckResult:
+    """The user's traffic: a fidelity figure of the candidate (interval over requests, within min / max) or a
+    behaviour check's pass rate (its drop from the base's, within max_regression, as accuracy is decided)."""
+    from compress.measure.answers import FIDELITY
+
+    name = check.metric.removeprefix("traffic/")
+    n = len(traffic.requests)
+    if traffic.candidate is None:
+        raise UsageError(f"check {check.metric} needs a traffic report of both models")
+    if metric_family(check.metric) == "behaviour":
+        try:
+            base, cand = traffic.check_outcomes(name)
+        except KeyError as e:
+            raise UsageError(str(e.args[0]), hint="measure the traffic again with the recipe's checks") from None
+        iv = _paired_binary(check, policy, base, cand)
+        verdict = decide(iv, check.max_regression)
+        pts = (lambda x, sign=True: _fmt(x, check.relative, "fraction", sign))
+        needed = samples_to_decide(iv, check.max_regression) if verdict == INCONCLUSIVE else None
+        note = (f"share of answers passing '{name}': {sum(base) / n:.1%} for the base, {sum(cand) / n:.1%} for the "
+                f"candidate; {int(100 * policy.confidence)}% interval [{pts(iv.lower)}, {pts(iv.upper)}] over {n} "
+                f"requests ({iv.method})" + (f"; about {needed} requests would decide" if needed else ""))
+        return CheckResult(metric=check.metric, kind="traffic", verdict=verdict, measured=iv.estimate,
+                           shown=f"drop {pts(iv.estimate)}", threshold=f"drop <= {pts(check.max_regression, False)}",
+                           baseline=sum(base) / n, candidate=sum(cand) / n, interval=iv.as_dict(),
+                           samples_needed=needed, note=note)
+    iv = mean_bootstrap(traffic.values(name), confidence=policy.confidence, resamples=policy.bootstrap_resamples)
+    verdict = decide_bounds(iv, check.min, check.max)
+    show = (lambda v: f"{v:.4f} nats") if name in ("kl", "nll_increase") else (lambda v: f"{100 * v:.1f}%")
+    needed = _bound_needed(iv, check.min, check.max) if verdict == INCONCLUSIVE else None
+    note = (f"{FIDELITY[name][0]}; {int(100 * iv.confidence)}% interval, bootstrap over {n} requests; "
+            f"{traffic.engine.get('name')} ({traffic.engine.get('kl')})"
+            + (f"; about {needed} requests would decide" if needed else ""))
+    return CheckResult(metric=check.metric, kind="traffic", verdict=verdict, measured=iv.estimate,
+                       shown=f"{show(iv.estimate)} [{show(iv.lower)}, {show(iv.upper)}]",
+                       threshold=_bounds_text(check.min, check.max, show), candidate=iv.estimate,
+                       interval=iv.as_dict(), samples_needed=needed, note=note)
+
+
+def flips_check(check: GateCheck, policy: GateSpec, base: AccuracyReport, cand: AccuracyReport) -> CheckResult:
+    """TASK/METRIC/flips: the share of documents whose right/wrong changed between the models (either way),
+    which an unchanged accuracy can hide."""
+    metric = check.metric.removesuffix(FLIPS)
+    _, _, strata = paired_strata(base, cand, metric)
+    bv = [v for st in strata for v in st.base]
+    cv = [v for st in strata for v in st.cand]
+    if not all(v in (0, 1, 0.0, 1.0, True, False) for v in bv + cv):
+        raise UsageError(f"check {check.metric}: {metric} is not a right/wrong score per document",
+                         hint="flips are counted on metrics such as acc or exact_match")
+    flips = [float(bool(b) != bool(c)) for b, c in zip(bv, cv)]
+    iv = mean_bootstrap(flips, confidence=policy.confidence, resamples=policy.bootstrap_resamples)
+    verdict = decide_bounds(iv, None, check.max)
+    show = (lambda v: f"{100 * v:.1f}%")
+    broke = sum(bool(b) and not bool(c) for b, c in zip(bv, cv))
+    needed = _bound_needed(iv, None, check.max) if verdict == INCONCLUSIVE else None
+    note = (f"{int(sum(flips))} of {len(flips)} documents changed ({broke} right -> wrong, {int(sum(flips)) - broke} "
+            f"wrong -> right); {int(100 * iv.confidence)}% interval, bootstrap over documents"
+            + (f"; about {needed} documents would decide" if needed else ""))
+    return CheckResult(metric=check.metric, kind="quality", verdict=verdict, measured=iv.estimate,
+                       shown=f"{show(iv.estimate)} [{show(iv.lower)}, {show(iv.upper)}]",
+                       threshold=_bounds_text(None, check.max, show), interval=iv.as_dict(), samples_needed=needed,
+                       note=note)
+
+
 def decide_bounds(iv: Interval, low: float | None, high: float | None) -> str:
     """A figure that must stay within [low, high]: PASS when its whole interval does, FAIL when its
     whole interval lies outside, INCONCLUSIVE when the interval straddles a bound."""
@@ -212,15 +299,26 @@ def draft_check(check: GateCheck, draft: Any, policy: GateSpec) -> CheckResult:
 
 
 def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: AccuracyReport | None,
-             speed: SpeedReport | None, servable: ServableReport | None = None, draft: Any = None) -> GateResult:
+             speed: SpeedReport | None, servable: ServableReport | None = None, draft: Any = None,
+             traffic: TrafficReport | None = None) -> GateResult:
     """Apply every check of a gate policy to the stored reports (``draft``: a speculative-decoding
-    report, the baseline generating with the candidate as its draft)."""
+    report, the baseline generating with the candidate as its draft; ``traffic``: both models on the
+    user's own requests)."""
     if not policy.checks and policy.servable is None:
         raise UsageError("the recipe's gate has no checks", hint="add gate.checks, e.g. a max_regression on accuracy")
     results = []
     efficiency: dict[int | None, dict[str, Interval]] = {}
     for check in policy.checks:
-        if "/" in check.metric:
+        family = metric_family(check.metric)
+        if family in ("fidelity", "behaviour"):
+            if traffic is None:
+                raise UsageError(f"check {check.metric} needs a traffic report (both models on evals.traffic)")
+            results.append(traffic_check(check, policy, traffic))
+        elif family == "flips":
+            if base_acc is None or cand_acc is None:
+                raise UsageError(f"check {check.metric} needs accuracy reports for both models")
+            results.append(flips_check(check, policy, base_acc, cand_acc))
+        elif family == "quality":
             if base_acc is None or cand_acc is None:
                 raise UsageError(f"check {check.metric} needs accuracy reports for both models")
             results.append(quality_check(check, policy, base_acc, cand_acc))
@@ -243,9 +341,10 @@ def evaluate(policy: GateSpec, base_acc: AccuracyReport | None, cand_acc: Accura
     verdicts = {r.verdict for r in results}
     verdict = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
     cand_model = (cand_acc.model if cand_acc is not None else speed.candidate.model if speed else
+                  traffic.candidate if traffic is not None and traffic.candidate is not None else
                   draft.draft if draft is not None else servable.model)
     base_model = (base_acc.model if base_acc is not None else speed.baseline.model if speed else
-                  draft.target if draft is not None else None)
+                  traffic.baseline if traffic is not None else draft.target if draft is not None else None)
     return GateResult(verdict=verdict, exit_code=EXIT_CODES[verdict], confidence=policy.confidence, test=policy.test,
                       checks=results, candidate_hash=cand_model.content_hash,
                       baseline_hash=base_model.content_hash if base_model else "",

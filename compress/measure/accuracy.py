@@ -52,7 +52,7 @@ def check_eval_settings(settings: EvalSpec) -> None:
 
 def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
     """The settings that change an accuracy report's numbers (part of its cache key)."""
-    s = spec.model_dump(mode="json")
+    s = spec.model_dump(mode="json", exclude={"traffic"})  # the traffic is its own report
     # Where the weights sit changes no figure; the defaults stay out so that keys stay as they were.
     for name, default in (("device_map", None), ("tensor_parallel", 1), ("data_parallel", 1)):
         if s[name] == default:
@@ -165,7 +165,7 @@ def evaluate_lm(lm: Any, settings: EvalSpec, answers: Path | None = None) -> dic
         with torch.inference_mode():
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
-                limit=settings.limit, task_manager=task_manager(include), log_samples=True,
+                limit=settings.limit, task_manager=task_manager(include, settings.tasks), log_samples=True,
                 apply_chat_template=settings.apply_chat_template,
                 fewshot_as_multiturn=settings.fewshot_as_multiturn,
                 system_instruction=settings.system_instruction, gen_kwargs=settings.gen_kwargs,

@@ -245,3 +245,23 @@ def _slo_throughput(levels: list[list[_Run]], pick: list[int], slo: dict[str, An
         if ok:
             best = max(best, sum(r.tokens for r in runs) / sum(r.wall for r in runs))
     return best
+
+
+def traffic_rows(report: Any, confidence: float = 0.95) -> list[dict[str, Any]]:
+    """The traffic report as rows: each fidelity figure of the candidate with its bootstrap interval over
+    requests, then each behaviour check's pass rate per model (one model: its rates only)."""
+    from compress.core.stats import mean_bootstrap
+    from compress.measure.answers import FIDELITY
+
+    rows: list[dict[str, Any]] = []
+    if report.candidate is not None:
+        for name, (what, higher) in FIDELITY.items():
+            iv = mean_bootstrap(report.values(name), confidence=confidence)
+            rows.append({"metric": f"traffic/{name}", "kind": "fidelity", "value": iv.estimate, "lower": iv.lower,
+                         "upper": iv.upper, "higher_is_better": higher, "what": what, "requests": iv.n})
+    for name in (report.requests[0].checks if report.requests else {}):
+        base, cand = report.check_outcomes(name)
+        rows.append({"metric": f"traffic/{name}", "kind": "behaviour", "baseline": sum(base) / len(base),
+                     "candidate": sum(cand) / len(cand) if report.candidate is not None else None,
+                     "requests": len(base)})
+    return rows

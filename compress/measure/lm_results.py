@@ -122,7 +122,7 @@ def _group_result(group: str, res: dict[str, Any], results: dict[str, Any], task
                   include_path: tuple[str, ...]) -> GroupResult:
     """A group's aggregates, with the weighting its own config asks for (lm-eval's rule: a
     metric's first ``aggregate_metric_list`` entry whose filters include it)."""
-    entry = task_manager(include_path).task_index.get(group)
+    entry = task_manager(include_path, [group]).task_index.get(group)
     config = (entry.cfg or {}) if entry is not None else {}
     agg_list = config.get("aggregate_metric_list") or []
     agg_list = [agg_list] if isinstance(agg_list, dict) else agg_list

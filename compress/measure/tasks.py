@@ -7,6 +7,7 @@ import difflib
 import functools
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from compress.core.env import PACKAGE
@@ -52,11 +53,25 @@ def include_dirs(settings: EvalSpec) -> tuple[str, ...]:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=4)
-def task_manager(include_path: tuple[str, ...] = ()):
+def task_manager(include_path: Sequence[str] = (), tasks: Iterable[str] | None = None):
+    """lm-eval's task manager over the bundled tasks and ``include_path``, one per process for each.
+
+    lm-eval's own tasks (some 14,000 YAML files, seconds to index) are indexed too, unless ``tasks`` names only
+    tasks or groups found in the bundled folder and the include paths.
+    """
+    include = tuple(include_path)
+    if tasks is not None:
+        local = _task_manager(include, False)
+        if set(tasks) <= set(local.all_tasks):
+            return local
+    return _task_manager(include, True)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: tuple[str, ...], defaults: bool):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(bundled_tasks_dir()), *include_path])
+    return TaskManager(include_path=[str(bundled_tasks_dir()), *include_path], include_defaults=defaults)
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,7 +90,7 @@ def check_tasks(tasks: list[str], include_path: tuple[str, ...] = ()) -> None:
     """
     if set(tasks) <= bundled_task_names():
         return
-    known = set(task_manager(include_path).all_tasks)
+    known = set(task_manager(include_path, tasks).all_tasks)
     for task in tasks:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=3, cutoff=0.6)

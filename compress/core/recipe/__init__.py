@@ -18,13 +18,18 @@ from compress.core.recipe.base import (
     Strict,
 )
 from compress.core.recipe.evals import (
+    TRAFFIC_CHECK_KINDS,
     BenchSpec,
     EvalSpec,
     SloSpec,
+    TrafficCheck,
+    TrafficSpec,
 )
 from compress.core.recipe.gate import (
     EFFICIENCY_METRICS,
+    FLIPS,
     MEASURED_ONCE,
+    TRAFFIC_FIDELITY,
     CascadeGate,
     ExportSpec,
     GateCheck,
@@ -32,6 +37,7 @@ from compress.core.recipe.gate import (
     MixedSpec,
     SearchSpec,
     ServableSpec,
+    metric_family,
 )
 from compress.core.recipe.load import (
     Recipe,
@@ -62,7 +68,8 @@ __all__ = [
     "Fraction", "NonNegInt", "PositiveFloat", "PositiveInt", "Strict", "CalibrationSpec",
     "DEFAULT_IGNORE", "DistillMethod", "Fp8Method", "Int4Method", "Int8Method", "LossSpec",
     "METHOD_KINDS", "Method", "ModelSpec", "StudentSpec", "TrainingSpec", "BenchSpec", "EvalSpec",
-    "SloSpec", "CascadeGate", "EFFICIENCY_METRICS", "ExportSpec", "GateCheck", "GateSpec",
+    "SloSpec", "TRAFFIC_CHECK_KINDS", "TrafficCheck", "TrafficSpec", "CascadeGate", "EFFICIENCY_METRICS",
+    "FLIPS", "TRAFFIC_FIDELITY", "metric_family", "ExportSpec", "GateCheck", "GateSpec",
     "MEASURED_ONCE", "MixedSpec", "SearchSpec", "ServableSpec", "Recipe", "apply_overrides",
     "build_recipe", "dump_recipe", "load_recipe", "parse_override", "read_document",
     "validate_document", "RecipeError",

@@ -10,6 +10,77 @@ from compress.core.recipe.base import NonNegInt, PositiveFloat, PositiveInt, Str
 # ------------------------------------------------------------------- evals and bench
 
 
+TRAFFIC_CHECK_KINDS = ("json_valid", "regex_present", "regex_absent", "stops", "max_length")
+
+
+class TrafficCheck(Strict):
+    """A behaviour every answer should keep, checked on both models' greedy answers to the traffic; its pass
+    rate is gateable as ``traffic/NAME`` (``max_regression``: how much lower the candidate's rate may be)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", description="the check's name (traffic/NAME)")]
+    kind: Literal["json_valid", "regex_present", "regex_absent", "stops", "max_length"] = Field(
+        description="json_valid: the answer parses as JSON; regex_present / regex_absent: `pattern` is found / "
+        "not found in it; stops: it ended (EOS or a stop sequence) before max_new_tokens; max_length: it is at "
+        "most `max_tokens` tokens")
+    pattern: str | None = Field(default=None, description="regex_present / regex_absent: a Python regular expression")
+    max_tokens: PositiveInt | None = Field(default=None, description="max_length: the most tokens an answer may take")
+
+    @model_validator(mode="after")
+    def _arguments(self) -> "TrafficCheck":
+        import re
+
+        if self.kind.startswith("regex"):
+            if not self.pattern:
+                raise ValueError(f"check '{self.name}' ({self.kind}) needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"check '{self.name}': pattern {self.pattern!r} is not a regular expression: {e}")
+        elif self.pattern is not None:
+            raise ValueError(f"check '{self.name}' ({self.kind}) takes no pattern")
+        if self.kind == "max_length" and self.max_tokens is None:
+            raise ValueError(f"check '{self.name}' (max_length) needs max_tokens")
+        if self.kind != "max_length" and self.max_tokens is not None:
+            raise ValueError(f"check '{self.name}' ({self.kind}) takes no max_tokens")
+        return self
+
+
+class TrafficSpec(Strict):
+    """The user's own requests (a JSONL file: prompt, chat messages or ShareGPT conversations), answered by both
+    models: fidelity of the candidate to the base without labels (traffic/kl, traffic/top1, ...) and behaviour
+    checks on the answers. Reports keep per-request figures and a hash of each request, never its text (unless
+    ``keep_text``)."""
+
+    path: str = Field(description="the JSONL file of requests (relative to the current directory)")
+    max_new_tokens: PositiveInt = Field(default=32, description="tokens each answer may take (a request's own "
+                                        "max_tokens lowers it)")
+    limit: PositiveInt | None = Field(default=None, description="the first N requests of the file")
+    sample: PositiveInt | None = Field(default=None, description="N requests at random (seeded) of those")
+    seed: int = Field(default=0, description="the seed of `sample`")
+    stop: list[str] = Field(default_factory=list, description="stop sequences: an answer ends at the first")
+    checks: list[TrafficCheck] = Field(default_factory=list, description="behaviour checks on both models' answers")
+    keep_text: bool = Field(default=False, description="keep each request's text and both answers in the report "
+                            "(off: only hashes and figures leave the machine)")
+    engine: Literal["hf", "vllm"] = Field(
+        default="hf", description="hf: transformers, full distributions; vllm: the served models, KL over their "
+        "top_k log-probabilities with the rest lumped (a lower bound)")
+    top_k: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=20, description="vllm: log-probabilities returned per position")
+    engine_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="vllm: the dtype the engine computes in (auto: the recipe model's dtype)")
+
+    @model_validator(mode="after")
+    def _unique_checks(self) -> "TrafficSpec":
+        names = [c.name for c in self.checks]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"behaviour check names must be unique: {', '.join(dup)}")
+        from compress.core.recipe.gate import TRAFFIC_FIDELITY
+
+        if clash := sorted(set(names) & set(TRAFFIC_FIDELITY)):
+            raise ValueError(f"behaviour check names {', '.join(clash)} are fidelity metrics' names: choose others")
+        return self
+
+
 class EvalSpec(Strict):
     """lm-evaluation-harness settings. Bundled tasks live in ``evals/``.
 
@@ -42,6 +113,16 @@ class EvalSpec(Strict):
         "(accelerate), for a model larger than one device")
     tensor_parallel: PositiveInt = Field(default=1, description="vllm: GPUs each copy of the model is split over")
     data_parallel: PositiveInt = Field(default=1, description="vllm: copies of the model serving side by side")
+    traffic: TrafficSpec | None = Field(
+        default=None, description="the user's own requests, unlabeled: fidelity and behaviour checks (traffic/...)")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without traffic the key is left out: every earlier recipe's hash and cached report stay what they were.
+        data = handler(self)
+        if data.get("traffic") is None:
+            data.pop("traffic", None)
+        return data
 
     @field_validator("limit", mode="before")
     @classmethod

@@ -29,6 +29,24 @@ EFFICIENCY_METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+# Fidelity of the candidate to the base on the user's traffic (evals.traffic): name -> whether higher is better.
+# They take min / max on the candidate's value (the base's own would be 0 or 1); behaviour checks,
+# traffic/NAME for a check of evals.traffic.checks, take max_regression like accuracy.
+TRAFFIC_FIDELITY: dict[str, bool] = {"kl": False, "top1": True, "nll_increase": False, "acceptance": True,
+                                     "greedy_match": True}
+FLIPS = "/flips"  # TASK/METRIC/flips: the share of documents whose correctness changed (takes max)
+
+
+def metric_family(metric: str) -> str:
+    """quality (TASK/METRIC), flips (TASK/METRIC/flips), fidelity (traffic/kl, ...), behaviour (traffic/NAME)
+    or efficiency (the rest)."""
+    if metric.startswith("traffic/"):
+        return "fidelity" if metric.removeprefix("traffic/") in TRAFFIC_FIDELITY else "behaviour"
+    if metric.endswith(FLIPS) and metric.count("/") == 2:
+        return "flips"
+    return "quality" if "/" in metric else "efficiency"
+
+
 # Efficiency metrics measured once per model rather than per load level.
 MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup", "draft_speedup"}
 
@@ -43,6 +61,12 @@ class GateCheck(Strict):
     in the metric's own bad direction (lm-eval's ``higher_is_better``), absolute or, with
     ``relative: true``, as a fraction of the baseline. Efficiency metrics (``size_ratio``,
     ``throughput_speedup``, ...) take ``min`` and/or ``max``.
+
+    On the user's own traffic (``evals.traffic``): the candidate's fidelity to the base, ``traffic/kl``,
+    ``traffic/top1``, ``traffic/nll_increase``, ``traffic/acceptance`` and ``traffic/greedy_match``, takes
+    ``min`` and/or ``max`` (decided on a bootstrap interval over requests); a behaviour check,
+    ``traffic/NAME``, takes ``max_regression`` on its pass rate, like accuracy. ``TASK/METRIC/flips``, the
+    share of documents whose correctness changed, takes ``max``.
     """
 
     metric: str
@@ -57,7 +81,16 @@ class GateCheck(Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> "GateCheck":
-        if "/" in self.metric:
+        family = metric_family(self.metric)
+        if family in ("fidelity", "flips"):
+            if self.max_regression is not None or self.relative or self.at is not None:
+                raise ValueError(f"'{self.metric}' is the candidate's own figure: it takes min and/or max")
+            if self.min is None and self.max is None:
+                raise ValueError(f"'{self.metric}' needs min or max")
+            if family == "flips" and self.min is not None:
+                raise ValueError(f"'{self.metric}' (a share of documents that changed) takes max only")
+            return self
+        if family in ("quality", "behaviour"):
             if self.max_regression is None:
                 raise ValueError(f"quality metric '{self.metric}' needs max_regression")
             if self.min is not None or self.max is not None:

@@ -56,6 +56,23 @@ class Recipe(Strict):
                 data = {**data, "method": first}
         return data
 
+    @model_validator(mode="after")
+    def _traffic_checks_have_traffic(self) -> "Recipe":
+        from compress.core.recipe.gate import metric_family
+
+        traffic = self.evals.traffic
+        names = {c.name for c in traffic.checks} if traffic else set()
+        for check in self.gate.checks:
+            family = metric_family(check.metric)
+            if family in ("fidelity", "behaviour") and traffic is None:
+                raise ValueError(f"gate check '{check.metric}' needs evals.traffic (a file of requests)")
+            if family == "behaviour" and check.metric.removeprefix("traffic/") not in names:
+                known = ", ".join(f"traffic/{n}" for n in sorted(names)) or "none"
+                raise ValueError(f"gate check '{check.metric}' names no check of evals.traffic.checks "
+                                 f"(defined: {known}; fidelity: traffic/kl, traffic/top1, traffic/nll_increase, "
+                                 f"traffic/acceptance, traffic/greedy_match)")
+        return self
+
     def effective(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain JSON data (no search section when
         there is none: the recipes of artifacts never have one)."""

@@ -12,6 +12,7 @@ from compress.ship.report.markdown import (
     speed_heading,
     speed_markdown,
     spread_warning,
+    traffic_markdown,
 )
 
 
@@ -110,6 +111,9 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
     acc = (reports.get(("baseline", "accuracy")), reports.get(("candidate", "accuracy")))
     if all(acc):
         parts += ["", "## Accuracy (lm-evaluation-harness, same documents for both)", "", accuracy_markdown(*acc)]
+    traffic = reports.get(("both", "traffic"))
+    if traffic is not None and traffic.candidate is not None:
+        parts += ["", "## Fidelity on your own traffic", "", traffic_markdown(traffic, gate.confidence)]
     speed = reports.get(("both", "speed"))
     if speed is not None:
         parts += ["", "## Speed, memory and cost", "", f"Measured with {speed_heading(speed)}; figures in brackets "
@@ -131,7 +135,7 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
     parts += ["", "## How it was made", "", *how_made(recipe, manifest), "",
               "The recipe's settings that differ from compress's defaults (the artifact's `recipe.yaml` holds "
               "all of them):", "", "```yaml", recipe_excerpt(recipe).rstrip(), "```"]
-    checked = sorted({c.metric for c in gate.checks if c.kind == "quality"})
+    checked = sorted({c.metric for c in gate.checks if c.kind in ("quality", "traffic")})
     parts += [
         "", "## Intended use and limitations", "",
         f"A drop-in, cheaper-to-serve replacement for `{base['id']}` for the uses the base model serves. "

@@ -135,3 +135,26 @@ def spread_warning(report: SpeedReport, confidence: float = 0.95) -> str | None:
             "`bench.rounds`).")
 
 
+
+
+def traffic_markdown(report: Any, confidence: float = 0.95) -> str:
+    """The user's traffic as a card states it: its hash, size and lengths (never its content), how it was
+    answered, and the candidate's fidelity and behaviour figures with their intervals."""
+    from compress.measure.compare import traffic_rows
+
+    t = report.traffic
+    p = t["prompt_tokens"]
+    show = (lambda name, v: f"{v:.4f} nats" if name in ("traffic/kl", "traffic/nll_increase") else f"{100 * v:.1f}%")
+    rows = []
+    for r in traffic_rows(report, confidence):
+        if r["kind"] == "fidelity":
+            rows.append([f"`{r['metric']}`", f"{show(r['metric'], r['value'])} [{show(r['metric'], r['lower'])}, "
+                         f"{show(r['metric'], r['upper'])}]", r["what"]])
+        else:
+            rows.append([f"`{r['metric']}`", f"{100 * r['candidate']:.1f}% (base {100 * r['baseline']:.1f}%)",
+                         "share of answers passing the check"])
+    head = (f"{t['requests']} requests (sha256 `{t['sha256'][:16]}…` of the file; prompts of {p['min']}-{p['max']} "
+            f"tokens, median {p['p50']:.0f}; {t['chat_requests']} as chat), each answered greedily by both models in "
+            f"{report.engine['name']} ({report.engine['kl']}). The requests' text is not kept here; "
+            f"{confidence:.0%} intervals are bootstraps over the requests.")
+    return head + "\n\n" + _md_table(["figure", "candidate [95%]", "what"], rows)

@@ -166,6 +166,25 @@ def compare_tables(result: dict[str, Any]) -> list[Table]:
                          f"[green]{ratio}[/green]" if better else ratio])
         title = "Speed, memory, size, cost" + (f": {result['speed_measured_with']}" if result.get("speed_measured_with") else "")
         tables.append(table(title, ["figure", "baseline", "candidate", "candidate/baseline [95%]"], rows))
+    if "traffic" in result:
+        tables.append(traffic_table(result["traffic"], result.get("traffic_measured_with", "")))
     return tables
+
+
+def traffic_table(rows: list[dict[str, Any]], heading: str = "") -> Table:
+    """The candidate's fidelity to the base on the user's traffic, and the behaviour checks' pass rates."""
+    def show(name: str, v: float) -> str:
+        return f"{v:.4f} nats" if name in ("traffic/kl", "traffic/nll_increase") else f"{100 * v:.1f}%"
+
+    out = []
+    for r in rows:
+        if r["kind"] == "fidelity":
+            out.append([r["metric"], "", f"{show(r['metric'], r['value'])} [{show(r['metric'], r['lower'])}, "
+                        f"{show(r['metric'], r['upper'])}]", r["what"]])
+        else:
+            cand = "" if r["candidate"] is None else f"{100 * r['candidate']:.1f}%"
+            out.append([r["metric"], f"{100 * r['baseline']:.1f}%", cand, "share of answers that pass"])
+    return table("Traffic" + (f": {heading}" if heading else ""), ["figure", "baseline", "candidate [95%]", "what"],
+                 out)
 
 
