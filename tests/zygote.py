@@ -61,13 +61,14 @@ def start() -> None:
 
 def _set_by_libraries() -> dict[str, str]:
     """What libraries put into their own process's environment when imported or first used: scikit-learn and
-    joblib their OpenMP flags, torch's inductor its default cache folder. Any command that makes those imports sets
-    the same values, and so does a test that makes them in its own process, after the server started: set first,
-    they are in the server's environment too, and such a test's commands are still forked (without this, every
-    command after the first such import ran in a fresh interpreter)."""
+    joblib their OpenMP flags, lm-eval Hugging Face's download setting, torch's inductor its default cache folder.
+    Any command that makes those imports sets the same values, and so does a test that makes them in its own
+    process after the server started: set first, they are in the server's environment too, and such a test's
+    commands are still forked (without this, every command after the first such import ran in a fresh
+    interpreter)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    return {"KMP_DUPLICATE_LIB_OK": "True", "KMP_INIT_AT_FORK": "FALSE",
+    return {"KMP_DUPLICATE_LIB_OK": "True", "KMP_INIT_AT_FORK": "FALSE", "HF_XET_HIGH_PERFORMANCE": "1",
             "TORCHINDUCTOR_CACHE_DIR": os.path.abspath(default_cache_dir())}
 
 
