@@ -75,12 +75,8 @@ def _set_by_libraries() -> dict[str, str]:
 def unforkable(env: dict[str, str]) -> list[str]:
     """The variables read at import time in which this whole environment differs from the server's."""
     start()
-    return sorted(k for k in set(env) | set(_server_env) if k.startswith(IMPORT_TIME) and env.get(k) != _server_env.get(k))
-
-
-def forkable(env: dict[str, str]) -> bool:
-    """Whether a command with this whole environment may be forked from the server."""
-    return not unforkable(env)
+    return sorted(k for k in set(env) | set(_server_env)
+                  if k.startswith(IMPORT_TIME) and env.get(k) != _server_env.get(k))
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str | None) -> None:
@@ -129,9 +125,10 @@ def run(argv: list[str], *, env: dict[str, str], cwd: str | Path, timeout: float
     """``compress ARGV`` forked from the server (or in a fresh interpreter, see the module's note); the result as
     ``subprocess.run(..., capture_output=True, text=True)`` gives it."""
     args = [sys.executable, "-m", "compress", *argv]
-    if not forkable(env):
+    stopped = unforkable(env)
+    if stopped:
         COMMANDS["fresh"] += 1
-        for key in unforkable(env):
+        for key in stopped:
             COMMANDS["fresh_because"][key] = COMMANDS["fresh_because"].get(key, 0) + 1
         return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     COMMANDS["forked"] += 1
