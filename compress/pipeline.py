@@ -290,9 +290,12 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
         # Both models in the same time window, alternating rounds: never a figure from another moment.
         log(f"bench: baseline and candidate together ({recipe.bench.engine}, {recipe.bench.rounds} rounds, "
             "alternating)")
+        # Each side's server starts with its serving settings (recipe.serve, recipe.baseline_serve).
+        serve = {"baseline": recipe.baseline_serve, "candidate": recipe.serve}
         report, _ = stage("bench both",
                           lambda: run_speed(base_spec, str(model_dir), recipe.bench, revision=spec.revision,
-                                            log_dir=run_dir / "logs", log=log, **common), lambda r: r[1])
+                                            log_dir=run_dir / "logs", log=log, serve=serve, **common),
+                          lambda r: r[1])
         report.save(run_dir / "reports" / REPORT_FILES[("both", "speed")])
         reports[("both", "speed")] = report
     if needs_draft(recipe):

@@ -30,7 +30,8 @@ TRAFFIC = "evals/traffic/tiny-llama-sample.jsonl"
 def main() -> int:
     from scipy.stats import spearmanr
 
-    from compress.core.reports import AccuracyReport, TrafficReport
+    from compress.core.reports import AccuracyReport
+    from compress.core.traffic_reports import TrafficReport
     from compress.core.stats import mean_bootstrap
 
     began = time.monotonic()

@@ -373,3 +373,13 @@ def test_sigterm_of_a_paired_served_run_leaves_no_vllm_process(tmp_path):
                 os.killpg(g, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_worker_the_system_killed_is_the_reason_not_the_shutdown_after_it():
+    log = ("(EngineCore pid=7) ERROR 12-05 21:21:52 [multiproc_executor.py:315] Worker proc VllmWorker-0 died "
+           "unexpectedly (exit code: -9), shutting down executor.\n"
+           "(EngineCore pid=7) ERROR 12-05 21:21:52 [core.py:1512] RuntimeError: Executor failed.\n"
+           "(APIServer pid=6) ERROR 12-05 21:21:52 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+           "EngineCore encountered an issue. See stack trace (above) for the root cause.\n")
+    assert last_meaningful_line(log) == ("vLLM's worker VllmWorker-0 was killed, exit code -9 (SIGKILL: most often "
+                                         "the system ran out of memory)")

@@ -36,7 +36,7 @@ def test_checked_in_recipes_validate():
         assert first.startswith("# "), f"{path} must open with a comment saying what it is for"
         verb = "compress search" if recipe.search is not None else "compress run"
         assert verb in path.read_text().split("\nname:")[0], f"{path} must say how to run it"
-    assert kinds == {"fp8", "int8", "int4", "distill"}
+    assert kinds == {"fp8", "int8", "int4", "distill", "none"}
 
 
 def test_every_problem_reported_with_path_and_line(tmp_path):

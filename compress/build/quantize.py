@@ -63,6 +63,10 @@ def artifact_key(recipe: Recipe, base_hash: str) -> str:
         parts["calibration_data"] = data_fingerprint(recipe.calibration.dataset)
     if recipe.method.kind == "distill":
         parts["training_data"] = data_fingerprint(recipe.method.training.dataset)
+    if recipe.method.kind == "none" and recipe.serve is not None:
+        # The base model's bytes under other serving settings: the settings are what this artifact is, so each
+        # gets its own (its run folder, reports and decision), and the recipe copy it keeps is never stale.
+        parts["serve"] = recipe.serve.model_dump(mode="json")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -142,6 +142,46 @@ def traffic_overrides(overrides: Optional[list[str]], path: Optional[Path]) -> l
     return [*(overrides or []), *([f"evals.traffic.path={path}"] if path is not None else [])]
 
 
+def serving_flags(recipe, *, workload: Optional[Path] = None, arrival: Optional[str] = None,
+                  rates: Optional[str] = None, goodput: Optional[float] = None, slo_ttft_ms: Optional[float] = None,
+                  slo_tpot_ms: Optional[float] = None, slo_e2e_ms: Optional[float] = None) -> dict[str, Any]:
+    """The bench settings the workload, arrival and SLO flags set (BenchSpec keys), merged into the recipe's own
+    sections: ``--workload`` keeps the recipe's shared prefix, ``--slo-*`` its other bounds."""
+    bench = recipe.bench.model_dump(mode="json") if recipe is not None else {}
+    flags: dict[str, Any] = {}
+    if workload is not None:
+        if not workload.is_file():
+            raise UsageError(f"--workload: {workload} is not a file", hint="give a JSONL file of requests")
+        flags["workload"] = {**{k: v for k, v in (bench.get("workload") or {}).items() if k != "prompt_tokens"},
+                             "path": str(workload)}
+    if arrival is not None:
+        if arrival not in ("closed", "poisson", "constant"):
+            raise UsageError(f"--arrival: '{arrival}' is not closed, poisson or constant", hint="e.g. --arrival poisson")
+        flags["arrival"] = arrival
+    if rates:
+        try:
+            flags["rates"] = [float(x) for x in rates.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--rates: '{rates}' is not a list of numbers", hint="e.g. --rates 0.5,1,2") from None
+        if any(r <= 0 for r in flags["rates"]):
+            raise UsageError(f"--rates: '{rates}' has a rate that is not positive", hint="e.g. --rates 0.5,1,2")
+    if goodput is not None:
+        flags["goodput"] = {**(bench.get("goodput") or {}), "attainment": goodput}
+    bounds = {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms, "e2e_ms": slo_e2e_ms}
+    if any(v is not None for v in bounds.values()):
+        flags["slo"] = {**(bench.get("slo") or {}), **{k: v for k, v in bounds.items() if v is not None}}
+    if (flags.get("rates") or "goodput" in flags) and "arrival" not in flags and bench.get("arrival", "closed") == "closed":
+        flags["arrival"] = "poisson"  # rates mean an open loop
+    return flags
+
+
+def serving_overrides(flags: dict[str, Any]) -> list[str]:
+    """Those settings as recipe overrides (``bench.KEY=VALUE``, the value as JSON, which YAML reads)."""
+    import json
+
+    return [f"bench.{k}={json.dumps(v)}" for k, v in flags.items()]
+
+
 def load_optional(recipe: Optional[Path], overrides: Optional[list[str]] = None):
     from compress.core.recipe import load_recipe
 

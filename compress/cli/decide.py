@@ -226,3 +226,189 @@ def print_cascade(analysis, exported) -> None:
     colour = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}[analysis.verdict]
     console.out.print(f"[{colour}]{analysis.verdict}[/{colour}]"
                       + (f" · router exported to {exported}" if exported else ""))
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not comma-separated numbers", hint=f"e.g. {flag} 0.5,1") from None
+
+
+@command("plan", panel=DECIDE, epilog=examples(
+    "compress plan runs/llama-1b-int4-rtn --traffic day.csv --plot plan.png",
+    "compress plan dist/llama-1b-int4-rtn --traffic day.csv --spot 0.45 --preemption-rate 0.05 --emit-k8s k8s/",
+    "compress plan runs/llama-1b-int4-rtn --rate 5 --replicas 3 --slo-wait-p99 2 --json",
+    "compress plan --service-time exp:0.5 --concurrency-per-replica 4 --rate 20 --json")
+    + "\nA traffic file has one `time,requests per second` line per step (time in seconds or HH:MM; each rate "
+    "holds until the next line), or one arrival time per line (a trace).\n")
+def plan(
+    evidence: Annotated[Optional[Path], typer.Argument(metavar="[EVIDENCE]", help="What one replica can take: a "
+                        "run directory (runs/NAME/KEY, or runs/NAME for its newest), an export, or a speed.json "
+                        "of a served benchmark.")] = None,
+    service_time: Annotated[Optional[str], typer.Option("--service-time", metavar="DIST", help="Instead of "
+                            "EVIDENCE, a synthetic replica: exp:MEAN_S, lognormal:MEAN_S,SIGMA or const:S (needs "
+                            "--concurrency-per-replica).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency-per-replica", metavar="N", help="Requests a "
+                           "replica serves at once.  \\[default: EVIDENCE's largest measured level whose requests kept "
+                           "its SLO]")] = None,
+    output_tokens: Annotated[int, typer.Option("--output-tokens", metavar="N", help="Synthetic replica: output "
+                             "tokens per request (for $ per 1M tokens).")] = 256,
+    side: Annotated[str, typer.Option("--side", metavar="SIDE", help="Which model of EVIDENCE's benchmark: "
+                    "candidate or baseline.")] = "candidate",
+    cold_start: Annotated[Optional[float], typer.Option("--cold-start", metavar="SECONDS", help="From a replica's "
+                          "start to its first request.  \\[default: EVIDENCE's measured server start, else "
+                          "120]")] = None,
+    traffic: Annotated[Optional[Path], typer.Option("--traffic", metavar="FILE", help="A traffic profile "
+                       "(time,rate lines) or a trace (arrival times).")] = None,
+    rate: Annotated[Optional[float], typer.Option("--rate", metavar="RPS", help="A steady Poisson load instead of "
+                    "--traffic, in requests per second.")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", metavar="SECONDS", help="How long to simulate "
+                        "(--rate; cuts a --traffic file).  \\[default: 3600 for --rate, the file's length]")] = None,
+    replicas: Annotated[Optional[int], typer.Option("--replicas", metavar="N", help="A fixed fleet of N "
+                        "(static only, no autoscaling).  \\[default: enough for the peak]")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", metavar="P1,P2", help="static, utilization, "
+                      "queue-depth.  \\[default: all three; static alone with --replicas]")] = None,
+    slo_wait: Annotated[Optional[float], typer.Option("--slo-wait-p99", metavar="SECONDS", help="A request "
+                        "attains when it waited at most this long (and kept the run's own SLO).")] = None,
+    attainment: Annotated[float, typer.Option("--attainment", metavar="SHARE", help="The share of requests that "
+                          "must attain; sizes the static fleet and picks the queue-depth target.")] = 0.99,
+    target_utilization: Annotated[str, typer.Option("--target-utilization", metavar="F1,F2", help="utilization: "
+                                  "target busy fractions (one policy each).")] = "0.7",
+    target_waiting: Annotated[Optional[str], typer.Option("--target-waiting", metavar="W1,W2", help="queue-depth: "
+                              "target waiting requests per replica beyond a full batch (negative keeps slots "
+                              "free); one policy each.  \\[default: -N/4, -N/8, 0 for concurrency N]")] = None,
+    queue_metric: Annotated[str, typer.Option("--queue-metric", metavar="METRIC", help="queue-depth reads "
+                            "in-system (waiting + running) or waiting alone.")] = "in-system",
+    interval: Annotated[float, typer.Option("--interval", metavar="SECONDS", help="How often the autoscaler "
+                        "reads its metric (KEDA pollingInterval).")] = 15.0,
+    scale_up_delay: Annotated[float, typer.Option("--scale-up-delay", metavar="SECONDS", help="Scale-up "
+                              "stabilisation window.")] = 0.0,
+    scale_down_delay: Annotated[float, typer.Option("--scale-down-delay", metavar="SECONDS", help="Scale-down "
+                                "stabilisation window.")] = 300.0,
+    min_replicas: Annotated[int, typer.Option("--min-replicas", metavar="N", help="Autoscaled fleets' "
+                            "least size.")] = 1,
+    max_replicas: Annotated[Optional[int], typer.Option("--max-replicas", metavar="N", help="Autoscaled fleets' "
+                            "largest size.  \\[default: twice the static fleet]")] = None,
+    price: Annotated[Optional[float], typer.Option("--price", metavar="USD", help="Price of a replica-hour.  "
+                     "\\[default: EVIDENCE's bench.price_per_hour, else 1]")] = None,
+    spot: Annotated[Optional[float], typer.Option("--spot", metavar="USD", help="Move --spot-share of the fleet to "
+                    "spot capacity at this price per replica-hour.")] = None,
+    preemption_rate: Annotated[float, typer.Option("--preemption-rate", metavar="PER_HOUR", help="Spot "
+                               "preemptions per replica-hour (the requests in flight are served again).")] = 0.0,
+    spot_share: Annotated[float, typer.Option("--spot-share", metavar="SHARE", help="The share of replicas on "
+                          "spot.")] = 0.5,
+    repeats: Annotated[int, typer.Option("--repeats", metavar="N", help="Seeded runs per policy (the intervals "
+                       "come from them).")] = 3,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="The first run's seed.")] = 0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PNG", help="Plot load, replicas and p99 "
+                    "latency over time.")] = None,
+    emit_k8s: Annotated[Optional[Path], typer.Option("--emit-k8s", metavar="DIR", help="Write a Deployment (vllm "
+                        "serve) and a KEDA ScaledObject with the chosen queue-depth target, validated.")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", metavar="IMAGE", help="--emit-k8s: the vLLM image.  "
+                     "\\[default: vllm/vllm-openai:v0.32.0]")] = None,
+    prometheus: Annotated[Optional[str], typer.Option("--prometheus", metavar="URL", help="--emit-k8s: the "
+                          "Prometheus KEDA queries.  \\[default: "
+                          "http://prometheus-operated.monitoring.svc:9090]")] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="--emit-k8s: GPUs per replica.  "
+                    "\\[default: the benchmark's tensor parallel size]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
+                                                help="Also write the plan as JSON to this file.")] = None,
+    json_: JsonOut = False,
+) -> None:
+    """The fleet bill: replicas serving a day of traffic under static, utilization and queue-depth scaling, with
+    replica-hours, $ per day and per 1M tokens, SLO attainment and tail latency (a seeded simulation)."""
+    from compress.decide import plan as pl
+    from compress.decide.fleet_spec import POLICIES, Scaling, Spot
+    from compress.decide.service import fit_concurrency, service_from_evidence, synthetic
+
+    if (evidence is None) == (service_time is None):
+        raise UsageError("give one replica: EVIDENCE (a run, an export or a speed.json) or --service-time",
+                         hint="e.g. compress plan runs/NAME --rate 5, or --service-time exp:0.5 "
+                         "--concurrency-per-replica 4")
+    if (traffic is None) == (rate is None):
+        raise UsageError("give one load: --traffic FILE or --rate RPS", hint="e.g. --rate 5, or --traffic day.csv "
+                         "with time,rate lines")
+    for flag, value in (("--concurrency-per-replica", concurrency), ("--replicas", replicas),
+                        ("--repeats", repeats), ("--min-replicas", min_replicas), ("--max-replicas", max_replicas),
+                        ("--output-tokens", output_tokens)):
+        if value is not None and value < (0 if flag == "--min-replicas" else 1):
+            raise UsageError(f"{flag} {value} is not a positive count", hint=f"e.g. {flag} 4")
+    for flag, value in (("--cold-start", cold_start), ("--interval", interval), ("--scale-up-delay", scale_up_delay),
+                        ("--scale-down-delay", scale_down_delay), ("--price", price), ("--spot", spot),
+                        ("--preemption-rate", preemption_rate), ("--slo-wait-p99", slo_wait)):
+        if value is not None and (not 0 <= value < float("inf") or (flag == "--interval" and value == 0)):
+            raise UsageError(f"{flag} {value} is not a {'positive' if flag == '--interval' else 'non-negative'} "
+                             "number", hint=f"e.g. {flag} 1")
+    if not 0 < attainment < 1 or not 0 <= spot_share <= 1:
+        bad = ("--attainment", attainment) if not 0 < attainment < 1 else ("--spot-share", spot_share)
+        raise UsageError(f"{bad[0]} {bad[1]} is not a share", hint=f"give one between 0 and 1, e.g. {bad[0]} 0.9")
+    if side not in ("candidate", "baseline") or queue_metric not in ("in-system", "waiting"):
+        raise UsageError(f"--side {side} / --queue-metric {queue_metric}: not known",
+                         hint="--side candidate|baseline, --queue-metric in-system|waiting")
+    kinds = tuple(p.strip() for p in (policy or ("static" if replicas else ",".join(POLICIES))).split(",") if p.strip())
+    unknown = [k for k in kinds if k not in POLICIES]
+    if unknown or not kinds:
+        raise UsageError(f"unknown policy {unknown[0] if unknown else policy!r}",
+                         hint=f"available: {', '.join(POLICIES)}")
+    if replicas and kinds != ("static",):
+        raise UsageError("--replicas fixes the fleet, and autoscaling policies change it",
+                         hint="leave out --policy (or give --policy static), or leave out --replicas")
+    if service_time is not None:
+        if concurrency is None:
+            raise UsageError("--service-time needs --concurrency-per-replica", hint="e.g. --concurrency-per-replica 4")
+        service = synthetic(service_time, concurrency=concurrency, output_tokens=output_tokens, cold_start_s=cold_start)
+    else:
+        service = service_from_evidence(evidence, side=side, concurrency=concurrency)
+        if concurrency is None:
+            service = fit_concurrency(service, attainment)
+        if cold_start is not None:
+            service.cold_start_s = cold_start
+    load = pl.steady_traffic(rate, duration or 3600.0) if rate is not None else pl.read_traffic(traffic, duration)
+    settings = pl.PlanSettings(
+        policies=kinds, target_utilization=_floats(target_utilization, "--target-utilization"),
+        target_waiting=_floats(target_waiting, "--target-waiting"), queue_metric=queue_metric, replicas=replicas,
+        scaling=Scaling(interval_s=interval, scale_up_delay_s=scale_up_delay, scale_down_delay_s=scale_down_delay,
+                        min_replicas=min_replicas),
+        max_replicas=max_replicas, slo_wait_s=slo_wait, attainment=attainment, price_per_hour=price,
+        spot=Spot(spot, preemption_rate, spot_share) if spot is not None else None, repeats=repeats, seed=seed)
+    result = pl.plan(service, load, settings, log=console.step)
+    written = []
+    if emit_k8s is not None:
+        from compress.ship import k8s
+
+        docs = k8s.manifests(service, result, image=image or k8s.DEFAULT_IMAGE,
+                             prometheus=prometheus or k8s.DEFAULT_PROMETHEUS, gpus=gpus)
+        written += [str(p) for p in k8s.write_manifests(emit_k8s, docs)]
+    if plot is not None:
+        pl.plot(result, plot)
+        written.append(str(plot))
+    if out is not None:
+        from compress.core.artifact import write_json
+
+        write_json(out, result)
+        written.append(str(out))
+    result["written"] = written
+    if json_:
+        console.print_json(result)
+        return
+    console.out.print(pl.plan_table(result))
+    for note in result["notes"]:
+        console.out.print(f"note: {escape(note)}")
+    if result.get("erlang_c"):
+        e = result["erlang_c"]
+        fleet = f"{e['replicas']} replica{'s' if e['replicas'] != 1 else ''}"
+        console.out.print(f"steady load on {fleet}: simulated P(wait) {result['wait_probability']:.3g}, "
+                          f"mean wait {result['wait_mean_s']:.3g} s; M/M/c (Erlang C, "
+                          f"{e['servers']} servers at {e['utilisation']:.0%}): {e['wait_probability']:.3g}, "
+                          f"{e['wait_mean_s']:.3g} s")
+    if result["chosen"]:
+        c = result["chosen"]
+        what = "waiting requests" if c["metric"] == "waiting" else "waiting + running requests"
+        console.out.print(f"chosen for the autoscaler: {c['label']}: a KEDA threshold of {c['threshold']:g} {what} "
+                          f"per replica, {c['min_replicas']}-{c['max_replicas']} replicas"
+                          + ("" if emit_k8s else " (--emit-k8s DIR writes the manifests)"))
+    for path in written:
+        console.out.print(f"wrote {escape(path)}")

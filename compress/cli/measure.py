@@ -8,9 +8,10 @@ import typer
 
 from compress.core import console
 from compress.cli.common import (MEASURE, command, default, emit, examples, load_optional, model_dtype, plain,
-                                 settings_from, traffic_spec)
-from compress.cli.options import (DataParallel, JsonOut, ModelDtype, RecipeFile, ReportOut, Rerun, SetOverrides,
-                                  StartTimeout, TensorParallel, Traffic)
+                                 serving_flags, settings_from, traffic_spec)
+from compress.cli.options import (Arrival, DataParallel, GoodputTarget, JsonOut, ModelDtype, Rates, RecipeFile,
+                                  ReportOut, Rerun, SetOverrides, SloE2e, SloTpot, SloTtft, StartTimeout,
+                                  TensorParallel, Traffic, WorkloadFile)
 from compress.core.errors import UsageError
 from compress.core.recipe import BenchSpec, EvalSpec
 
@@ -150,6 +151,8 @@ def _gen_kwargs(text: Optional[str]) -> dict[str, Any] | None:
     "compress bench ./my-model --price-per-hour 2.50 -o bench.json",
     "compress bench dist/tiny-llama-int4-rtn --engine vllm --concurrency 1,4,16 --rounds 3",
     "compress bench ./my-model --endpoint http://127.0.0.1:8000 --concurrency 1,8",
+    "compress bench dist/my-int4 --engine vllm --workload prod-sample.jsonl --arrival poisson --rates 1,2,4 "
+    "--slo-ttft-ms 2000 --slo-tpot-ms 200 --goodput 0.95   # attainment per rate, and goodput",
     "compress bench ./my-model --recipe recipes/tiny-llama-int4-gptq.yaml --set bench.rounds=8",
     "compress bench builtin:tiny-llama --draft run:tiny-llama-distill --repeats 4   # speculative decoding"))
 def bench(
@@ -187,6 +190,13 @@ def bench(
     data_parallel: DataParallel = None,
     start_timeout: StartTimeout = None,
     dtype: ModelDtype = None,
+    workload: WorkloadFile = None,
+    arrival: Arrival = None,
+    rates: Rates = None,
+    goodput: GoodputTarget = None,
+    slo_ttft_ms: SloTtft = None,
+    slo_tpot_ms: SloTpot = None,
+    slo_e2e_ms: SloE2e = None,
     traffic: Annotated[Optional[Path], typer.Option(
         "--traffic", metavar="FILE", help="With --draft: also the draft's expected acceptance on your own requests "
         "(traffic/acceptance), beside the acceptance measured.  \\[default: the recipe's evals.traffic, else none]")
@@ -214,6 +224,10 @@ def bench(
              "device": device, "tensor_parallel": tensor_parallel, "data_parallel": data_parallel,
              "start_timeout_s": start_timeout}
     r = load_optional(recipe, set_)
+    flags.update(serving_flags(r, workload=workload, arrival=arrival, rates=rates, goodput=goodput,
+                               slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms))
+    if endpoint and (flags.get("workload") or flags.get("arrival", "closed") != "closed") and not engine:
+        flags["engine"] = "vllm"  # served either way: an endpoint is a server
     settings = settings_from(BenchSpec, r, "bench", flags)
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint: '{endpoint}' is not an http(s) URL", hint="e.g. --endpoint http://127.0.0.1:8000")
@@ -303,6 +317,13 @@ def compare(
     set_: SetOverrides = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip accuracy.")] = False,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the benchmark.")] = False,
+    workload: WorkloadFile = None,
+    arrival: Arrival = None,
+    rates: Rates = None,
+    goodput: GoodputTarget = None,
+    slo_ttft_ms: SloTtft = None,
+    slo_tpot_ms: SloTpot = None,
+    slo_e2e_ms: SloE2e = None,
     traffic: Traffic = None,
     rerun: Rerun = False,
     out: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
@@ -333,7 +354,9 @@ def compare(
             b, _ = run_eval(candidate, settings, dtype=dtype, rerun=rerun)
         result["accuracy"] = accuracy_rows(a, b)
     if not no_bench:
-        settings = settings_from(BenchSpec, r, "bench", {})
+        settings = settings_from(BenchSpec, r, "bench", serving_flags(
+            r, workload=workload, arrival=arrival, rates=rates, goodput=goodput, slo_ttft_ms=slo_ttft_ms,
+            slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms))
         with console.err.status(f"Benchmarking both models together ({settings.engine}, {settings.rounds} "
                                 "alternating rounds)"), console.stdout_to_stderr():
             speed, _ = run_speed(baseline, candidate, settings, dtype=dtype, rerun=rerun)

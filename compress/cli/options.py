@@ -48,6 +48,25 @@ Traffic = Annotated[Optional[Path], typer.Option(
     "--traffic", metavar="FILE", help="A JSONL file of your own requests (prompt, chat messages or ShareGPT "
     "conversations): both models answer them (evals.traffic.path; its other settings from the recipe).  "
     "\\[default: the recipe's evals.traffic, else none]")]
+WorkloadFile = Annotated[Optional[Path], typer.Option(
+    "--workload", metavar="FILE", help="Served benchmarks: send these requests (a JSONL traffic file: prompt, chat "
+    "messages or ShareGPT conversations, each with an optional max_tokens) instead of random prompts "
+    "(bench.workload.path).  \\[default: the recipe's bench.workload, else random prompts of --prompt-tokens]")]
+Arrival = Annotated[Optional[str], typer.Option(
+    "--arrival", metavar="PROCESS", help="closed (a fixed number in flight), or poisson / constant: requests arrive "
+    "on their own schedule at each of --rates (an open loop).  \\[default: the recipe's bench.arrival, else closed]")]
+Rates = Annotated[Optional[str], typer.Option(
+    "--rates", metavar="R1,R2", help="Open loop: comma-separated request rates per second (bench.rates).")]
+GoodputTarget = Annotated[Optional[float], typer.Option(
+    "--goodput", metavar="SHARE", min=0.01, max=1.0, help="Open loop: search the highest rate at which this share "
+    "of requests meets the SLO, e.g. 0.95 (bench.goodput.attainment; needs --slo-*).")]
+SloTtft = Annotated[Optional[float], typer.Option(
+    "--slo-ttft-ms", metavar="MS", min=0.001, help="SLO: each request's time to first token (bench.slo.ttft_ms).")]
+SloTpot = Annotated[Optional[float], typer.Option(
+    "--slo-tpot-ms", metavar="MS", min=0.001, help="SLO: each request's mean time per output token "
+    "(bench.slo.tpot_ms).")]
+SloE2e = Annotated[Optional[float], typer.Option(
+    "--slo-e2e-ms", metavar="MS", min=0.001, help="SLO: each request's end-to-end latency (bench.slo.e2e_ms).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Also show the back ends' output (warnings, logs, progress bars) and compress's "

@@ -9,8 +9,10 @@ import typer
 from rich.markup import escape
 
 from compress.core import console
-from compress.cli.common import SHIP, command, examples, print_gate, run_recipe, traffic_overrides
-from compress.cli.options import Device, Force, JsonOut, Rerun, SetOverrides, SignKey, Traffic
+from compress.cli.common import (SHIP, command, examples, print_gate, run_recipe, serving_flags, serving_overrides,
+                                 traffic_overrides)
+from compress.cli.options import (Arrival, Device, Force, GoodputTarget, JsonOut, Rates, Rerun, SetOverrides,
+                                  SignKey, SloE2e, SloTpot, SloTtft, Traffic, WorkloadFile)
 from compress.core.errors import InputError, UsageError
 
 
@@ -131,6 +133,13 @@ def run_(
     junit: Annotated[Optional[Path], typer.Option("--junit", metavar="FILE", help="Write a JUnit XML file, one test case per check.")] = None,
     summary: Annotated[Optional[Path], typer.Option("--summary", metavar="FILE", help="Write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY).")] = None,
     traffic: Traffic = None,
+    workload: WorkloadFile = None,
+    arrival: Arrival = None,
+    rates: Rates = None,
+    goodput: GoodputTarget = None,
+    slo_ttft_ms: SloTtft = None,
+    slo_tpot_ms: SloTpot = None,
+    slo_e2e_ms: SloE2e = None,
     rerun: Rerun = False,
     force: Force = False,
     sign: SignKey = None,
@@ -144,6 +153,10 @@ def run_(
     from compress.ship.report import junit_xml, model_card, run_summary_markdown
 
     r = load_recipe(recipe, traffic_overrides(set_, traffic))
+    serving = serving_flags(r, workload=workload, arrival=arrival, rates=rates, goodput=goodput,
+                            slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms)
+    if serving:
+        r = load_recipe(recipe, traffic_overrides(set_, traffic) + serving_overrides(serving))
     if r.search is not None:
         raise UsageError(f"{recipe} is a search recipe (it lists candidates)",
                          hint=f"run `compress search {recipe}`, then `compress run` on the chosen recipe it writes")

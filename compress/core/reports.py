@@ -242,11 +242,41 @@ class ServedRequest(ReportModel):
     chunks: int
     text: str = ""
     finish_reason: str | None = None
+    scheduled_s: float | None = None  # open loop: when the arrival process said to send it (from the run's start)
 
     @property
     def inter_token_s(self) -> list[float]:
         t = self.token_times_s
         return [b - a for a, b in zip(t, t[1:])]
+
+
+class MetricSample(ReportModel):
+    """One scrape of the engine's Prometheus ``/metrics`` during a load level (``t_s`` from the level's start)."""
+
+    t_s: float
+    waiting: float | None = None  # vllm:num_requests_waiting (the queue an autoscaler watches)
+    running: float | None = None  # vllm:num_requests_running
+    kv_cache_usage: float | None = None  # vllm:kv_cache_usage_perc, 0..1
+
+
+class EngineMetrics(ReportModel):
+    """What the engine said about itself during one load level: a time series of its gauges and, from the
+    counters' change over the level, its prefix-cache hit rate, preemptions and mean queueing time.
+    ``error`` says why a figure is missing (no ``/metrics`` route, a scrape that failed)."""
+
+    samples: list[MetricSample] = Field(default_factory=list)
+    waiting_mean: float | None = None
+    waiting_max: float | None = None
+    running_mean: float | None = None
+    running_max: float | None = None
+    kv_cache_usage_max: float | None = None
+    prefix_cache_queries: float | None = None  # tokens looked up in the prefix cache over the level
+    prefix_cache_hits: float | None = None
+    prefix_cache_hit_rate: float | None = None  # hits / queries (None: no query)
+    preemptions: float | None = None
+    queue_time_mean_s: float | None = None  # vllm:request_queue_time_seconds, mean over requests finished
+    requests_finished: float | None = None
+    error: str | None = None
 
 
 class LevelRun(ReportModel):
@@ -261,6 +291,12 @@ class LevelRun(ReportModel):
     position: int = 0  # 0 when this model went first in its round, 1 when second
     wall_s: float
     requests: list[ServedRequest]
+    rate: float | None = None  # open loop: the requests per second the arrival process offered
+    arrival: str | None = None  # open loop: poisson | constant
+    measured: list[int] | None = None  # open loop: indices of the requests inside the window (warm-up and
+    #                                    cool-down excluded); wall_s is that window's length
+    window_start_s: float | None = None  # open loop: when the window began (from the run's start)
+    metrics: EngineMetrics | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -310,6 +346,53 @@ class Runtime(ReportModel):
     url: str | None = None
 
 
+class RateResult(ReportModel):
+    """One open-loop level: requests offered at ``rate`` per second by an arrival process, every round pooled,
+    warm-up and cool-down excluded. ``attainment`` is the share of requests that met every bound of bench.slo,
+    with a block-bootstrap interval (blocks of consecutive requests, so that a queue's memory stays inside a
+    block); ``verdict`` (with bench.goodput) says whether the level is within the target: ``pass`` and ``fail``
+    when the whole interval is on one side of it, ``undecided`` when the interval straddles it."""
+
+    rate: float
+    arrival: str
+    requests: int
+    achieved_requests_per_s: float
+    output_tokens_per_s: float
+    cost_per_mtok_usd: float
+    ttft: Percentiles
+    itl: Percentiles
+    e2e: Percentiles
+    send_lag: Percentiles  # how late the client sent each request after its scheduled time (should be ~0)
+    client_bound: bool = False  # the load generator could not keep the schedule: the level measures it, not the
+    #                             server (its verdict is then undecided)
+    attainment: Spread | None = None
+    verdict: Literal["pass", "fail", "undecided"] | None = None
+    queue_time_mean_s: float | None = None  # from the engine's metrics
+    waiting_mean: float | None = None
+    waiting_max: float | None = None
+    running_mean: float | None = None
+    kv_cache_usage_max: float | None = None
+    prefix_cache_hit_rate: float | None = None
+    preemptions: float | None = None
+
+
+class Goodput(ReportModel):
+    """The highest offered rate whose SLO attainment stays at or above ``target``: found by doubling, then
+    bisecting, over at most ``max_probes`` levels. ``rps`` is the highest rate decided ``pass``; the true
+    goodput lies between it and ``upper_rps``, the lowest rate above it that was not a pass (None: every probe
+    passed, so the bound is open). ``undecided`` lists probes whose interval straddled the target."""
+
+    target: float
+    slo: dict[str, float]
+    rps: float | None
+    upper_rps: float | None
+    probes: list[float]
+    undecided: list[float] = Field(default_factory=list)
+    output_tokens_per_s: float | None = None  # achieved at the goodput level
+    cost_per_mtok_usd: float | None = None  # USD per 1M output tokens at the goodput level
+    reason: str | None = None  # why rps is None
+
+
 class Measured(ReportModel):
     """One model's side of a benchmark."""
 
@@ -323,6 +406,9 @@ class Measured(ReportModel):
     runs: list[LevelRun]
     batches: list[BatchResult]
     slo_output_tokens_per_s: float | None = None  # the highest throughput that met bench.slo (None: no slo)
+    rate_runs: list[LevelRun] = Field(default_factory=list)  # every open-loop run (fixed rates and goodput probes)
+    rates: list[RateResult] = Field(default_factory=list)  # open-loop levels (bench.arrival, bench.rates)
+    goodput: Goodput | None = None
 
 
 class BenchReport(ReportModel):
@@ -336,6 +422,7 @@ class BenchReport(ReportModel):
     created: str
     duration_s: float
     cache_key: str
+    workload: dict[str, Any] | None = None  # bench.workload: its hash and length percentiles
 
     @property
     def batches(self) -> list[BatchResult]:
@@ -362,6 +449,7 @@ class SpeedReport(ReportModel):
     created: str
     duration_s: float
     cache_key: str
+    workload: dict[str, Any] | None = None  # bench.workload: its hash and length percentiles
 
     @property
     def model(self) -> ModelInfo:
@@ -381,73 +469,3 @@ class ServableReport(ReportModel):
     result: dict[str, Any]
     created: str
     duration_s: float
-
-
-# ----------------------------------------------------------------------------- traffic
-
-class TrafficRequest(ReportModel):
-    """One request of the user's traffic: which (its line and the sha256 of its JSON, never its text unless
-    ``keep_text``), its lengths, the candidate's fidelity to the base on it, and each behaviour check's outcome
-    for ``[base, candidate]`` (``[base]`` for one model)."""
-
-    index: int
-    line: int
-    sha256: str
-    prompt_tokens: int
-    max_new_tokens: int
-    base_tokens: int
-    candidate_tokens: int | None = None
-    kl: float | None = None
-    top1: float | None = None
-    nll_increase: float | None = None
-    acceptance: float | None = None
-    greedy_match: bool | None = None
-    first_divergence: int | None = None
-    candidate_logprob: float | None = None  # the candidate's confidence in its own answer (a cascade routes on it)
-    checks: dict[str, list[bool]] = Field(default_factory=dict)
-    text: dict[str, Any] | None = None
-
-
-class TrafficReport(ReportModel):
-    """Both models (or one) answering the user's requests: per-request figures, the traffic described by its
-    hash, size and lengths (never its content), and how the figures were computed."""
-
-    kind: Literal["traffic"] = "traffic"
-    baseline: ModelInfo
-    candidate: ModelInfo | None = None
-    settings: dict[str, Any]
-    traffic: dict[str, Any]  # sha256, requests, prompt-token percentiles
-    engine: dict[str, Any]  # name, version, dtype, how KL was computed
-    requests: list[TrafficRequest]
-    seconds: float
-    environment: dict[str, Any] = Field(default_factory=dict)
-    created: str
-    cache_key: str
-
-    @property
-    def model(self) -> ModelInfo:
-        return self.candidate or self.baseline
-
-    def values(self, name: str) -> list[float]:
-        """A fidelity figure per request (greedy_match as 0/1)."""
-        return [float(getattr(r, name)) for r in self.requests]
-
-    def check_outcomes(self, name: str) -> tuple[list[bool], list[bool]]:
-        """A behaviour check's pass or fail per request, for the base and the candidate."""
-        if not self.requests or name not in self.requests[0].checks:
-            raise KeyError(f"the traffic report has no behaviour check '{name}' (it has "
-                           f"{', '.join(self.requests[0].checks) if self.requests else 'no requests'})")
-        return [r.checks[name][0] for r in self.requests], [r.checks[name][-1] for r in self.requests]
-
-    def summary(self) -> dict[str, Any]:
-        """Means over requests of every fidelity figure and each check's pass rates (for tables and cards)."""
-        out: dict[str, Any] = {"requests": len(self.requests),
-                               "requests_per_s": len(self.requests) / self.seconds if self.seconds else None}
-        if self.candidate is not None and self.requests:
-            for name in ("kl", "top1", "nll_increase", "acceptance", "greedy_match"):
-                vals = self.values(name)
-                out[name] = sum(vals) / len(vals)
-        for name in (self.requests[0].checks if self.requests else {}):
-            base, cand = self.check_outcomes(name)
-            out[f"check:{name}"] = {"baseline": sum(base) / len(base), "candidate": sum(cand) / len(cand)}
-        return out

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.artifact import EVIDENCE_DIR, inside, safe_name, sha256_file
-from compress.core.reports import AccuracyReport, ServableReport, SpeedReport, TrafficReport
+from compress.core.reports import AccuracyReport, ServableReport, SpeedReport
+from compress.core.traffic_reports import TrafficReport
 from compress.measure.speculative import DraftReport
 
 REPORT_FILES = {

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from compress.measure.compare import efficiency_metrics, level_word
 from compress.core.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_PASS, UsageError
-from compress.core.reports import (AccuracyReport, GroupMetric, Metric, ReportModel, ServableReport, SpeedReport,
-                                   TrafficReport)
+from compress.core.reports import AccuracyReport, GroupMetric, Metric, ReportModel, ServableReport, SpeedReport
+from compress.core.traffic_reports import TrafficReport
 from compress.measure.scoring import parts
 from compress.core.recipe import EFFICIENCY_METRICS, FLIPS, GateCheck, GateSpec, ServableSpec, metric_family
 from compress.core.stats import (FAIL, INCONCLUSIVE, PASS, Interval, Stratum, decide, mcnemar_interval,
@@ -29,7 +29,7 @@ from compress.core.stats import (FAIL, INCONCLUSIVE, PASS, Interval, Stratum, de
 Verdict = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 EXIT_CODES = {PASS: EXIT_PASS, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}
 # Efficiency metrics that are not candidate / baseline ratios, and how to show their values.
-ABSOLUTE_EFFICIENCY = {"peak_memory_mb": "{:.1f} MiB", "cost_per_mtok": "${:.4g}"}
+ABSOLUTE_EFFICIENCY = {"peak_memory_mb": "{:.1f} MiB", "cost_per_mtok": "${:.4g}", "cost_at_goodput": "${:.4g}"}
 
 
 class CheckResult(BaseModel):

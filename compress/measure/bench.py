@@ -49,6 +49,7 @@ from compress.core.reports import (
     Spread,
     summarize,
 )
+from compress.measure.openloop import GoodputSearch, start_rate, steady_span, summarize_rate, summarize_rates
 from compress.measure.sides import HfSide, ServedSide, Side
 
 SIDES = ("baseline", "candidate")
@@ -74,33 +75,40 @@ def summarize_level(runs: list[LevelRun], level: int, settings: BenchSpec) -> Ba
     e2e = [q.e2e_s for q in reqs]
     itl = [d for q in reqs for d in q.inter_token_s] or [0.0]
     n_out = settings.output_tokens
-    prefill_tps = level * settings.prompt_tokens / (sum(ttft) / len(ttft))
+    n_in = settings.prompt_tokens
+    if settings.workload is not None:  # lengths vary: the level's means
+        n_out = round(sum(q.output_tokens for q in reqs) / len(reqs))
+        n_in = round(sum(q.prompt_tokens for q in reqs) / len(reqs))
+    prefill_tps = level * n_in / (sum(ttft) / len(ttft))
     decode_time = sum(q.e2e_s - q.ttft_s for q in reqs) / len(reqs)
     decode_tps = level * (n_out - 1) / decode_time if n_out > 1 and decode_time > 0 else 0.0
     sp = spread(runs)
     cost = settings.price_per_hour / 3600.0 / sp.value * 1e6
     meets = None
-    if settings.slo is not None:
+    if settings.slo is not None and (settings.slo.ttft_p99_ms or settings.slo.itl_p99_ms):
         t_ok = settings.slo.ttft_p99_ms is None or summarize(ttft).p99 * 1e3 <= settings.slo.ttft_p99_ms
         i_ok = settings.slo.itl_p99_ms is None or summarize(itl).p99 * 1e3 <= settings.slo.itl_p99_ms
         meets = bool(t_ok and i_ok)
-    served = any(q.concurrency == level and q.output_tokens == n_out for q in reqs)
-    return BatchResult(batch_size=level, prompt_tokens=settings.prompt_tokens, output_tokens=n_out, ttft=summarize(ttft),
+    served = settings.workload is not None or any(q.concurrency == level and q.output_tokens == n_out for q in reqs)
+    return BatchResult(batch_size=level, prompt_tokens=n_in, output_tokens=n_out, ttft=summarize(ttft),
                        itl=summarize(itl), e2e=summarize(e2e), prefill_tokens_per_s=prefill_tps,
                        decode_tokens_per_s=decode_tps, output_tokens_per_s=sp.value, cost_per_mtok_usd=cost,
                        requests_per_s=len(reqs) / sum(r.wall_s for r in runs) if served else None,
                        output_tokens_per_s_spread=sp, meets_slo=meets)
 
 
-def measured(info: ModelInfo, side: Side, runs: list[LevelRun], end: dict[str, Any], settings: BenchSpec) -> Measured:
+def measured(info: ModelInfo, side: Side, runs: list[LevelRun], end: dict[str, Any], settings: BenchSpec,
+             rate_runs: list[LevelRun] | None = None, search: GoodputSearch | None = None) -> Measured:
     batches = [summarize_level([r for r in runs if r.level == level], level, settings) for level in settings.batch_sizes]
     slo = None
-    if settings.slo is not None:
+    if settings.slo is not None and (settings.slo.ttft_p99_ms or settings.slo.itl_p99_ms):
         slo = max((b.output_tokens_per_s for b in batches if b.meets_slo), default=0.0)
+    rates = summarize_rates(rate_runs, settings) if rate_runs else []
+    goodput = search.result(settings.slo.request_bounds(), rates) if search is not None else None
     return Measured(model=info, runtime=side.runtime, device=end["device"], size_bytes=info.size_bytes,
                     peak_memory_bytes=end["peak_memory_bytes"], memory_kind=end["memory_kind"],
                     model_memory_bytes=end["model_memory_bytes"], runs=runs, batches=batches,
-                    slo_output_tokens_per_s=slo)
+                    slo_output_tokens_per_s=slo, rate_runs=rate_runs or [], rates=rates, goodput=goodput)
 
 
 # --------------------------------------------------------------------------- driving
@@ -110,10 +118,12 @@ DRAFT_TOKENS = 4  # tokens the draft proposes per step in vLLM's draft-model spe
 
 def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | None = None,
               endpoint: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
-              draft: Path | None = None) -> Side:
+              draft: Path | None = None, serve: Any = None) -> Side:
     """The side that measures ``path`` with the settings' engine (or an already running endpoint).
     ``dtype`` ``auto`` is each model's own checkpoint dtype. ``draft``: vLLM serves ``path`` with
-    that model as its speculative-decoding draft."""
+    that model as its speculative-decoding draft. ``serve``: the recipe's serving settings for this side
+    (a ``compress.core.recipe.ServeSpec``: its ``engine_args()`` are vLLM's flags); without them prefix caching
+    is off, so that a shared prefix never hides prefill."""
     from compress.core.models import resolve_dtype
 
     dtype = resolve_dtype(path, dtype)
@@ -122,9 +132,12 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
     if settings.engine == "vllm":
         from compress.measure.engines.vllm import VllmServer, parallel_args
 
-        # Every round's prompts are new; no cache must hide prefill.
-        extra = ["--no-enable-prefix-caching", *parallel_args(settings.tensor_parallel, settings.data_parallel)]
-        if settings.kv_cache_dtype != "auto":
+        # Without serving settings no cache may hide prefill: prefix caching is a lever a recipe turns on.
+        levers = list(serve.engine_args()) if serve is not None else []
+        caching = {"--enable-prefix-caching", "--no-enable-prefix-caching"}
+        extra = ([] if caching & set(levers) else ["--no-enable-prefix-caching"]) + levers \
+            + parallel_args(settings.tensor_parallel, settings.data_parallel)
+        if settings.kv_cache_dtype != "auto" and "--kv-cache-dtype" not in levers:
             extra += ["--kv-cache-dtype", settings.kv_cache_dtype]
         if draft is not None:
             extra += ["--speculative-config", json.dumps({"method": "draft_model", "model": str(draft),
@@ -176,12 +189,18 @@ def _start_all(sides: list[Side]) -> None:
         raise errors[0]
 
 
+def rotated(names: list[str], k: int) -> list[str]:
+    """The order of round ``k``: each side goes first in turn (two sides alternate)."""
+    k %= max(len(names), 1)
+    return names[k:] + names[:k]
+
+
 def interleave(sides: dict[str, Side], rounds: int, log: Callable[[str], None] | None = None) -> dict[str, list[LevelRun]]:
     """Measure every side in every round, alternating which goes first."""
     names = list(sides)
     runs: dict[str, list[LevelRun]] = {n: [] for n in names}
     for rnd in range(rounds):
-        order = names if rnd % 2 == 0 else names[::-1]
+        order = rotated(names, rnd)
         for position, name in enumerate(order):
             for run in sides[name].round(rnd):
                 run.position = position
@@ -200,22 +219,83 @@ def _rate(runs: list[LevelRun], rnd: int) -> float:
 def _measure(named: dict[str, tuple[Path, ModelInfo]], settings: BenchSpec, *, dtype: str, log_dir: Path | None,
              endpoint: str | None, trust_remote_code: bool, allow_pickle: bool,
              log: Callable[[str], None] | None,
-             drafts: dict[str, Path] | None = None) -> tuple[dict[str, Measured], dict[str, Any]]:
+             drafts: dict[str, Path] | None = None,
+             serve: dict[str, Any] | None = None) -> tuple[dict[str, Measured], dict[str, Any]]:
     sides: dict[str, Side] = {}
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="compress-bench-"))
     try:
         for name, (path, _) in named.items():
             sides[name] = make_side(path, settings, dtype=dtype, log_path=log_dir / f"{name}-vllm.log",
                                     endpoint=endpoint, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                    draft=(drafts or {}).get(name))
+                                    draft=(drafts or {}).get(name), serve=(serve or {}).get(name))
         _start_all(list(sides.values()))
         runs = interleave(sides, settings.rounds, log)
+        rate_runs, searches = open_levels(sides, settings, runs, log) if settings.open_loop else ({}, {})
         ends = {name: side.finish() for name, side in sides.items()}
     finally:
         for side in sides.values():
             side.close()
-    out = {name: measured(named[name][1], sides[name], runs[name], ends[name], settings) for name in named}
+    out = {name: measured(named[name][1], sides[name], runs[name], ends[name], settings, rate_runs.get(name),
+                          searches.get(name)) for name in named}
     return out, ends[next(iter(named))]["environment"]
+
+
+def measure_together(named: dict[str, tuple[Path, ModelInfo]], settings: BenchSpec, *, dtype: str = "auto",
+                     log_dir: Path | None = None, log: Callable[[str], None] | None = None,
+                     serve: dict[str, Any] | None = None) -> tuple[dict[str, Measured], dict[str, Any]]:
+    """Any number of models measured in the same time window (the order rotating every round and probe), uncached:
+    what a study compares beyond one baseline and one candidate. Returns each model's figures and the environment."""
+    return _measure(named, settings, dtype=dtype, log_dir=log_dir, endpoint=None, trust_remote_code=False,
+                    allow_pickle=False, log=log, serve=serve)
+
+
+def open_levels(sides: dict[str, Side], settings: BenchSpec, closed: dict[str, list[LevelRun]],
+                log: Callable[[str], None] | None = None) -> tuple[dict[str, list[LevelRun]], dict[str, GoodputSearch]]:
+    """The open-loop levels: every rate of ``settings.rates`` in every round (sides alternating which goes first),
+    then, with ``settings.goodput``, each side's goodput search, probe by probe, the sides alternating."""
+    names = list(sides)
+    for name, side in sides.items():
+        if not isinstance(side, ServedSide):
+            raise UsageError("open-loop arrivals need a served model", hint="set bench.engine: vllm, or give --endpoint")
+    runs: dict[str, list[LevelRun]] = {n: [] for n in names}
+    spans = {n: steady_span(closed[n]) for n in names}  # each run long enough for a queue to show
+    shared = max(spans.values(), default=0.0)  # fixed rates: the same requests for every side
+    for rnd in range(settings.rounds if settings.rates else 0):
+        for name in rotated(names, rnd):
+            for rate in settings.rates:
+                runs[name].append(sides[name].open_round(rnd, rate, shared))
+        if log:
+            log(f"open-loop round {rnd + 1}/{settings.rounds} ({settings.arrival}): attainment at "
+                + "; ".join(f"{n} " + ", ".join(_attained(runs[n], rate, settings) for rate in settings.rates)
+                            for n in names))
+    searches: dict[str, GoodputSearch] = {}
+    if settings.goodput is None:
+        return runs, searches
+    searches = {n: GoodputSearch(settings.goodput, start_rate(settings, closed[n])) for n in names}
+    step = 0
+    while True:
+        due = {n: r for n in names if (r := searches[n].next_rate()) is not None}
+        if not due:
+            break
+        for name in rotated(names, step):
+            if name not in due:
+                continue
+            rate = due[name]
+            runs[name] += [sides[name].open_round(g, rate, spans[name]) for g in range(settings.goodput.rounds)]
+            result = summarize_rate([r for r in runs[name] if r.rate == rate], settings)
+            searches[name].record(rate, result.verdict or "undecided")
+            if log:
+                a = result.attainment
+                log(f"goodput probe {len(searches[name].verdicts)}/{settings.goodput.max_probes}: {name} at "
+                    f"{rate:g}/s: attainment {a.value:.0%} [{a.lower:.0%}, {a.upper:.0%}], {result.verdict}")
+        step += 1
+    return runs, searches
+
+
+def _attained(runs: list[LevelRun], rate: float, settings: BenchSpec) -> str:
+    result = summarize_rate([r for r in runs if r.rate == rate], settings)
+    share = f"{result.attainment.value:.0%}" if result.attainment is not None else "-"
+    return f"{rate:g}/s {share}"
 
 
 def bench_settings(spec: BenchSpec, dtype: str, endpoint: str | None = None) -> dict[str, Any]:
@@ -224,6 +304,20 @@ def bench_settings(spec: BenchSpec, dtype: str, endpoint: str | None = None) -> 
     if endpoint:
         s["endpoint"] = endpoint
     return s
+
+
+def describe_workload(settings: BenchSpec, model_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The workload's description (a bad traffic file fails here, before any server starts); its sha256 joins the
+    settings of the cache key, so that an edited file is measured again."""
+    if settings.workload is None:
+        return None
+    from compress.measure.engines.vllm import DEFAULT_MAX_MODEL_LEN, max_positions
+    from compress.measure.workload import Workload
+
+    context = min(max_positions(model_dir) or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+    described = Workload(settings, model_dir, context=context).describe()
+    config["workload_sha256"] = described["sha256"]
+    return described
 
 
 def _now() -> str:
@@ -246,6 +340,7 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "auto", revision: 
     info = model_info(ref.path, spec)
     dtype = resolve_dtype(ref.path, dtype)
     config = bench_settings(settings, dtype, endpoint)
+    workload = describe_workload(settings, ref.path, config)
     key = cache.report_key("bench", info.content_hash, config)
     if not rerun and not endpoint and (hit := cache.load_cached("bench", key, BenchReport)) is not None:
         return hit, True
@@ -253,7 +348,7 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "auto", revision: 
     sides, env = _measure({"model": (ref.path, info)}, settings, dtype=dtype, log_dir=log_dir, endpoint=endpoint,
                           trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, log=log)
     report = BenchReport(model=info, settings=config, measured=sides["model"], environment=env, created=_now(),
-                         duration_s=round(time.time() - start, 3), cache_key=key)
+                         duration_s=round(time.time() - start, 3), cache_key=key, workload=workload)
     if not endpoint:
         cache.store("bench", key, report)
     return report, False
@@ -262,7 +357,8 @@ def run_bench(spec: str, settings: BenchSpec, *, dtype: str = "auto", revision: 
 def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str = "auto",
               revision: str | None = None, rerun: bool = False, trust_remote_code: bool = False,
               allow_pickle: bool = False, log_dir: Path | None = None,
-              log: Callable[[str], None] | None = None, draft: str | None = None) -> tuple[SpeedReport, bool]:
+              log: Callable[[str], None] | None = None, draft: str | None = None,
+              serve: dict[str, Any] | None = None) -> tuple[SpeedReport, bool]:
     """Benchmark a baseline and a candidate in the same time window, in alternating rounds.
 
     The pair is cached as a pair (keyed by both models' bytes and the settings): a figure of
@@ -272,6 +368,8 @@ def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str 
         revision: the baseline's hub revision (the candidate is a local artifact).
         draft: vLLM only: the candidate is served with this model as its speculative-decoding
             draft (pass the same model as baseline and candidate to measure speculation alone).
+        serve: vLLM only: ``{"baseline": ServeSpec, "candidate": ServeSpec}`` (either may be missing or None),
+            the serving settings each side's server starts with; part of the cache key.
 
     Returns:
         (report, whether it came from the cache)
@@ -289,15 +387,19 @@ def run_speed(baseline: str, candidate: str, settings: BenchSpec, *, dtype: str 
         drafts = {"candidate": d_ref.path}
         config["draft"] = {"model": draft, "content_hash": model_info(d_ref.path, draft).content_hash,
                            "method": "draft_model", "num_speculative_tokens": DRAFT_TOKENS}
+    served = {w: v.model_dump(mode="json", exclude_defaults=True) for w, v in (serve or {}).items() if v is not None}
+    if served:
+        config["serve"] = served
+    workload = describe_workload(settings, refs["baseline"].path, config)
     key = cache.report_key("speed", f"{infos['baseline'].content_hash}:{infos['candidate'].content_hash}", config)
     if not rerun and (hit := cache.load_cached("speed", key, SpeedReport)) is not None:
         return hit, True
     start = time.time()
     sides, env = _measure({w: (refs[w].path, infos[w]) for w in SIDES}, settings, dtype=dtype, log_dir=log_dir,
                           endpoint=None, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, log=log,
-                          drafts=drafts)
+                          drafts=drafts, serve=serve)
     report = SpeedReport(settings=config, baseline=sides["baseline"], candidate=sides["candidate"], environment=env,
-                         created=_now(), duration_s=round(time.time() - start, 3), cache_key=key)
+                         created=_now(), duration_s=round(time.time() - start, 3), cache_key=key, workload=workload)
     cache.store("speed", key, report)
     return report, False
 

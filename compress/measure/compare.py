@@ -82,12 +82,43 @@ def speed_rows(report: SpeedReport, intervals: dict[int, dict[str, Interval]] | 
         rows.append({"figure": "output tok/s within the SLO", "baseline": bv, "candidate": cv,
                      "ratio": cv / bv if bv else None, "unit": "tok/s", "higher_is_better": True,
                      **({"interval": intervals[headline]["slo_throughput_speedup"]} if intervals else {})})
+    rows += open_loop_rows(report)
     memory = [("peak memory", base.peak_memory_bytes, cand.peak_memory_bytes)]
     if base.model_memory_bytes and cand.model_memory_bytes:
         memory.append(("memory taken by the weights", base.model_memory_bytes, cand.model_memory_bytes))
     for label, bv, cv in memory + [("size on disk", base.size_bytes, cand.size_bytes)]:
         rows.append({"figure": label, "baseline": bv, "candidate": cv, "ratio": cv / bv if bv else None,
                      "unit": "bytes", "higher_is_better": False})
+    return rows
+
+
+def open_loop_rows(report: SpeedReport) -> list[dict[str, Any]]:
+    """Per shared open-loop rate: SLO attainment and output tok/s of both; then goodput and its cost, with the
+    bracket of the searches as the interval."""
+    base, cand = report.baseline, report.candidate
+    rows: list[dict[str, Any]] = []
+    cand_rates = {r.rate: r for r in cand.rates}
+    for b in base.rates:
+        c = cand_rates.get(b.rate)
+        if c is None:
+            continue
+        if b.attainment is not None and c.attainment is not None:
+            rows.append({"figure": f"SLO attainment ({b.rate:g} req/s offered)", "baseline": b.attainment.value,
+                         "candidate": c.attainment.value, "ratio": None, "unit": "fraction", "higher_is_better": True})
+        rows.append({"figure": f"output tok/s ({b.rate:g} req/s offered)", "baseline": b.output_tokens_per_s,
+                     "candidate": c.output_tokens_per_s,
+                     "ratio": c.output_tokens_per_s / b.output_tokens_per_s if b.output_tokens_per_s else None,
+                     "unit": "tok/s", "higher_is_better": True})
+    if base.goodput is not None and cand.goodput is not None:
+        figures = goodput_metrics(report)
+        b, c = base.goodput, cand.goodput
+        rows.append({"figure": f"goodput, req/s (≥{b.target:.0%} within the SLO)", "baseline": b.rps,
+                     "candidate": c.rps, "ratio": figures["goodput_speedup"].estimate, "unit": "req/s",
+                     "higher_is_better": True, "interval": figures["goodput_speedup"]})
+        rows.append({"figure": "$ / 1M output tokens at goodput", "baseline": b.cost_per_mtok_usd,
+                     "candidate": c.cost_per_mtok_usd,
+                     "ratio": c.cost_per_mtok_usd / b.cost_per_mtok_usd if b.cost_per_mtok_usd and c.cost_per_mtok_usd
+                     else None, "unit": "USD", "higher_is_better": False})
     return rows
 
 
@@ -131,6 +162,8 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
         raise ValueError("the speed report holds no round that measured both models")
     price = float(report.settings.get("price_per_hour", 1.0))
     slo = report.settings.get("slo")
+    if slo and slo.get("ttft_p99_ms") is None and slo.get("itl_p99_ms") is None:
+        slo = None  # request bounds only: they are held by open-loop attainment, not by a level's tails
 
     def per_round(side: Measured, lvl: int) -> list[_Run]:
         by_round = {r.round: r for r in side.runs if r.level == lvl}
@@ -189,6 +222,7 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
         how = "linear" if np.isfinite(values).all() else "nearest"
         lo, hi = np.quantile(values, [alpha, 1 - alpha], method=how) if values.size else (value, value)
         out[name] = Interval(float(value), float(lo), float(hi), confidence, method, n)
+    out.update(goodput_metrics(report, confidence))
     memory = (cand.peak_memory_bytes / base.peak_memory_bytes if base.peak_memory_bytes and cand.peak_memory_bytes
               else nan)
     for name, value, why in (
@@ -202,6 +236,38 @@ def efficiency_metrics(report: SpeedReport, *, level: int | None = None, confide
 
 
 nan = float("nan")
+inf = float("inf")
+
+
+def goodput_metrics(report: SpeedReport, confidence: float = 0.95) -> dict[str, Interval]:
+    """goodput_speedup and cost_at_goodput, each with the bracket the goodput searches give: a side's goodput lies
+    between its highest rate decided within the target and the lowest rate above it that was not (every probe
+    decided on a block-bootstrap interval at ``confidence``). A side that passed every probe has an open upper
+    end; one that passed none, an upper end at its lowest probe."""
+    b, c = report.baseline.goodput, report.candidate.goodput
+    method = f"bracket of the goodput searches (probes decided at {confidence:.0%} confidence)"
+    if b is None or c is None:
+        why = "not computable: the speed report has no goodput search (set bench.goodput, with arrival and slo)"
+        return {m: Interval(nan, nan, nan, confidence, why, 0) for m in ("goodput_speedup", "cost_at_goodput")}
+    n = len(b.probes) + len(c.probes)
+
+    def bounds(g) -> tuple[float, float, float]:  # (estimate, lower, upper) of one side's goodput
+        if g.rps is None:
+            return 0.0, 0.0, min(g.probes) if g.probes else inf
+        return g.rps, g.rps, g.upper_rps if g.upper_rps is not None else inf
+
+    (bv, bl, bu), (cv, cl, cu) = bounds(b), bounds(c)
+    if bv == 0 and cv == 0:
+        speed = Interval(nan, nan, nan, confidence, "not computable: neither side met the goodput target at any "
+                         "probed rate", n)
+    else:
+        speed = Interval(cv / bv if bv else inf, cl / bu if bu else inf, cu / bl if bl else inf, confidence, method, n)
+    if c.cost_per_mtok_usd is None:
+        cost = Interval(nan, nan, nan, confidence, "not computable: " + (c.reason or "the candidate has no goodput"), n)
+    else:
+        lowest = c.cost_per_mtok_usd * cv / cu if np.isfinite(cu) else 0.0  # cost falls with the rate served
+        cost = Interval(c.cost_per_mtok_usd, lowest, c.cost_per_mtok_usd, confidence, method, n)
+    return {"goodput_speedup": speed, "cost_at_goodput": cost}
 
 
 def _ratio(a: float, b: float) -> float:

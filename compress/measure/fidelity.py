@@ -159,7 +159,7 @@ def run_traffic(base_spec: str, cand_spec: str | None, spec: Any, *, dtype: str 
     from compress.core import cache
     from compress.core.env import environment
     from compress.core.models import load_tokenizer, resolve_model
-    from compress.core.reports import TrafficReport, TrafficRequest
+    from compress.core.traffic_reports import TrafficReport, TrafficRequest
     from compress.measure.accuracy import model_info
     from compress.measure.engines.vllm import max_positions
     from compress.measure.traffic import length_summary, load_requests, render

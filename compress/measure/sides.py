@@ -22,7 +22,7 @@ from compress.core.reports import (
     LevelRun,
     Runtime,
 )
-from compress.measure.engines.client import make_prompts, run_load
+from compress.measure.engines.client import run_load
 from compress.measure.hf_worker import out_of_memory, prompt_seed, requests_per_level
 
 # ------------------------------------------------------------------------------ sides
@@ -196,11 +196,11 @@ class ServedSide:
         self._peak = 0
         self._sampling = False
         self._sampler: threading.Thread | None = None
-        from compress.core.models import load_tokenizer, vocab_size
+        from compress.measure.engines.vllm import DEFAULT_MAX_MODEL_LEN, max_positions
+        from compress.measure.workload import Workload
 
-        tokenizer = load_tokenizer(self.path)
-        self.vocab = vocab_size(self.path) or len(tokenizer)
-        self.special = set(tokenizer.all_special_ids or [])
+        context = min(max_positions(self.path) or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+        self.workload = Workload(settings, self.path, context=context)
 
     def start(self) -> None:
         if self.server is not None:
@@ -218,8 +218,9 @@ class ServedSide:
         # Untimed warm-up before the first round (vLLM compiles and allocates on first use).
         if self.settings.warmup:
             for level in self.settings.batch_sizes:
-                prompts = make_prompts(self.vocab, self.special, level, self.settings.prompt_tokens, 10**6 + level)
-                run_load(self.url, self.served_name, prompts, min(self.settings.output_tokens, 8), level)
+                items = self.workload.items(level, 10**6 + level)
+                run_load(self.url, self.served_name, [i.prompt for i in items],
+                         [min(i.output_tokens, 8) for i in items], level)
 
     def _sample(self) -> None:
         from compress.measure.engines.vllm import group_rss
@@ -229,14 +230,59 @@ class ServedSide:
             time.sleep(0.5)
 
     def round(self, rnd: int) -> list[LevelRun]:
+        with self._engine_reason():
+            return self._round(rnd)
+
+    @contextlib.contextmanager
+    def _engine_reason(self):
+        """A request that fails because the server died says why, from the server's log."""
+        try:
+            yield
+        except EngineError as e:
+            if self.server is None or self.server.proc is None or "the server's log says" in str(e):
+                raise
+            time.sleep(1.0)  # the engine writes its last words as it goes
+            raise EngineError(f"{e.message}; the server's log says: {self.server.log_tail()}",
+                              hint=f"its log: {self.server.log_path}") from None
+
+    def _round(self, rnd: int) -> list[LevelRun]:
         runs = []
         for level in self.settings.batch_sizes:
-            prompts = make_prompts(self.vocab, self.special, requests_per_level(self.settings, level),
-                                   self.settings.prompt_tokens, prompt_seed(self.settings, level, rnd))
+            items = self.workload.items(requests_per_level(self.settings, level), prompt_seed(self.settings, level, rnd))
+            sampler = self._metrics()
             began = time.perf_counter()
-            reqs = run_load(self.url, self.served_name, prompts, self.settings.output_tokens, level)
-            runs.append(LevelRun(round=rnd, level=level, wall_s=time.perf_counter() - began, requests=reqs))
+            reqs = run_load(self.url, self.served_name, [i.prompt for i in items], [i.output_tokens for i in items],
+                            level)
+            runs.append(LevelRun(round=rnd, level=level, wall_s=time.perf_counter() - began, requests=reqs,
+                                 metrics=sampler.stop() if sampler else None))
         return runs
+
+    def open_round(self, rnd: int, rate: float, min_span_s: float = 0.0) -> LevelRun:
+        """One open-loop run at ``rate`` requests per second, arrivals spanning at least ``min_span_s`` (the same
+        requests and arrivals for both models at the same span)."""
+        from compress.measure.engines.client import arrival_times, run_open_load
+        from compress.measure.openloop import close_run, requests_per_run
+
+        n = requests_per_run(self.settings, rate, min_span_s)
+        seed = open_seed(self.settings, rate, rnd)
+        items = self.workload.items(n, seed)
+        due = arrival_times(n, rate, self.settings.arrival, seed)
+        sampler = self._metrics()
+        with self._engine_reason():
+            reqs = run_open_load(self.url, self.served_name, [i.prompt for i in items],
+                                 [i.output_tokens for i in items], due)
+        return close_run(reqs, rnd=rnd, rate=rate, arrival=self.settings.arrival, settings=self.settings,
+                         metrics=sampler.stop() if sampler else None)
+
+    def _metrics(self):
+        """A running scrape of the engine's /metrics for one level (None for an endpoint: it may have none)."""
+        if self.server is None:
+            return None
+        from compress.measure.engines.metrics import MetricsSampler
+
+        sampler = MetricsSampler(self.url)
+        sampler.start()
+        return sampler
 
     def finish(self) -> dict[str, Any]:
         from compress.core.env import environment
@@ -267,6 +313,11 @@ class ServedSide:
         self._sampling = False
         if self.server is not None:
             self.server.__exit__(None, None, None)
+
+
+def open_seed(settings: BenchSpec, rate: float, rnd: int) -> int:
+    """The seed of one open-loop run's requests and arrivals (the same for both models)."""
+    return settings.seed + 1000 * rnd + 100_000 + round(rate * 1000) % 100_000
 
 
 def _kv_cache_dtype(path: Path, settings: BenchSpec) -> str:

@@ -16,12 +16,12 @@ from typing import Any
 
 from compress.core.artifact import MANIFEST, MODEL_CARD, PROVENANCE, RECIPE_FILE, atomic_dir, check_hashes, content_hash, inside, read_json, safe_name, sha256_file, sweep_stale, verify_dir, write_json
 from compress.core.errors import ExportRefused, IntegrityError, UsageError
-from compress.decide.evidence import EVIDENCE_DIR, GATE_FILE, check_evidence
+from compress.decide.evidence import EVIDENCE_DIR, GATE_FILE, REPORT_FILES, check_evidence
 from compress.core.faults import fault_point
 from compress.core.locks import locked
 from compress.core.stats import PASS
 
-__all__ = ["GATE_FILE", "check_exportable", "export_run", "own_policy", "policy_line", "verify"]
+__all__ = ["GATE_FILE", "check_exportable", "export_run", "own_policy", "policy_line", "served_with", "verify"]
 
 
 def _refuse(run_dir: Path, why: str, hint: str) -> ExportRefused:
@@ -73,6 +73,34 @@ def policy_line(gate: Any, recipe_hash: str | None) -> str:
             f"{gate.test}): {checks}")
 
 
+def served_with(recipe: Any, speed: Any = None) -> dict[str, dict[str, Any]]:
+    """The serving settings a gated model passed with, per side (``candidate``, ``baseline``; a side with none
+    is left out): those its speed report measured when it has one, else the recipe's ``serve`` and
+    ``baseline_serve``. Each is a ``ServeSpec``'s settings; ``ServeSpec.model_validate(s).engine_args()`` gives
+    vLLM's flags."""
+    if speed is not None:
+        return {side: dict(v) for side, v in sorted((speed.settings.get("serve") or {}).items()) if v}
+    if recipe is None:
+        return {}
+    return {side: spec.model_dump(mode="json") for side, spec in
+            (("baseline", recipe.baseline_serve), ("candidate", recipe.serve)) if spec is not None}
+
+
+def _served(run_dir: Path, gate: Any) -> dict[str, dict[str, Any]]:
+    """``served_with`` for a checked run: its speed report when the decision used one, else its own recipe."""
+    from compress.core.errors import RecipeError
+    from compress.core.recipe import load_recipe
+    from compress.core.reports import SpeedReport
+
+    name = REPORT_FILES[("both", "speed")]
+    if name in gate.reports:
+        return served_with(None, SpeedReport.load(run_dir / "reports" / name))
+    try:
+        return served_with(load_recipe(run_dir / "model" / RECIPE_FILE))
+    except (RecipeError, OSError):
+        return {}
+
+
 def check_exportable(run_dir: Path) -> tuple[dict[str, Any], Any]:
     """The manifest and gate decision of a run that may be exported; else an ExportRefused (exit 1).
 
@@ -110,7 +138,9 @@ def export_run(run_dir: Path, to: Path, *, model_card: Callable[[dict[str, Any],
                force: bool = False, signer: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Copy a gated artifact to ``to`` with its evidence, manifest and model card.
 
-    ``model_card(manifest, gate)`` writes the card from the decision as checked here (None: no card).
+    ``model_card(manifest, gate)`` writes the card from the decision as checked here (None: no card); the
+    manifest it gets has ``serve``, the serving settings the model passed with (``served_with``), which the
+    export's manifest records too (when there are any).
 
     An identical earlier export at ``to`` is left as it is; anything else there needs ``force``,
     and is then replaced in one atomic step (``to`` is the old export or the new one, never
@@ -128,13 +158,14 @@ def _export_checked(run_dir: Path, to: Path, manifest: dict[str, Any], gate: Any
                     signer: Callable[[Path], None] | None) -> dict[str, Any]:
     """The export itself, of a run that check_exportable passed, under both locks."""
     sweep_stale(to.absolute().parent)  # what an interrupted export left (an old version comes back)
-    if (previous := _same_export(to, manifest, gate, signer)) is not None:
+    serve = _served(run_dir, gate)
+    if (previous := _same_export(to, manifest, gate, signer, serve)) is not None:
         return previous
     if to.exists() and not force:
         raise UsageError(f"{to} already exists and holds something else",
                          hint="choose another -o/--output or pass --force")
     with atomic_dir(to, overwrite=force) as tmp:
-        _copy_tree(run_dir, tmp, manifest, gate, model_card(manifest, gate) if model_card else None)
+        _copy_tree(run_dir, tmp, manifest, gate, model_card(dict(manifest, serve=serve), gate) if model_card else None)
         fault_point("export.before-manifest")
         export_files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
                         for p in sorted(tmp.rglob("*")) if p.is_file() and p.relative_to(tmp).as_posix()
@@ -143,16 +174,18 @@ def _export_checked(run_dir: Path, to: Path, manifest: dict[str, Any], gate: Any
                    evidence={"candidate_hash": gate.candidate_hash, "baseline_hash": gate.baseline_hash,
                              "policy_hash": gate.policy_hash, "policy_source": gate.policy_source,
                              "reports": gate.reports})
+        if serve:
+            out["serve"] = serve  # the serving settings it passed with (the model card's serve command has them)
         write_json(tmp / MANIFEST, out, fault="export.manifest")
         if signer is not None:
             signer(tmp)  # writes PROVENANCE over every file above, before the export appears
     return out
 
 
-def _same_export(to: Path, manifest: dict[str, Any], gate: Any,
-                 signer: Callable[[Path], None] | None) -> dict[str, Any] | None:
-    """The manifest of an intact earlier export of the same bytes under the same policy (signed
-    by the same key if a signature is asked for), which a rerun leaves as it is."""
+def _same_export(to: Path, manifest: dict[str, Any], gate: Any, signer: Callable[[Path], None] | None,
+                 serve: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of an intact earlier export of the same bytes under the same policy and serving settings
+    (signed by the same key if a signature is asked for), which a rerun leaves as it is."""
     if not (to / MANIFEST).exists():
         return None
     if signer is not None:
@@ -165,7 +198,7 @@ def _same_export(to: Path, manifest: dict[str, Any], gate: Any,
     except (IntegrityError, UsageError, ValueError, KeyError):
         return None
     same = previous["manifest"].get("content_hash") == manifest["content_hash"] and \
-        previous["gate"].policy_hash == gate.policy_hash
+        previous["gate"].policy_hash == gate.policy_hash and previous["manifest"].get("serve") == (serve or None)
     return previous["manifest"] if same else None
 
 
@@ -232,6 +265,12 @@ def verify(path: Path) -> dict[str, Any]:
         raise IntegrityError(f"{path}: the recorded PASS belongs to other bytes")
     base_hash = (manifest.get("base_model") or {}).get("content_hash", "")
     problems = check_evidence(path / EVIDENCE_DIR, gate, manifest["content_hash"], base_hash)
+    speed = path / EVIDENCE_DIR / REPORT_FILES[("both", "speed")]
+    if "serve" in manifest and speed.name in gate.reports and speed.is_file():
+        from compress.core.reports import SpeedReport
+
+        if served_with(None, SpeedReport.load(speed)) != manifest["serve"]:
+            problems.append("the manifest's serving settings are not the ones its speed report measured")
     if problems:
         raise IntegrityError(f"{path}: the PASS does not follow from the evidence it carries: " + "; ".join(problems))
     policy = policy_line(gate, _recipe_policy_hash(path / RECIPE_FILE))

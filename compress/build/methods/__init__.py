@@ -12,4 +12,5 @@ METHODS = LazyRegistry("method", {
     "int8": "compress.build.methods.int8:apply",
     "int4": "compress.build.methods.int4:apply",
     "distill": "compress.build.methods.distill:apply",
+    "none": "compress.build.methods.none:apply",
 })

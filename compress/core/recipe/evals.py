@@ -151,18 +151,112 @@ class EvalSpec(Strict):
 
 
 class SloSpec(Strict):
-    """A service-level objective: the tail latencies a serving setup must keep, in milliseconds."""
+    """A service-level objective, in milliseconds: tail latencies over a level (``*_p99_ms``, what
+    ``slo_throughput_speedup`` holds to) and bounds every single request should meet (``ttft_ms``, ``tpot_ms``,
+    ``e2e_ms``: a request meets the SLO when it keeps all that are set; the share that does is its attainment, what
+    goodput holds to). Without request bounds, attainment holds each request to the p99 bounds."""
 
     ttft_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="time to first token, p99")
     itl_p99_ms: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="inter-token latency, p99")
+    ttft_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="each request: time to first token")
+    tpot_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="each request: mean time per output token after the first")
+    e2e_ms: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="each request: end-to-end latency")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # request bounds left out when unset: earlier recipes keep their hash
+        for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _something(self) -> "SloSpec":
-        if self.ttft_p99_ms is None and self.itl_p99_ms is None:
-            raise ValueError("give ttft_p99_ms and/or itl_p99_ms")
+        if all(v is None for v in (self.ttft_p99_ms, self.itl_p99_ms, self.ttft_ms, self.tpot_ms, self.e2e_ms)):
+            raise ValueError("give ttft_p99_ms and/or itl_p99_ms (level tails), or ttft_ms, tpot_ms and/or e2e_ms "
+                             "(each request)")
         return self
+
+    def request_bounds(self) -> dict[str, float]:
+        """The bounds each request is held to, in seconds: ``ttft``, ``tpot``, ``e2e`` (the p99 bounds where no
+        request bound is set: a level whose p99 keeps X is one where 99% of requests keep X)."""
+        bounds = {"ttft": self.ttft_ms, "tpot": self.tpot_ms, "e2e": self.e2e_ms}
+        if all(v is None for v in bounds.values()):
+            bounds = {"ttft": self.ttft_p99_ms, "tpot": self.itl_p99_ms}
+        return {k: v / 1e3 for k, v in bounds.items() if v is not None}
+
+
+class Lognormal(Strict):
+    """Lengths drawn from a log-normal distribution with this mean (in tokens) and ``sigma`` of the log."""
+
+    mean: PositiveFloat
+    sigma: Annotated[float, Field(ge=0, le=3)]
+
+
+class Lengths(Strict):
+    """A distribution of token counts: ``lognormal: {mean, sigma}`` or ``uniform: [a, b]`` (both ends included)."""
+
+    lognormal: Lognormal | None = None
+    uniform: tuple[PositiveInt, PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Lengths":
+        if (self.lognormal is None) == (self.uniform is None):
+            raise ValueError("give one of lognormal: {mean, sigma} or uniform: [a, b]")
+        if self.uniform is not None and self.uniform[0] > self.uniform[1]:
+            raise ValueError(f"uniform: [{self.uniform[0]}, {self.uniform[1]}] runs backwards")
+        return self
+
+
+class WorkloadSpec(Strict):
+    """What the served benchmark sends: requests from a traffic file (the JSONL of evals.traffic: prompts, chat
+    messages or ShareGPT conversations, each with an optional ``max_tokens`` / ``output_tokens``), or synthetic
+    ones of random tokens with lengths from ``prompt_tokens`` and ``output_tokens`` (a number, or a distribution);
+    either way, ``shared_prefix_tokens`` of a common system prompt before the share ``prefix_share`` of them.
+    Seeded: both models get the same requests."""
+
+    path: str | None = Field(default=None, description="a traffic file (JSONL); synthetic requests when unset")
+    prompt_tokens: PositiveInt | Lengths | None = Field(
+        default=None, description="synthetic: each request's own prompt length (default: bench.prompt_tokens)")
+    output_tokens: PositiveInt | Lengths | None = Field(
+        default=None, description="tokens each request generates (default: a file request's own max_tokens, else "
+        "bench.output_tokens)")
+    shared_prefix_tokens: NonNegInt = Field(default=0, description="a common system prompt of this many tokens")
+    prefix_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=1.0, description="the share of requests that carry the shared prefix")
+    seed: int | None = Field(default=None, description="the seed of lengths and prompts (default: bench.seed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_shorthand(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _file_or_synthetic(self) -> "WorkloadSpec":
+        if self.path is not None and self.prompt_tokens is not None:
+            raise ValueError("a traffic file's prompts have their own lengths: drop prompt_tokens, or the path")
+        return self
+
+
+class GoodputSpec(Strict):
+    """Find the highest request rate whose SLO attainment stays at or above ``attainment``: double from
+    ``start_rate`` until a level fails, then bisect, at most ``max_probes`` levels. A level whose attainment
+    interval straddles the target is undecided, and counts as not within it."""
+
+    attainment: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.95, description="the share of requests that must meet bench.slo")
+    start_rate: PositiveFloat | None = Field(
+        default=None, description="requests per second of the first probe (default: what one request at a time "
+        "sustains at concurrency 1)")
+    max_probes: Annotated[int, Field(ge=2, le=20)] = Field(default=6, description="the most levels probed")
+    precision: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.25, description="stop bisecting once the bracket's upper end is within this fraction of its lower")
+    rounds: Annotated[int, Field(ge=1)] = Field(default=2, description="runs per probe (alternating sides)")
 
 
 class BenchSpec(Strict):
@@ -204,15 +298,53 @@ class BenchSpec(Strict):
         default=None, description="vllm: the most seconds a server's start may take while it makes progress (its "
         "log grows or it uses CPU; one that stands still for 5 minutes fails at once); unset: "
         "$COMPRESS_ENGINE_START_TIMEOUT, else 3600")
+    workload: WorkloadSpec | None = Field(
+        default=None, description="served: what the requests look like (a traffic file, or lengths as numbers or "
+        "distributions, and a shared system prompt); unset: random prompts of exactly prompt_tokens")
+    arrival: Literal["closed", "poisson", "constant"] = Field(
+        default="closed", description="closed: batch_sizes requests in flight; poisson / constant: requests arrive "
+        "on their own schedule at each of `rates` (an open loop)")
+    rates: list[PositiveFloat] = Field(default_factory=list, description="open loop: requests per second, per level")
+    requests_per_rate: PositiveInt = Field(
+        default=32, description="open loop: requests sent per rate level and round (before warm-up and cool-down "
+        "are set aside)")
+    duration_s: PositiveFloat | None = Field(
+        default=None, description="open loop: run each level this long instead (rate x duration requests)")
+    warmup_fraction: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        default=0.1, description="open loop: the share of each level's first requests left out of its figures")
+    cooldown_fraction: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        default=0.1, description="open loop: the share of each level's last requests left out of its figures")
+    goodput: GoodputSpec | None = Field(
+        default=None, description="open loop: search the highest rate whose SLO attainment meets a target "
+        "(needs slo)")
 
     @model_serializer(mode="wrap")
     def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # How long a start may take changes no figure: left out when unset, so every recipe's hash
-        # and every cached report stay what they were.
+        # How long a start may take changes no figure, and the production-shaped settings added later are left
+        # out at their defaults: every earlier recipe's hash and cached report stay what they were.
         data = handler(self)
         if data.get("start_timeout_s") is None:
             data.pop("start_timeout_s", None)
+        for key, unset in _LATER_DEFAULTS.items():
+            if key in data and data[key] == unset:
+                data.pop(key)
         return data
+
+    @model_validator(mode="after")
+    def _open_loop(self) -> "BenchSpec":
+        if self.arrival == "closed" and (self.rates or self.goodput is not None):
+            raise ValueError("rates and goodput are levels of an open loop: set arrival: poisson or constant")
+        if self.arrival != "closed" and not self.rates and self.goodput is None:
+            raise ValueError(f"arrival: {self.arrival} needs rates (requests per second) or goodput")
+        if self.goodput is not None and self.slo is None:
+            raise ValueError("goodput holds requests to bench.slo: add slo, e.g. {ttft_ms: 2000, tpot_ms: 200}")
+        if self.engine == "hf" and (self.workload is not None or self.arrival != "closed"):
+            raise ValueError("workloads and arrival processes are served: set engine: vllm (or give an endpoint)")
+        return self
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrival != "closed"
 
     @model_validator(mode="after")
     def _parallel_is_vllms(self) -> "BenchSpec":
@@ -221,3 +353,9 @@ class BenchSpec(Strict):
         return self
 
 
+
+
+# BenchSpec keys added after recipes were first hashed, at their defaults (left out of the dump).
+_LATER_DEFAULTS: dict[str, Any] = {"workload": None, "arrival": "closed", "rates": [], "requests_per_rate": 32,
+                                   "duration_s": None, "warmup_fraction": 0.1, "cooldown_fraction": 0.1,
+                                   "goodput": None}

@@ -24,6 +24,9 @@ EFFICIENCY_METRICS: dict[str, tuple[str, str]] = {
     "cost_ratio": ("candidate / baseline USD per million output tokens, at the largest load level", "lower"),
     "cost_per_mtok": ("candidate USD per million output tokens, at the largest load level", "lower"),
     "slo_throughput_speedup": ("candidate / baseline highest output tokens per second within bench.slo", "higher"),
+    "goodput_speedup": ("candidate / baseline goodput: the highest open-loop request rate whose SLO attainment "
+                        "meets bench.goodput's target", "higher"),
+    "cost_at_goodput": ("candidate USD per million output tokens when serving at its goodput", "lower"),
     "draft_speedup": ("speculative decoding: the baseline generating with the candidate as its draft / alone "
                       "(transformers, batch 1; FAIL when greedy outputs differ)", "higher"),
 }
@@ -48,7 +51,8 @@ def metric_family(metric: str) -> str:
 
 
 # Efficiency metrics measured once per model rather than per load level.
-MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup", "draft_speedup"}
+MEASURED_ONCE = {"size_ratio", "peak_memory_ratio", "peak_memory_mb", "slo_throughput_speedup", "draft_speedup",
+                 "goodput_speedup", "cost_at_goodput"}
 
 
 class GateCheck(Strict):
@@ -236,8 +240,9 @@ class SearchSpec(Strict):
     def _something_to_try(self) -> "SearchSpec":
         if not self.ladder and not self.candidates and not self.mixed:
             raise ValueError("give a ladder (ladder: default) or a list of candidates")
-        if any(c.kind == "distill" for c in self.candidates):
-            raise ValueError("candidates are quantization methods (fp8, int8, int4); distill with `compress run`")
+        if any(c.kind in ("distill", "none") for c in self.candidates):
+            raise ValueError("candidates are quantization methods (fp8, int8, int4); distill, or serve the base "
+                             "model with other settings (kind: none), with `compress run`")
         return self
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from compress.core.errors import RecipeError, UsageError
 from compress.core.recipe.base import Strict
@@ -24,7 +24,9 @@ from compress.core.recipe.model import (
     Int8Method,
     Method,
     ModelSpec,
+    NoneMethod,
 )
+from compress.core.recipe.serve import ServeSpec
 
 # ---------------------------------------------------------------------------- recipe
 
@@ -42,6 +44,20 @@ class Recipe(Strict):
     gate: GateSpec = Field(default_factory=GateSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     search: SearchSpec | None = None
+    serve: ServeSpec | None = Field(
+        default=None, description="the candidate's serving settings (vLLM flags; needs bench.engine: vllm)")
+    baseline_serve: ServeSpec | None = Field(
+        default=None, description="the baseline's serving settings (vLLM flags; needs bench.engine: vllm)")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without serving settings the keys are left out, so every recipe written before they existed keeps
+        # its content hash (and its cached artifacts and reports).
+        data = handler(self)
+        for key in ("serve", "baseline_serve"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +87,30 @@ class Recipe(Strict):
                 raise ValueError(f"gate check '{check.metric}' names no check of evals.traffic.checks "
                                  f"(defined: {known}; fidelity: traffic/kl, traffic/top1, traffic/nll_increase, "
                                  f"traffic/acceptance, traffic/greedy_match)")
+        return self
+
+    @model_validator(mode="after")
+    def _goodput_checks_have_a_search(self) -> "Recipe":
+        for check in self.gate.checks:
+            if check.metric in ("goodput_speedup", "cost_at_goodput") and self.bench.goodput is None:
+                raise ValueError(f"gate check '{check.metric}' needs bench.goodput (with bench.arrival and bench.slo), "
+                                 "e.g. bench: {arrival: poisson, slo: {ttft_ms: 2000}, goodput: {attainment: 0.95}}")
+        return self
+
+    @model_validator(mode="after")
+    def _serving_settings(self) -> "Recipe":
+        for key in ("serve", "baseline_serve"):
+            spec = getattr(self, key)
+            if spec is not None and spec.is_empty():
+                setattr(self, key, None)  # an empty section is the defaults: the same recipe as none
+        if (self.serve or self.baseline_serve) is not None and self.bench.engine != "vllm":
+            raise ValueError("serving settings are vLLM's: set bench.engine: vllm (or remove serve and "
+                             "baseline_serve)")
+        if self.method.kind == "none":
+            flags = [(s or ServeSpec()).engine_args() for s in (self.serve, self.baseline_serve)]
+            if flags[0] == flags[1]:
+                raise ValueError("method kind none makes the candidate the base model itself: give it serving "
+                                 "settings (serve) that differ from the baseline's (baseline_serve)")
         return self
 
     def effective(self) -> dict[str, Any]:
@@ -117,7 +157,8 @@ def _line_index(text: str) -> dict[tuple, int]:
     return lines
 
 
-_METHOD_CLASSES = {"fp8": Fp8Method, "int8": Int8Method, "int4": Int4Method, "distill": DistillMethod}
+_METHOD_CLASSES = {"fp8": Fp8Method, "int8": Int8Method, "int4": Int4Method, "distill": DistillMethod,
+                   "none": NoneMethod}
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:

@@ -1,4 +1,4 @@
-"""The recipe's model, calibration and method sections (fp8, int8, int4, distill)."""
+"""The recipe's model, calibration and method sections (fp8, int8, int4, distill, none)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
@@ -254,7 +254,16 @@ class DistillMethod(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
 
 
-Method = Annotated[Union[Fp8Method, Int8Method, Int4Method, DistillMethod], Field(discriminator="kind")]
-METHOD_KINDS = ["fp8", "int8", "int4", "distill"]
+class NoneMethod(Strict):
+    """No change to the weights: the candidate is the base model itself, served with the recipe's `serve`
+    settings (against the baseline's `baseline_serve`), so that a runtime change (prefix caching, a larger batch
+    budget, a draft model) is built, measured, gated and exported like a model change. The artifact holds the
+    base model's files unchanged (hard links where the file system allows, else copies)."""
+
+    kind: Literal["none"]
+
+
+Method = Annotated[Union[Fp8Method, Int8Method, Int4Method, DistillMethod, NoneMethod], Field(discriminator="kind")]
+METHOD_KINDS = ["fp8", "int8", "int4", "distill", "none"]
 
 

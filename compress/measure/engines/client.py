@@ -95,15 +95,21 @@ def _timeouts(timeout: float):
     return httpx.Timeout(min(timeout, READ_TIMEOUT), connect=min(timeout, 30.0))
 
 
-async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
+def _per_prompt(output_tokens: int | Sequence[int], count: int) -> list[int]:
+    return [output_tokens] * count if isinstance(output_tokens, int) else list(output_tokens)
+
+
+async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int | Sequence[int],
                concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
-    """Send every prompt, at most ``concurrency`` in flight; results in prompt order.
+    """Send every prompt, at most ``concurrency`` in flight; results in prompt order. ``output_tokens``: one
+    count for all, or one per prompt.
 
     Every wait ends: a connection or a read that takes longer than :data:`READ_TIMEOUT` s, or a
     request that takes longer than ``timeout`` s in all (a server trickling tokens), is an EngineError.
     """
     import httpx
 
+    outputs = _per_prompt(output_tokens, len(prompts))
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(prompts)):
         queue.put_nowait(i)
@@ -117,7 +123,7 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
                 i = queue.get_nowait()
                 try:
                     results[i] = await asyncio.wait_for(
-                        stream_one(client, url, model, prompts[i], output_tokens, index=i, concurrency=concurrency,
+                        stream_one(client, url, model, prompts[i], outputs[i], index=i, concurrency=concurrency,
                                    origin=origin), timeout)
                 except asyncio.TimeoutError:
                     raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
@@ -128,6 +134,63 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
         except httpx.HTTPError as e:
             raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {e}") from None
     return [r for r in results if r is not None]
+
+
+def arrival_times(count: int, rate: float, process: str, seed: int) -> list[float]:
+    """When each of ``count`` requests is due, in seconds from the start: ``poisson`` (exponential gaps of mean
+    ``1 / rate``, seeded; the first at 0) or ``constant`` (every ``1 / rate`` s)."""
+    if process == "constant":
+        return [i / rate for i in range(count)]
+    if process != "poisson":
+        raise ValueError(f"unknown arrival process {process!r}")
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(count):
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
+OPEN_LOOP_CONNECTIONS = 1024  # an open loop must never wait for a free connection: that would close the loop
+
+
+async def open_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int | Sequence[int],
+                    due: Sequence[float], timeout: float = 600.0) -> list[ServedRequest]:
+    """Send prompt ``i`` at ``due[i]`` seconds from now whatever is still in flight (an open loop); results in
+    prompt order, each with ``scheduled_s`` (when it was due) and ``started_s`` (when it went). Every wait ends as
+    in :func:`load`."""
+    import httpx
+
+    outputs = _per_prompt(output_tokens, len(prompts))
+    limits = httpx.Limits(max_connections=OPEN_LOOP_CONNECTIONS, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=_timeouts(timeout), limits=limits, trust_env=False) as client:
+        origin = time.perf_counter()
+
+        async def one(i: int) -> ServedRequest:
+            await asyncio.sleep(max(0.0, origin + due[i] - time.perf_counter()))
+            try:
+                r = await asyncio.wait_for(stream_one(client, url, model, prompts[i], outputs[i], index=i,
+                                                      concurrency=0, origin=origin), timeout)
+            except asyncio.TimeoutError:
+                raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
+                                  "(the server stopped answering)", hint="check the server log") from None
+            r.scheduled_s = due[i]
+            return r
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except httpx.HTTPError as e:
+            raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {e}") from None
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+def run_open_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int | Sequence[int],
+                  due: Sequence[float], timeout: float = 600.0) -> list[ServedRequest]:
+    """Synchronous wrapper of :func:`open_load`."""
+    return asyncio.run(open_load(url, model, prompts, output_tokens, due, timeout))
 
 
 def request(method: str, url: str, body: dict | None = None, *, timeout: float = 300.0):
@@ -152,7 +215,7 @@ def request(method: str, url: str, body: dict | None = None, *, timeout: float =
         raise EngineError(f"{method} {url} failed: {type(e).__name__}: {e}") from None
 
 
-def run_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int,
+def run_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int | Sequence[int],
              concurrency: int, timeout: float = 600.0) -> list[ServedRequest]:
     """Synchronous wrapper of :func:`load`."""
     return asyncio.run(load(url, model, prompts, output_tokens, concurrency, timeout))

@@ -23,6 +23,7 @@ _KERNEL = re.compile(r"\b([A-Za-z0-9_]+LinearKernel)\b(?:\s+for\s+([A-Z][A-Za-z0
 _VERSION = re.compile(r"LLM engine \(v([0-9][^\s)]*)\)|\bversion:?\s+v?([0-9]+\.[0-9]+[^\s,]*)")
 _LOG_PREFIX = re.compile(
     r"^(?:\([^)]*\)\s+)?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\S+\s+\S+\s+\[[^\]]*\]\s+")
+_KILLED = re.compile(r"Worker proc (\S+) died unexpectedly \(exit code: (-?\d+)\)")
 _TRIVIAL = re.compile(r"^(Traceback|\s*File \"|\s*\^+\s*$|\s*~+\s*$|During handling|The above exception)")
 
 
@@ -54,6 +55,11 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
     lines = [(raw, msg) for raw, msg in lines if msg and not _TRIVIAL.match(msg)]
     if not lines:
         return "(the server wrote nothing to its log)"
+    killed = [m for _, msg in lines if (m := _KILLED.search(msg))]
+    if killed:  # the root cause is a worker the system ended; every later line is the engine shutting down
+        proc, code = killed[-1].group(1), int(killed[-1].group(2))
+        why = " (SIGKILL: most often the system ran out of memory)" if code == -9 else ""
+        return f"vLLM's worker {proc} was killed, exit code {code}{why}"
     exceptions = [msg for _, msg in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", msg)]
     causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above", msg)]
     errors = [msg for raw, msg in lines if re.search(r"\b(ERROR|CRITICAL)\b", raw) or "Killed" in msg]

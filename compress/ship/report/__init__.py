@@ -9,6 +9,7 @@ from compress.ship.report.card import (
     local_base,
     model_card,
     recipe_excerpt,
+    serve_flags,
 )
 from compress.ship.report.markdown import (
     SERVE,
@@ -49,6 +50,6 @@ __all__ = [
     "identical_outputs", "runtime_line", "served_draft_table", "SERVE", "TRANSFORMERS_NEEDS",
     "WIDE_SPREAD", "accuracy_markdown", "checks_markdown", "serve_markdown", "speed_heading",
     "speed_markdown", "spread_warning", "FORMAT_TAGS", "card_data", "how_made", "local_base",
-    "model_card", "recipe_excerpt", "junit_document", "junit_xml", "run_summary_markdown",
+    "model_card", "recipe_excerpt", "serve_flags", "junit_document", "junit_xml", "run_summary_markdown",
     "collect_runs", "pareto", "pareto_plot", "runs_table",
 ]

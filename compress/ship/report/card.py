@@ -46,7 +46,7 @@ def card_data(recipe: Any, manifest: dict[str, Any], gate: Any, base_path: Any =
         results.append(EvalResult(task_type="text-generation", dataset_type=task, dataset_name=task,
                                   metric_type=metric, metric_value=round(c.candidate, 6), metric_name=name,
                                   verified=False))
-    tags = ["compress", "quantized" if method["kind"] != "distill" else "distilled",
+    tags = ["compress", {"distill": "distilled", "none": "serving-settings"}.get(method["kind"], "quantized"),
             method["name"], FORMAT_TAGS.get(method["format"], "safetensors")]
     return ModelCardData(
         base_model=manifest["base_model"]["id"], license=recipe.export.license or _base_license(base_path) or "other",
@@ -80,10 +80,22 @@ def _base_license(base_path: Any) -> str | None:
         return None
 
 
+def serve_flags(recipe: Any, manifest: dict[str, Any], reports: dict) -> dict[str, list[str]]:
+    """vLLM's flags per side (``candidate``, ``baseline``) of the serving settings the model passed with: the
+    manifest's ``serve`` (an export puts it there), else what its speed report measured, else the recipe's."""
+    from compress.core.recipe import ServeSpec
+    from compress.ship.export import served_with
+
+    settings = manifest["serve"] if "serve" in manifest else served_with(recipe, reports.get(("both", "speed")))
+    return {side: ServeSpec.model_validate(s).engine_args() for side, s in (settings or {}).items() if s}
+
+
 def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, *, path: Any = "PATH/TO/THIS/DIR",
                base_path: Any = None) -> str:
     """README.md for an exported artifact: front matter a model hub reads, what it is, how it was
-    made, what it was measured to do, how to serve it from ``path``."""
+    made, what it was measured to do, how to serve it from ``path`` (with the serving settings it passed
+    with: ``serve_flags``)."""
+    flags = serve_flags(recipe, manifest, reports)
     method = manifest["method"]
     base = manifest["base_model"]
     size = manifest["size"]
@@ -132,28 +144,41 @@ def model_card(recipe: Any, manifest: dict[str, Any], gate: Any, reports: dict, 
                   f"[{f['draft_speedup'].lower:.2f}, {f['draft_speedup'].upper:.2f}] against plain decoding, "
                   f"acceptance {f['acceptance_rate'].estimate:.1%}, {f['tokens_per_target_forward'].estimate:.2f} "
                   f"tokens per forward pass of the target; greedy outputs {same} with and without the draft."]
-    parts += ["", "## How it was made", "", *how_made(recipe, manifest), "",
+    parts += ["", "## How it was made", "", *how_made(recipe, manifest, flags), "",
               "The recipe's settings that differ from compress's defaults (the artifact's `recipe.yaml` holds "
               "all of them):", "", "```yaml", recipe_excerpt(recipe).rstrip(), "```"]
     checked = sorted({c.metric for c in gate.checks if c.kind in ("quality", "traffic")})
+    what = (f"`{base['id']}` itself, served with the settings below" if method["kind"] == "none" else
+            f"A drop-in, cheaper-to-serve replacement for `{base['id']}`")
     parts += [
         "", "## Intended use and limitations", "",
-        f"A drop-in, cheaper-to-serve replacement for `{base['id']}` for the uses the base model serves. "
+        f"{what}, for the uses the base model serves. "
         f"The gate measured quality only on {', '.join(f'`{m}`' for m in checked) or 'no task'}; behaviour "
         "on other tasks, languages and prompts was not measured and may have changed. Speed figures hold for "
         "the machine and engine named above.",
-        "", "## Serve it", "", serve_markdown(method["format"], path, method["name"]), "",
+        "", "## Serve it", "", serve_markdown(method["format"], path, method["name"], flags.get("candidate")), "",
     ]
     return "\n".join(p for p in parts if p is not None)
 
 
-def how_made(recipe: Any, manifest: dict[str, Any]) -> list[str]:
-    """Bullets: the method, and the data it saw (calibration or training) with its size."""
+def how_made(recipe: Any, manifest: dict[str, Any], flags: dict[str, list[str]] | None = None) -> list[str]:
+    """Bullets: the method, the data it saw (calibration or training) with its size, and the serving settings
+    (``flags``: vLLM's, per side, as ``serve_flags`` gives them) it was measured with."""
+    import shlex
+
     method, details = manifest["method"], manifest["method"].get("details", {})
     lines = [f"- Method: {method['name']} ({method['scheme']}), saved as {method['format']}; "
              f"{fmt_seconds(manifest['timings'].get('total_s'))} to build."]
+    for side, who in (("candidate", "this model"), ("baseline", "the base it was compared with")):
+        if (flags or {}).get(side):
+            lines.append(f"- Serving settings of {who} (vLLM): `{shlex.join(flags[side])}`.")
+    if flags:
+        lines.append("- Settings not given are vLLM's defaults, except prefix caching: compress measures with it off "
+                     "unless it is set.")
     cal = recipe.calibration
-    if recipe.method.kind == "distill":
+    if method["kind"] == "none":
+        lines.append("- Weights: the base model's, unchanged (no calibration, no training).")
+    elif recipe.method.kind == "distill":
         t = recipe.method.training
         lines.append(f"- Training data: `{t.dataset}` ({t.split} split, field `{t.text_field}`), blocks of "
                      f"{t.max_seq_length} tokens, {t.max_steps} steps of {t.batch_size}; the teacher is the base model.")
@@ -176,7 +201,8 @@ def recipe_excerpt(recipe: Any) -> str:
 
     data = recipe.model_dump(mode="json", exclude_defaults=True)
     data["method"] = {k: v for k, v in recipe.model_dump(mode="json")["method"].items() if v is not None}
-    order = ["name", "description", "model", "method", "calibration", "evals", "bench", "gate", "export"]
+    order = ["name", "description", "model", "method", "calibration", "evals", "bench", "serve", "baseline_serve",
+             "gate", "export"]
     return yaml.safe_dump({k: data[k] for k in order if k in data}, sort_keys=False)
 
 

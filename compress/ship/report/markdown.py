@@ -48,13 +48,19 @@ def speed_markdown(report: SpeedReport, confidence: float = 0.95) -> str:
     intervals = level_intervals(report, confidence=confidence)
     rows = [[r["figure"], _side_value(r, "baseline"), _side_value(r, "candidate"), ratio_text(r)]
             for r in speed_rows(report, intervals)]
-    return _md_table(["figure", "base", "this model", f"ratio [{confidence:.0%} interval over rounds]"], rows)
+    text = _md_table(["figure", "base", "this model", f"ratio [{confidence:.0%} interval over rounds]"], rows)
+    if report.baseline.rates or report.candidate.rates:
+        from compress.ship.report.serving import rates_markdown
+
+        text += "\n\nOpen loop (requests arriving on their own schedule):\n\n" + rates_markdown(
+            {"base": report.baseline, "this model": report.candidate})
+    return text
 
 
 def speed_heading(report: SpeedReport) -> str:
     """Which runtime measured the figures, how, and at what price."""
     c = report.candidate
-    return runtime_line(report.settings, c.runtime, c.device) + ", baseline and candidate interleaved"
+    return runtime_line(report.settings, c.runtime, c.device, report.workload) + ", baseline and candidate interleaved"
 
 
 def _environment_line(env: dict[str, Any]) -> str:
@@ -89,13 +95,20 @@ TRANSFORMERS_NEEDS = {"compressed-tensors": "`compressed-tensors`", "gptq": "`op
                       "bitsandbytes": "`bitsandbytes`", "safetensors": "nothing more"}
 
 
-def serve_markdown(fmt: str, path: Any, method: str = "") -> str:
-    """The card's serving section for a format, with the export's own path."""
+def serve_markdown(fmt: str, path: Any, method: str = "", flags: list[str] | None = None) -> str:
+    """The card's serving section for a format, with the export's own path; ``flags``: the vLLM flags of the
+    serving settings the model passed its gate with (``ServeSpec.engine_args()``), added to vLLM's command."""
+    import shlex
+
     fmt = fmt if fmt in SERVE else "safetensors"
     bnb = "bitsandbytes-nf4" if "nf4" in method else "bitsandbytes"
     lines = []
+    if flags:
+        lines += [f"It was gated with these vLLM serving settings: `{shlex.join(flags)}`. vLLM's command below "
+                  "carries them (other engines have settings of their own).", ""]
     for engine, command in SERVE[fmt]:
-        lines += [f"{engine}:", "", "```bash", command.format(path=path, bnb=bnb), "```", ""]
+        line = command.format(path=path, bnb=bnb) + (f" {shlex.join(flags)}" if flags and engine == "vLLM" else "")
+        lines += [f"{engine}:", "", "```bash", line, "```", ""]
     lines += [f"transformers (needs {TRANSFORMERS_NEEDS[fmt]} installed):", "",
               "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
               f"model = AutoModelForCausalLM.from_pretrained(\"{path}\")\n"

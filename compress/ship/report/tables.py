@@ -47,7 +47,7 @@ def accuracy_table(report: AccuracyReport) -> Table:
     return table(f"Accuracy: {report.model.spec}{rate}", ["metric", "value", "stderr", "documents", "shots"], rows)
 
 
-def runtime_line(settings: dict[str, Any], runtime: Any, device: str) -> str:
+def runtime_line(settings: dict[str, Any], runtime: Any, device: str, workload: dict[str, Any] | None = None) -> str:
     """Which runtime measured a figure, for every cost or speed heading: "vLLM 0.32.0 (bfloat16) on cpu"."""
     if runtime.engine == "vllm":
         where = f"vLLM {runtime.version or '?'} server ({runtime.dtype}"
@@ -56,8 +56,12 @@ def runtime_line(settings: dict[str, Any], runtime: Any, device: str) -> str:
         where = f"the server at {runtime.url}"
     else:
         where = f"transformers {runtime.version or ''} generate ({runtime.dtype})".replace("  ", " ")
-    return (f"{where} on {device}, {settings['prompt_tokens']} prompt + {settings['output_tokens']} output tokens, "
-            f"{settings.get('rounds', 1)} rounds, ${settings['price_per_hour']}/hour")
+    shape = f"{settings['prompt_tokens']} prompt + {settings['output_tokens']} output tokens"
+    if settings.get("workload"):
+        from compress.ship.report.serving import workload_text
+
+        shape = workload_text(workload) if workload else "a workload (bench.workload)"
+    return f"{where} on {device}, {shape}, {settings.get('rounds', 1)} rounds, ${settings['price_per_hour']}/hour"
 
 
 def fmt_rate(b: Any) -> str:
@@ -78,9 +82,20 @@ def bench_table(report: BenchReport) -> Table:
                      fmt_seconds(b.itl.p50), fmt_seconds(b.itl.p99), fmt_seconds(b.e2e.p50), fmt_seconds(b.e2e.p90),
                      fmt_seconds(b.e2e.p99), f"${b.cost_per_mtok_usd:.4g}"
                      + ("" if b.meets_slo is None else (" (SLO met)" if b.meets_slo else " (SLO missed)"))])
-    title = f"Generation: {report.model.spec}: {runtime_line(report.settings, m.runtime, m.device)}"
-    return table(title, [level_word(report), "output tok/s [95% over rounds]", "TTFT p50", "TTFT p99", "ITL p50",
-                         "ITL p99", "E2E p50", "E2E p90", "E2E p99", "$/1M out"], rows)
+    title = f"Generation: {report.model.spec}: {runtime_line(report.settings, m.runtime, m.device, report.workload)}"
+    closed = table(title, [level_word(report), "output tok/s [95% over rounds]", "TTFT p50", "TTFT p99", "ITL p50",
+                           "ITL p99", "E2E p50", "E2E p90", "E2E p99", "$/1M out"], rows)
+    if not m.rates:
+        return closed
+    from rich.console import Group
+
+    from compress.ship.report.serving import COLUMNS, goodput_line, rates_rows
+
+    title = f"Open loop ({m.rates[0].arrival} arrivals; warm-up and cool-down set aside)"
+    parts = [closed, table(title, COLUMNS, rates_rows(m))]
+    if m.goodput is not None:
+        parts.append(goodput_line(m.goodput))
+    return Group(*parts)
 
 
 def draft_table(report: Any) -> Table:
