@@ -363,11 +363,12 @@ def traffic_table() -> str:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the serving figures live beside this script
-from figures_serving import goodput_table, prefix_caching_table  # noqa: E402
+from figures_serving import goodput_table, peer_table, prefix_caching_table  # noqa: E402
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "goodput-table": ("scripts/results/goodput.json", goodput_table),
     "prefix-caching-table": ("scripts/results/runtime.json", prefix_caching_table),
+    "peer-table": ("scripts/results/peer_bench.json", peer_table),
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
     "engine-start": ("scripts/results/engine_start.json", engine_start),

@@ -86,3 +86,28 @@ def prefix_caching_table() -> str:
             f"prefill those tokens took with caching off (prefill taken as linear in tokens), read with one request "
             f"in flight (with more, TTFT without caching also waits for the other requests' prefill). vLLM {d['vllm']}, "
             f"{d['cpu_cores']} CPU cores, {_minutes(d['seconds'])}, {d['date'][:10]}.\n")
+
+
+def peer_table() -> str:
+    d = _load("peer_bench.json")
+    names = {"request_throughput": "req/s", "output_throughput": "output tok/s", "ttft_p50_ms": "TTFT p50 ms",
+             "ttft_p99_ms": "TTFT p99 ms", "e2e_p50_ms": "E2E p50 ms"}
+    rows = ["| offered req/s | figure | vLLM's client | compress | difference |", "|---|---|---|---|---|"]
+    notes = []
+    for r in d["rates"]:
+        for key, label in names.items():
+            rel = r["relative"][key]
+            flag = " (over 10%)" if key in d["headline"] and abs(rel) > d["tolerance"] else ""
+            rows.append(f"| {r['rate']:g} | {label} | {r['vllm'][key]:.4g} | {r['compress'][key]:.4g} | "
+                        f"{rel:+.1%}{flag} |")
+        if r.get("explanation") and r.get("flagged"):
+            notes.append(f"at {r['rate']:g} req/s, {r['explanation']}")
+    e, w = d["environment"], d["workload"]
+    agree = ("Throughput and TTFT p50 agree within 10% at every rate" if d["agree"] else
+             "Not every headline figure agrees within 10%")
+    return ("\n".join(rows) + "\n\n"
+            f"{agree}. One vLLM {e['vllm_version']} server ({e['model']}, {e['cpu_count']} CPU cores), driven in turn "
+            f"by `vllm.benchmarks.serve` and by compress's open-loop client: {w['prompt_tokens']}-token random "
+            f"prompts, {w['output_tokens']} output tokens, Poisson arrivals, {w['requests_per_run']} requests per run, "
+            f"{w['runs_per_tool']} runs per tool ({w['order']}); `{d['command'].strip()}`, {d['environment']['date'][:10]}."
+            + ("".join(f" Measured: {n}." for n in notes)) + "\n")

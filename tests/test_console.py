@@ -82,7 +82,8 @@ def test_older_option_spellings_still_work():
 
 
 # What each command writes (-o/--output) and which read a recipe (--set).
-WRITES = {"quantize", "distill", "eval", "bench", "compare", "report", "export", "run", "search", "keygen", "cascade"}
+WRITES = {"quantize", "distill", "eval", "bench", "compare", "report", "export", "run", "search", "keygen", "cascade",
+          "plan"}
 READS_RECIPE = {"quantize", "distill", "eval", "bench", "compare", "gate", "run", "search", "validate", "cascade"}
 
 

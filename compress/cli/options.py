@@ -56,10 +56,12 @@ Arrival = Annotated[Optional[str], typer.Option(
     "--arrival", metavar="PROCESS", help="closed (a fixed number in flight), or poisson / constant: requests arrive "
     "on their own schedule at each of --rates (an open loop).  \\[default: the recipe's bench.arrival, else closed]")]
 Rates = Annotated[Optional[str], typer.Option(
-    "--rates", metavar="R1,R2", help="Open loop: comma-separated request rates per second (bench.rates).")]
+    "--rates", metavar="R1,R2", help="Open loop: comma-separated request rates per second (bench.rates).  "
+    "\\[default: the recipe's bench.rates, else none]")]
 GoodputTarget = Annotated[Optional[float], typer.Option(
     "--goodput", metavar="SHARE", min=0.01, max=1.0, help="Open loop: search the highest rate at which this share "
-    "of requests meets the SLO, e.g. 0.95 (bench.goodput.attainment; needs --slo-*).")]
+    "of requests meets the SLO, e.g. 0.95 (bench.goodput.attainment; needs --slo-*).  \\[default: the recipe's "
+    "bench.goodput, else no search]")]
 SloTtft = Annotated[Optional[float], typer.Option(
     "--slo-ttft-ms", metavar="MS", min=0.001, help="SLO: each request's time to first token (bench.slo.ttft_ms).")]
 SloTpot = Annotated[Optional[float], typer.Option(
