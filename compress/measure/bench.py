@@ -311,11 +311,10 @@ def describe_workload(settings: BenchSpec, model_dir: Path, config: dict[str, An
     settings of the cache key, so that an edited file is measured again."""
     if settings.workload is None:
         return None
-    from compress.measure.engines.vllm import DEFAULT_MAX_MODEL_LEN, max_positions
+    from compress.measure.engines.vllm import served_context
     from compress.measure.workload import Workload
 
-    context = min(max_positions(model_dir) or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
-    described = Workload(settings, model_dir, context=context).describe()
+    described = Workload(settings, model_dir, context=served_context(model_dir)).describe()
     config["workload_sha256"] = described["sha256"]
     return described
 

@@ -196,11 +196,10 @@ class ServedSide:
         self._peak = 0
         self._sampling = False
         self._sampler: threading.Thread | None = None
-        from compress.measure.engines.vllm import DEFAULT_MAX_MODEL_LEN, max_positions
+        from compress.measure.engines.vllm import served_context
         from compress.measure.workload import Workload
 
-        context = min(max_positions(self.path) or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
-        self.workload = Workload(settings, self.path, context=context)
+        self.workload = Workload(settings, self.path, context=served_context(self.path))
 
     def start(self) -> None:
         if self.server is not None:

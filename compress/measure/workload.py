@@ -14,7 +14,7 @@ the shape that prefix caching serves. Prompts travel as token ids, so no server-
 Every draw is seeded by the workload's seed and the (level, round) seed the bench gives.
 
 Example:
-    w = Workload(spec, settings, Path("dist/tiny-llama-int4"), context=256)
+    w = Workload(settings, Path("dist/tiny-llama-int4"), context=256)
     items = w.items(count=16, seed=3)          # [Item(prompt=[...], output_tokens=32, prefixed=True), ...]
     w.describe()["prompt_tokens"]["p90"]
 """

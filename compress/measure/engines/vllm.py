@@ -65,6 +65,11 @@ def max_positions(model_dir: Path) -> int | None:
     return None
 
 
+def served_context(model_dir: Path) -> int:
+    """The context a server started here gives the model: its max_position_embeddings, at most 4096."""
+    return min(max_positions(model_dir) or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+
+
 # what vLLM's quantization registry must accept for it to load.
 SCHEME_FORMATS = {
     "fp8-dynamic": "compressed-tensors", "fp8-static": "compressed-tensors", "int8-w8a8": "compressed-tensors",
@@ -309,7 +314,7 @@ class VllmServer:
         if not (self.model_dir / "config.json").is_file():
             raise InputError(f"{self.model_dir}: not a model directory (no config.json)")
         limit = max_positions(self.model_dir)
-        length = self.max_model_len or min(limit or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+        length = self.max_model_len or served_context(self.model_dir)
         if limit is not None and length > limit:
             raise InputError(f"max_model_len {length} exceeds the model's max_position_embeddings {limit}",
                              hint=f"use a max_model_len of at most {limit}")
