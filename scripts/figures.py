@@ -363,12 +363,16 @@ def traffic_table() -> str:
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the serving figures live beside this script
-from figures_serving import goodput_table, peer_table, prefix_caching_table  # noqa: E402
+from figures_serving import (fleet_policies, fleet_waterfall, goodput_table, peer_table,  # noqa: E402
+                             prefix_caching_table, replay_table)
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "goodput-table": ("scripts/results/goodput.json", goodput_table),
     "prefix-caching-table": ("scripts/results/runtime.json", prefix_caching_table),
     "peer-table": ("scripts/results/peer_bench.json", peer_table),
+    "replay-table": ("scripts/results/replay.json", replay_table),
+    "fleet-policies": ("scripts/results/fleet.json", fleet_policies),
+    "fleet-waterfall": ("scripts/results/fleet.json", fleet_waterfall),
     "demo-transcript": ("scripts/results/demo_lines.json", demo_transcript),
     "cold-start": ("scripts/results/cold_start.json", cold_start),
     "engine-start": ("scripts/results/engine_start.json", engine_start),

@@ -111,3 +111,96 @@ def peer_table() -> str:
             f"prompts, {w['output_tokens']} output tokens, Poisson arrivals, {w['requests_per_run']} requests per run, "
             f"{w['runs_per_tool']} runs per tool ({w['order']}); `{d['command'].strip()}`, {d['environment']['date'][:10]}."
             + ("".join(f" Measured: {n}." for n in notes)) + "\n")
+
+
+def replay_table() -> str:
+    d = _load("replay.json")
+    rows = ["| offered req/s | throughput, measured | simulated | gap | p50 latency, measured | simulated | gap |",
+            "|---|---|---|---|---|---|---|"]
+    for r in d["rates"]:
+        m, s, g = r["measured"], r["simulated"], r["gap"]
+        behind = " (client behind)" if r["client_bound"] else ""
+        rows.append(f"| {r['rate']:g}{behind} | {m['requests_per_s']:.3g}/s | {s['requests_per_s']:.3g}/s | "
+                    f"{g['throughput']:+.1%} | {m['e2e_p50_s']:.3g} s | {s['e2e_p50_s']:.3g} s | "
+                    f"{g['latency_p50']:+.1%} |")
+    t, b = d["tolerance"], d["bench"]
+    verdict = (f"Within the stated tolerance ({t['throughput']:.0%} on throughput, {t['latency_p50']:.0%} on p50 "
+               "latency) at every rate." if d["agrees"] else
+               f"Not every rate is within the stated tolerance ({t['throughput']:.0%} on throughput, "
+               f"{t['latency_p50']:.0%} on p50 latency): the rows above say where.")
+    w = b["workload"]
+    sim = d["rates"][0]["simulated"]
+    return ("\n".join(rows) + "\n\n"
+            f"{verdict} One vLLM {d['vllm']} server of {d['model']}. The simulation is one replica whose requests "
+            f"take the end-to-end times the same server measured in closed loop at "
+            f"{', '.join(str(x) for x in b['batch_sizes'])} in flight ({b['repeats']} requests per level and round, "
+            f"{b['rounds']} rounds, each round's first and last wave set aside), interpolated between levels at the "
+            f"occupancy a request is admitted at; {sim['seeds']} seeded runs of {sim['requests_per_seed']} requests "
+            f"per rate. Measured: {b['requests_per_rate']} Poisson arrivals per rate and round (10% warm-up and "
+            f"cool-down set aside); prompts log-normal around {w['prompt_tokens']['lognormal']['mean']} tokens, "
+            f"{w['output_tokens']['uniform'][0]}-{w['output_tokens']['uniform'][1]} output tokens. "
+            f"`{d['command']}`, {d['cpu_cores']} CPU cores, {d['seconds'] / 60:.0f} min, {d['date'][:10]}.\n")
+
+
+def _money(v) -> str:
+    return "-" if v is None else f"${v:.4g}"
+
+
+def fleet_waterfall() -> str:
+    from compress.decide.waterfall import waterfall_markdown
+
+    d = _load("fleet.json")
+    w = d["waterfall"]
+    runs = "; ".join(f"`compress run {r['recipe']}`: {r['verdict']} ("
+                     + ", ".join(f"`{c['metric']}` {c['shown']}" for c in r["checks"]) + ")"
+                     for r in d["runs"].values())
+    t = w["traffic"]
+    return (waterfall_markdown(w) + "\n\n"
+            f"Each row is a fleet serving the same day ({d['traffic']}: {t['mean_rps']:.2g} requests/s on average, "
+            f"{t['peak_rps']:.2g} at the peak), {w['attainment_goal']:.0%} of requests waiting at most "
+            f"{w['slo'].get('wait_s', 0):g} s for a slot, at ${w['price_per_replica_hour']:g} per replica-hour; the "
+            f"model and runtime rows are static fleets sized for the peak, the last row autoscales the last counted "
+            f"layer. {runs}. The 1B fixture has random weights: its gates check speed, cost and size, not accuracy. "
+            f"`{d['command']}`, {d['cpu_cores']} CPU cores, {d['seconds'] / 60:.0f} min, {d['date'][:10]}.\n")
+
+
+def fleet_policies() -> str:
+    d = _load("fleet.json")
+    rows = ["| policy | replica-hours [95%] | $ / day | $ / 1M output tokens | SLO attainment | p99 latency | "
+            "peak replicas | request slots in use |", "|---|---|---|---|---|---|---|---|"]
+
+    def add(p, suffix=""):
+        lo, hi = p["intervals"]["replica_hours"]
+        busy = p.get("utilization")
+        rows.append(f"| {p['label']}{suffix} | {p['replica_hours']:.1f} [{lo:.1f}, {hi:.1f}] | ${p['usd_per_day']:.2f} | "
+                    f"{_money(p['usd_per_mtok'])} | {p['attainment']:.2%} | {p['latency_p99_s']:.3g} s | "
+                    f"{p['peak_replicas']} | {'-' if busy is None else f'{busy:.0%}'} |")
+
+    for p in d["policies"]["policies"]:
+        add(p)
+    for p in d["spot"]["policies"]:
+        add(p, " + spot")
+    pol = d["policies"]
+    static = next(p for p in pol["policies"] if p["policy"] == "static")
+    chosen = next((p for p in pol["policies"] if pol["chosen"] and p["label"] == pol["chosen"]["label"]), None)
+    line = ""
+    if chosen:
+        fewer = 1 - chosen["replica_hours"] / static["replica_hours"]
+        gap = static["attainment"] - chosen["attainment"]
+        line = (f"The queue-depth target `compress plan` chose ({chosen['label'].split('(', 1)[1].rstrip(')')}: the "
+                f"cheapest that kept the {pol['attainment_goal']:.0%} goal) used {chosen['replica_hours']:.1f} "
+                f"replica-hours against static's {static['replica_hours']:.1f}, {fewer:.0%} fewer, at "
+                f"{chosen['attainment']:.2%} attainment against {static['attainment']:.2%} "
+                f"({gap * 100:.2f} points lower; the margin allowed is the goal's, {(1 - pol['attainment_goal']) * 100:g} "
+                f"points). ")
+    util = [p for p in pol["policies"] if p["policy"] == "utilization"]
+    if util and min(p["replica_hours"] for p in util) > static["replica_hours"]:
+        line += ("Scaling on utilization kept more replicas than the static fleet: a replica with one request in "
+                 "service counts as busy, however many more it could take. ")
+    sp = d["spot_flags"]
+    return ("\n".join(rows) + "\n\n" + line +
+            f"The deployed layer ({d['runs']['runtime']['recipe']}) over {d['traffic']}, {pol['settings']['repeats']} "
+            f"seeded runs per policy; the cold start is its measured server start "
+            f"({pol['settings']['cold_start_s']:.0f} s), scale-down after {pol['settings']['scale_down_delay_s']:g} s. "
+            f"Spot rows: half the fleet at ${sp[1]} per replica-hour with {sp[3]} preemptions per replica-hour, each "
+            f"preempted request served again. The plot below is the first seeded run of each policy.\n")

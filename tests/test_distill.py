@@ -220,9 +220,12 @@ def test_fsdp_config_on_cpu_processes_is_refused_not_run_as_ddp(tmp_path, runs_d
 
 
 @pytest.mark.skipif(torch.cuda.device_count() == 1, reason="FSDP over two processes needs two GPUs, or none")
+@pytest.mark.slow
 def test_fsdp_over_two_processes_shards_the_student_and_saves_it_whole(tmp_path, runs_dir):
     """The FSDP path (FSDP2 shards, the gathered student, one writer) on two GPUs, or on two CPU
-    processes over gloo with accelerate's GPU-only rule lifted by tests/fsdp_on_cpu.py."""
+    processes over gloo with accelerate's GPU-only rule lifted by tests/fsdp_on_cpu.py. (In `make test-slow`: on
+    CPU processes the product refuses FSDP, the test above; two processes training are in the default suite, the
+    data-parallel test.)"""
     p = _accelerate_fsdp(tmp_path, 2, lift_cpu_rule=not torch.cuda.is_available())
     assert p.returncode == 0, p.stderr[-3000:]
     d = json.loads(p.stdout)["manifest"]["method"]["details"]  # one JSON document: the main process's

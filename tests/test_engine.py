@@ -289,9 +289,12 @@ def test_a_terminated_caller_still_stops_the_server(tmp_path):
 
 
 @needs_engine
+@pytest.mark.slow
 def test_speculative_decoding_in_vllm_with_a_draft_keeps_greedy_outputs(tmp_path):
     """`compress bench LARGE --draft SMALL --engine vllm`: LARGE served alone and with SMALL as its
-    draft-model speculator, alternating rounds. In float32 the outputs match request for request."""
+    draft-model speculator, alternating rounds. In float32 the outputs match request for request. (Two servers
+    and two minutes: in `make test-slow`; the default suite checks drafts in transformers, tests/test_speculative.py,
+    and the speculative config's flags, tests/test_serve_levers.py.)"""
     import json
 
     import yaml

@@ -50,6 +50,8 @@ def _against_erlang(replicas: int, slots: int, rho: float, total: int, service: 
     for r in runs:
         assert r.lost == 0 and r.served == r.requests
         realised = erlang_wait(c, r.requests / traffic.horizon_s, r.service_mean_s)
+        # the share of the fleet's request slots in service is the offered load (the busy fraction of M/M/c)
+        assert r.utilization == pytest.approx(r.requests / traffic.horizon_s * r.service_mean_s / c, rel=0.01)
         for key in errors:
             errors[key].append(getattr(r, key) / realised[key] - 1)
     load = statistics.fmean(r.requests / traffic.horizon_s * r.service_mean_s for r in runs) / c
@@ -131,12 +133,42 @@ def test_service_model_from_a_served_benchmark(tmp_path):
     assert svc.concurrency == 8 and svc.cold_start_s == 95.0 and svc.price_per_hour == 2.5
     assert svc.slo == Slo(ttft_s=2.0, tpot_s=0.1) and svc.origin == run
     assert [level_for(k, [1, 4, 8]) for k in (1, 2, 4, 5, 8, 9)] == [1, 4, 4, 8, 8, 8]
-    assert svc.mean_service_s(1) == pytest.approx(1.0) and svc.mean_service_s(3) == pytest.approx(2.0)
+    # between measured levels, interpolated: at 3 in flight, level 4's times two times in three, level 1's otherwise
+    assert svc.mean_service_s(1) == pytest.approx(1.0) and svc.mean_service_s(3) == pytest.approx(1 / 3 + 4 / 3)
+    import random
+
+    rng = random.Random(0)
+    draws = [svc.draw(3, rng)[0] for _ in range(6000)]
+    assert sum(d > 1.5 for d in draws) / len(draws) == pytest.approx(2 / 3, abs=0.02)
     assert svc.mean_service_s(8) == pytest.approx(4.0)
     baseline = service_from_evidence(run / "reports" / "speed.json", side="baseline")
     assert baseline.mean_service_s(8) == pytest.approx(8.0) and baseline.origin is None
     with pytest.raises(UsageError, match="holds no speed report"):
         service_from_evidence(tmp_path)
+
+
+def test_a_closed_loop_level_is_read_in_its_steady_part(tmp_path):
+    """At k in flight, a round's first k requests started together (each prefill behind the others') and its last
+    k ran as the level drained: the service model takes the requests between, and says when a round is too short."""
+    from compress.core.reports import LevelRun, Measured, ModelInfo, Runtime, ServedRequest, SpeedReport
+
+    def request(i, e2e, started):
+        return ServedRequest(index=i, concurrency=4, prompt_tokens=8, output_tokens=10, started_s=started,
+                             ttft_s=0.1, e2e_s=e2e, token_times_s=[0.1] * 10, chunks=10)
+
+    # 12 requests at 4 in flight: the burst (3 s), the steady middle (1 s), the drain (0.5 s), listed out of order
+    steady = [request(i, {0: 3.0, 1: 1.0, 2: 0.5}[i // 4], started=float(i)) for i in range(12)]
+    short = [request(i, 3.0, started=0.0) for i in range(4)]
+    for requests, mean, note in ((steady[::-1], 1.0, False), (short, 3.0, True)):
+        m = Measured(model=ModelInfo(spec="x", content_hash="0" * 64, size_bytes=1), runtime=Runtime(engine="vllm"),
+                     device="cpu", size_bytes=1, peak_memory_bytes=1, memory_kind="rss", batches=[],
+                     runs=[LevelRun(round=0, level=4, wall_s=1.0, requests=requests)])
+        path = tmp_path / f"speed-{len(requests)}.json"
+        SpeedReport(settings={}, baseline=m, candidate=m, environment={}, created="2026-12-01T00:00:00",
+                    duration_s=1.0, cache_key="k").save(path)
+        svc = service_from_evidence(path)
+        assert svc.mean_service_s(4) == pytest.approx(mean)
+        assert any("too few requests per round" in n for n in svc.notes) == note
 
 
 def test_manifests_validate_and_a_broken_one_does_not(tmp_path):
@@ -218,29 +250,95 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
+def test_the_waterfall_counts_only_the_layers_whose_guard_held(tmp_path):
+    """Base, a quantized model (PASS), a runtime lever on it (PASS), a cheaper model whose gate FAILed, a benchmark
+    whose gate decided on another artifact, and a bare speed.json: each priced on the same traffic; only the
+    passing layers' savings add up, and the autoscaled row builds on the last of them."""
+    from compress.decide.waterfall import read_layers, waterfall, waterfall_markdown
+
+    h = {name: name[0] * 64 for name in ("base", "int4", "cached", "2bit", "swapped", "other")}
+    runs = [_run_dir(tmp_path, "int4", candidate=1.0, gate="PASS", hashes=(h["base"], h["int4"])),
+            _run_dir(tmp_path, "int4-cached", candidate=0.6, baseline=1.0, gate="PASS", method="none",
+                     hashes=(h["int4"], h["cached"])),
+            _run_dir(tmp_path, "int2", candidate=0.3, baseline=1.0, gate="FAIL", hashes=(h["cached"], h["2bit"])),
+            _run_dir(tmp_path, "swapped", candidate=0.3, baseline=1.0, gate="PASS", gate_hash=h["other"],
+                     hashes=(h["cached"], h["swapped"])),
+            _run_dir(tmp_path, "bare", candidate=0.3, baseline=1.0, hashes=(h["cached"], h["other"]))
+            / "reports" / "speed.json",
+            _run_dir(tmp_path, "unlinked", candidate=0.3, baseline=1.0, gate="PASS", hashes=(h["base"], h["other"]))]
+    layers = read_layers(runs)
+    assert [(x.kind, x.verdict) for x in layers] == [("base", "reference"), ("model", "PASS"), ("runtime", "PASS"),
+                                                     ("model", "FAIL"), ("model", "PASS"), ("model", None),
+                                                     ("model", "PASS")]
+    result = waterfall(layers, steady_traffic(3.0, 3600), PlanSettings(repeats=2, slo_wait_s=2.0))
+    rows = result["rows"]
+    assert [r["kind"] for r in rows] == ["base", "model", "runtime", "model", "model", "model", "model",
+                                         "infrastructure"]
+    assert [r["counted"] for r in rows] == [True, True, True, False, False, False, False, rows[-1]["counted"]]
+    assert "FAIL" in rows[3]["why_not"] and "another artifact" in rows[4]["why_not"] and "no gate" in rows[5]["why_not"]
+    assert "its baseline is not the model of the last counted row" in rows[6]["why_not"]  # gated against the base
+    assert all(r["saving_share"] is None for r in rows[3:7])
+    cost = [r["usd_per_mtok"] for r in rows]
+    assert cost[0] > cost[1] > cost[2] and cost[3] < cost[2]  # the FAILed layer was cheaper, and is not taken
+    assert rows[1]["saving_usd_per_mtok"] == pytest.approx(cost[0] - cost[1])
+    assert rows[2]["saving_usd_per_mtok"] == pytest.approx(cost[1] - cost[2])
+    assert rows[1]["guard"].startswith("tiny_facts_mc/acc")  # the quality check is the headline
+    assert rows[-1]["policy"].startswith("queue-depth") and rows[-1]["concurrency"] == rows[2]["concurrency"]
+    last = next(r for r in reversed(rows) if r["counted"])
+    assert result["total"]["to_usd_per_mtok"] == last["usd_per_mtok"]
+    assert result["total"]["saving_share"] == pytest.approx(1 - last["usd_per_mtok"] / cost[0])
+    table = waterfall_markdown(result)
+    assert table.count("not counted") == 4 + (not rows[-1]["counted"]) and "its gate said FAIL" in table
+
+
+def test_the_waterfall_from_the_command_line(tmp_path):
+    a = _run_dir(tmp_path, "int4", candidate=1.0, gate="PASS", hashes=("a" * 64, "b" * 64))
+    b = _run_dir(tmp_path, "cached", candidate=0.6, baseline=1.0, gate="PASS", method="none", hashes=("b" * 64,) * 2)
+    r = run_cli("plan", str(a), str(b), "--rate", "2", "--duration", "1800", "--repeats", "1", "--json",
+                "-o", str(tmp_path / "waterfall.json"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [row["kind"] for row in data["rows"]] == ["base", "model", "runtime", "infrastructure"]
+    assert json.loads((tmp_path / "waterfall.json").read_text())["rows"] == data["rows"]
+    r = run_cli("plan", str(a), str(b), "--rate", "2", "--emit-k8s", str(tmp_path / "k8s"))
+    assert r.returncode == 2 and "--emit-k8s does not apply to a waterfall" in r.stderr
+    assert not (tmp_path / "k8s").exists()
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _run_dir(tmp_path):
-    """runs/demo/KEY with a speed report: the candidate's requests take 1 s alone, 2 s at 4 in flight, 4 s at 8;
-    the baseline's twice as long; bench.slo, a measured start and the serving settings it passed with."""
+def _run_dir(tmp_path, name="demo", candidate=1.0, baseline=2.0, gate=None, method="int4", gate_hash=None,
+             hashes=("0" * 64, "0" * 64)):
+    """runs/NAME/KEY with a speed report: the candidate's requests take 1 s alone, 2 s at 4 in flight, 4 s at 8
+    (times ``candidate``); the baseline's twice as long (``baseline``); bench.slo, a measured start and the
+    serving settings it passed with; ``hashes``: the baseline's and the candidate's content hashes. With ``gate``,
+    the run's gate.json says that verdict on ``gate_hash`` (default: the candidate's) and its artifact's manifest
+    names the method."""
     from compress.core.reports import LevelRun, Measured, ModelInfo, Runtime, ServedRequest, SpeedReport
 
-    def side(scale: float) -> Measured:
+    def side(scale: float, content_hash: str) -> Measured:
         runs = []
         for level, e2e in ((1, 1.0), (4, 2.0), (8, 4.0)):
             requests = [ServedRequest(index=i, concurrency=level, prompt_tokens=64, output_tokens=20, started_s=0.0,
                                       ttft_s=0.1 * scale, e2e_s=e2e * scale * (0.9 if i % 2 else 1.1),
                                       token_times_s=[0.1] * 20, chunks=20) for i in range(2 * level)]
             runs.append(LevelRun(round=0, level=level, wall_s=10.0, requests=requests))
-        return Measured(model=ModelInfo(spec="demo", content_hash="0" * 64, size_bytes=1),
+        return Measured(model=ModelInfo(spec="demo", content_hash=content_hash, size_bytes=1),
                         runtime=Runtime(engine="vllm", start_s=95.0), device="cuda", size_bytes=1,
                         peak_memory_bytes=1, memory_kind="rss", runs=runs, batches=[])
 
-    run = tmp_path / "runs" / "demo" / "abc123"
+    run = tmp_path / "runs" / name / "abc123"
     (run / "reports").mkdir(parents=True)
     (run.parent / "LATEST").write_text("abc123")
     SpeedReport(settings={"price_per_hour": 2.5, "slo": {"ttft_p99_ms": 2000, "itl_p99_ms": 100},
                           "serve": {"candidate": {"enable_prefix_caching": True}}},
-                baseline=side(2.0), candidate=side(1.0), environment={}, created="2026-12-01T00:00:00",
+                baseline=side(baseline, hashes[0]), candidate=side(candidate, hashes[1]), environment={}, created="2026-12-01T00:00:00",
                 duration_s=1.0, cache_key="k").save(run / "reports" / "speed.json")
+    if gate is not None:
+        (run / "model").mkdir()
+        (run / "model" / "manifest.json").write_text(json.dumps({"name": name, "method": {"kind": method}}))
+        (run / "gate.json").write_text(json.dumps({
+            "verdict": gate, "candidate_hash": gate_hash or hashes[1],
+            "checks": [{"metric": "size_ratio", "kind": "efficiency", "verdict": "PASS", "shown": "0.3x"},
+                       {"metric": "tiny_facts_mc/acc", "kind": "quality", "verdict": gate, "shown": "-0.5 pts"}]}))
     return run

@@ -228,6 +228,34 @@ def print_cascade(analysis, exported) -> None:
                       + (f" · router exported to {exported}" if exported else ""))
 
 
+def _waterfall(paths: list[Path], load, settings, *, concurrency: int | None, cold_start: float | None,
+               out: Optional[Path], json_: bool) -> None:
+    """``compress plan RUN RUN ...``: the top-down waterfall, printed (or as JSON) and written with -o."""
+    from compress.decide import waterfall as wf
+
+    layers = wf.read_layers(paths, concurrency=concurrency)
+    if cold_start is not None:
+        for layer in layers:
+            layer.service.cold_start_s = cold_start
+    result = wf.waterfall(layers, load, settings, log=console.step)
+    if out is not None:
+        from compress.core.artifact import write_json
+
+        write_json(out, result)
+        result["written"] = [str(out)]
+    if json_:
+        console.print_json(result)
+        return
+    console.out.print(wf.waterfall_table(result))
+    for row in result["rows"]:
+        if not row["counted"]:
+            console.out.print(f"not counted: {escape(row['layer'])}: {escape(row['why_not'])}")
+    for note in result["notes"]:
+        console.out.print(f"note: {escape(note)}")
+    if out is not None:
+        console.out.print(f"wrote {escape(str(out))}")
+
+
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -241,13 +269,15 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     "compress plan runs/llama-1b-int4-rtn --traffic day.csv --plot plan.png",
     "compress plan dist/llama-1b-int4-rtn --traffic day.csv --spot 0.45 --preemption-rate 0.05 --emit-k8s k8s/",
     "compress plan runs/llama-1b-int4-rtn --rate 5 --replicas 3 --slo-wait-p99 2 --json",
+    "compress plan runs/llama-1b-int4-system-prompt runs/llama-1b-int4-prefix-caching --traffic day.csv",
     "compress plan --service-time exp:0.5 --concurrency-per-replica 4 --rate 20 --json")
     + "\nA traffic file has one `time,requests per second` line per step (time in seconds or HH:MM; each rate "
     "holds until the next line), or one arrival time per line (a trace).\n")
 def plan(
-    evidence: Annotated[Optional[Path], typer.Argument(metavar="[EVIDENCE]", help="What one replica can take: a "
-                        "run directory (runs/NAME/KEY, or runs/NAME for its newest), an export, or a speed.json "
-                        "of a served benchmark.")] = None,
+    evidence: Annotated[Optional[list[Path]], typer.Argument(metavar="[EVIDENCE]...", help="What one replica can "
+                        "take: a run directory (runs/NAME/KEY, or runs/NAME for its newest), an export, or a "
+                        "speed.json of a served benchmark. Several: the top-down waterfall, each run's cost at the "
+                        "same traffic and SLO, from the first run's base.")] = None,
     service_time: Annotated[Optional[str], typer.Option("--service-time", metavar="DIST", help="Instead of "
                             "EVIDENCE, a synthetic replica: exp:MEAN_S, lognormal:MEAN_S,SIGMA or const:S (needs "
                             "--concurrency-per-replica).")] = None,
@@ -319,11 +349,20 @@ def plan(
     json_: JsonOut = False,
 ) -> None:
     """The fleet bill: replicas serving a day of traffic under static, utilization and queue-depth scaling, with
-    replica-hours, $ per day and per 1M tokens, SLO attainment and tail latency (a seeded simulation)."""
+    replica-hours, $ per day and per 1M tokens, SLO attainment and tail latency (a seeded simulation). Given
+    several runs: the top-down waterfall, each layer's cost on the same traffic beside the gate it passed."""
     from compress.decide import plan as pl
     from compress.decide.fleet_spec import POLICIES, Scaling, Spot
     from compress.decide.service import fit_concurrency, service_from_evidence, synthetic
 
+    evidence = evidence or None
+    if evidence and len(evidence) > 1:
+        given = [flag for flag, value in (("--service-time", service_time), ("--replicas", replicas),
+                                          ("--policy", policy), ("--emit-k8s", emit_k8s), ("--plot", plot))
+                 if value is not None] + (["--side"] if side != "candidate" else [])
+        if given:
+            raise UsageError(f"{given[0]} does not apply to a waterfall of several runs",
+                             hint="give one run for a fleet plan with it, or leave it out")
     if (evidence is None) == (service_time is None):
         raise UsageError("give one replica: EVIDENCE (a run, an export or a speed.json) or --service-time",
                          hint="e.g. compress plan runs/NAME --rate 5, or --service-time exp:0.5 "
@@ -360,8 +399,8 @@ def plan(
         if concurrency is None:
             raise UsageError("--service-time needs --concurrency-per-replica", hint="e.g. --concurrency-per-replica 4")
         service = synthetic(service_time, concurrency=concurrency, output_tokens=output_tokens, cold_start_s=cold_start)
-    else:
-        service = service_from_evidence(evidence, side=side, concurrency=concurrency)
+    elif len(evidence) == 1:
+        service = service_from_evidence(evidence[0], side=side, concurrency=concurrency)
         if concurrency is None:
             service = fit_concurrency(service, attainment)
         if cold_start is not None:
@@ -374,6 +413,9 @@ def plan(
                         min_replicas=min_replicas),
         max_replicas=max_replicas, slo_wait_s=slo_wait, attainment=attainment, price_per_hour=price,
         spot=Spot(spot, preemption_rate, spot_share) if spot is not None else None, repeats=repeats, seed=seed)
+    if evidence and len(evidence) > 1:
+        _waterfall(evidence, load, settings, concurrency=concurrency, cold_start=cold_start, out=out, json_=json_)
+        return
     result = pl.plan(service, load, settings, log=console.step)
     written = []
     if emit_k8s is not None:

@@ -371,8 +371,8 @@ class _Fleet:
         arrival = np.array(self.arrival)
         w, lat = wait[served], latency[served]
 
-        def p99(x):
-            return float(np.percentile(x, 99)) if len(x) else math.nan
+        def p99(x, q=99):
+            return float(np.percentile(x, q)) if len(x) else math.nan
 
         timeline = []
         edges = [b * self.bin_s for b in range(len(self.bin_area))] + [self.horizon]
@@ -389,7 +389,9 @@ class _Fleet:
             service_mean_s=self.service_sum / max(1, len(self.done_i)),
             attainment=float(ok.mean()) if n else math.nan,
             wait_probability=float((w > 0).mean()) if len(w) else math.nan,
-            wait_mean_s=float(w.mean()) if len(w) else math.nan, wait_p99_s=p99(w), latency_p99_s=p99(lat),
+            wait_mean_s=float(w.mean()) if len(w) else math.nan, wait_p99_s=p99(w), latency_p50_s=p99(lat, 50),
+            latency_p99_s=p99(lat),
+            utilization=self.service_sum / (self.area * self.n) if self.area else math.nan,
             replica_hours=self.area / 3600.0, spot_replica_hours=self.spot_area / 3600.0,
             peak_queue=self.peak_queue, peak_replicas=self.peak_replicas, mean_replicas=self.area / self.horizon,
             preemptions=self.preemptions, requeued=self.requeued, scale_ups=self.scale_ups,

@@ -141,7 +141,9 @@ class RunResult:
     wait_probability: float
     wait_mean_s: float
     wait_p99_s: float
+    latency_p50_s: float
     latency_p99_s: float
+    utilization: float  # the share of the billed request slots (replica-seconds x concurrency) spent serving
     replica_hours: float
     spot_replica_hours: float
     peak_queue: int

@@ -286,8 +286,10 @@ def _bill(pol: Policy, runs: list, traffic: Traffic, price: float, s: PlanSettin
         "replica_hours": [r.replica_hours for r in runs], "usd_per_day": [u * day for u in usd],
         "usd_per_mtok": [u / r.output_tokens * 1e6 if r.output_tokens else math.nan for u, r in zip(usd, runs)],
         "attainment": [r.attainment for r in runs], "wait_p99_s": [r.wait_p99_s for r in runs],
-        "latency_p99_s": [r.latency_p99_s for r in runs], "wait_probability": [r.wait_probability for r in runs],
-        "wait_mean_s": [r.wait_mean_s for r in runs], "mean_replicas": [r.mean_replicas for r in runs]}
+        "latency_p50_s": [r.latency_p50_s for r in runs], "latency_p99_s": [r.latency_p99_s for r in runs],
+        "wait_probability": [r.wait_probability for r in runs],
+        "wait_mean_s": [r.wait_mean_s for r in runs], "mean_replicas": [r.mean_replicas for r in runs],
+        "utilization": [r.utilization for r in runs]}
     row: dict[str, Any] = {"policy": pol.kind, "label": pol.label, "target": pol.target,
                            "replicas": pol.replicas,
                            "min_replicas": pol.replicas if pol.kind == "static" else scaling.min_replicas,
@@ -295,7 +297,7 @@ def _bill(pol: Policy, runs: list, traffic: Traffic, price: float, s: PlanSettin
     intervals = {}
     for key, values in per.items():
         mean, lo, hi = _spread(values)
-        if key in ("attainment", "wait_probability"):
+        if key in ("attainment", "wait_probability", "utilization"):
             hi = min(hi, 1.0)  # shares
         row[key] = mean
         intervals[key] = [lo, hi]
@@ -322,12 +324,14 @@ def plan_table(result: dict[str, Any]):
         lo, hi = p["intervals"]["replica_hours"]
         rows.append([p["label"], num(p["replica_hours"], ".1f") + f" [{num(lo, '.1f')}, {num(hi, '.1f')}]",
                      num(p["usd_per_day"], ".2f"), num(p["usd_per_mtok"], ".4g"), num(p["attainment"], ".2%"),
+                     num(p.get("utilization"), ".0%"),
                      num(p["wait_p99_s"], ".3g"), num(p["latency_p99_s"], ".3g"), p["peak_queue"],
                      p["peak_replicas"], p["preemptions"]])
     t = result["traffic"]
     title = (f"Fleet plan: {t['source']} over {t['duration_s'] / 3600:.3g} h (peak {t['peak_rps']:.3g}/s, mean "
              f"{t['mean_rps']:.3g}/s), {result['settings']['repeats']} seeded runs each")
-    return console.table(title, ["policy", "replica-h [95%]", "$/day", "$/1M tok", "attainment", "wait p99 s",
+    return console.table(title, ["policy", "replica-h [95%]", "$/day", "$/1M tok", "attainment", "slots used",
+                                 "wait p99 s",
                                  "latency p99 s", "peak queue", "peak replicas", "preemptions"], rows)
 
 

@@ -6,11 +6,16 @@ Either measured (``service_from_evidence``: a run directory, an export or a ``sp
 The measured model: a served benchmark keeps every request of every closed-loop level (``Measured.runs``: at
 concurrency k, k requests in flight all the time), and a request admitted as the k-th in service on a replica
 takes the end-to-end time (with its time to first token and time per output token) of a request drawn at
-random from the measured level nearest above k: the smallest measured level >= k, and the largest level
-beyond it. Drawing from a level at or above the occupancy never makes a replica faster than it was measured
-to be at that load (a server measured at 1, 4 and 16 serves its 3rd request as it served at 4). A replica
+random from a measured level: at a measured level, that level; between two, the one above with a probability
+that grows linearly from the one below to it (a server measured at 1 and 4 serves its 3rd request as it served
+at 4 two times in three, as at 1 otherwise: its mean time is interpolated); beyond the largest level, the
+largest. A replica
 serves at most the largest measured level at once unless told otherwise. The occupancy is read when the
-request is admitted: a request that starts alone and is joined by others keeps its drawn time.
+request is admitted: a request that starts alone and is joined by others keeps its drawn time. Above level 1,
+a level's first k requests of a round are left out (they started together, each prefill queued behind the
+others', which a request admitted into a running batch does not see), and so are its last k (they ran as the
+level drained): with them in, ``scripts/replay_check.py`` found the simulated latency near a replica's
+capacity far from the measured one.
 
 The measured server start (``Runtime.start_s``) is the cold start, the run's bench.slo request bounds what a
 request must keep, the goodput (when measured) the rate one replica sustains within that SLO, and
@@ -107,19 +112,27 @@ class MeasuredService:
     origin: Path | None = None  # the run directory or export the report came from (None: a bare file)
     report: Any = None  # the SpeedReport or BenchReport
     notes: list[str] = field(default_factory=list)
-    _table: list[list[tuple[float, float, float, int]]] = field(default_factory=list, repr=False)
+    _table: list[tuple[list, list, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         measured = sorted(self.levels)
-        self._table = [[]] + [self.levels[level_for(k, measured)] for k in range(1, self.concurrency + 1)]
+        self._table = [([], [], 0.0)] + [self._between(k, measured) for k in range(1, self.concurrency + 1)]
+
+    def _between(self, k: int, measured: list[int]) -> tuple[list, list, float]:
+        """The measured levels around occupancy k and the weight of the upper one (linear in k)."""
+        upper = level_for(k, measured)
+        lower = max((m for m in measured if m <= k), default=upper)
+        weight = 0.0 if upper == lower else (k - lower) / (upper - lower)
+        return self.levels[lower], self.levels[upper], weight
 
     def draw(self, k: int, rng: random.Random) -> tuple[float, float, float, int]:
-        pool = self._table[k]
+        lower, upper, weight = self._table[k]
+        pool = upper if rng.random() < weight else lower
         return pool[int(rng.random() * len(pool))]
 
     def mean_service_s(self, k: int) -> float:
-        pool = self._table[k]
-        return sum(p[0] for p in pool) / len(pool)
+        lower, upper, weight = self._table[k]
+        return (1 - weight) * sum(p[0] for p in lower) / len(lower) + weight * sum(p[0] for p in upper) / len(upper)
 
     def describe(self) -> dict[str, Any]:
         def stats(pool):
@@ -165,7 +178,8 @@ def fit_concurrency(service: MeasuredService, attainment: float) -> MeasuredServ
 
 
 def level_for(k: int, measured: list[int]) -> int:
-    """The measured level a request admitted at occupancy ``k`` draws from: the smallest >= k, else the largest."""
+    """The smallest measured level >= ``k``, else the largest (the upper level a request at occupancy k draws
+    from)."""
     return next((level for level in measured if level >= k), measured[-1])
 
 
@@ -217,8 +231,22 @@ def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: i
                          hint="give the speed.json a served benchmark wrote") from None
     measured = report.measured if isinstance(report, BenchReport) else report.side(side)
     levels: dict[int, list[tuple[float, float, float, int]]] = {}
+    first_wave_only = []
     for run in measured.runs:
-        for r in run.requests:
+        requests = sorted(run.requests, key=lambda r: r.started_s)
+        k = run.level
+        if k > 1:
+            # The first k requests of a closed-loop level start together: each one's prefill waits behind the
+            # others', which no request admitted into a running batch sees. The last k run as the level drains,
+            # with fewer and fewer beside them. The requests between are served at occupancy k.
+            if len(requests) > 2 * k:
+                requests = requests[k:-k]
+            elif len(requests) > k:
+                requests = requests[k:]
+                first_wave_only.append(k)
+            else:
+                first_wave_only.append(k)
+        for r in requests:
             tpot = (r.e2e_s - r.ttft_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
             levels.setdefault(run.level, []).append((r.e2e_s, r.ttft_s, tpot, r.output_tokens))
     if not levels:
@@ -226,6 +254,10 @@ def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: i
                          hint="measure again with this version of compress (it keeps every request)")
     top = max(levels)
     notes = []
+    if first_wave_only:
+        notes.append(f"level(s) {', '.join(str(k) for k in sorted(set(first_wave_only)))}: too few requests per "
+                     "round for a steady batch (the first wave starts together, the last drains): measure at least "
+                     "three times the level per round (bench.repeats) for a plan that holds near capacity")
     if concurrency is not None and concurrency > top:
         notes.append(f"a replica serves {concurrency} at once, beyond the largest measured level ({top}): requests "
                      f"above {top} take level {top}'s times (optimistic)")

@@ -1,0 +1,218 @@
+"""The top-down waterfall (``compress plan RUN RUN ...``): what each layer of savings brings to the cost of serving
+the same traffic at the same SLO, and the quality guard it passed.
+
+Rows, in the order given: the base (the first run's baseline side), then each run's candidate (a model change,
+or a runtime change when its method is ``none``), each priced as a static fleet sized for the traffic's peak;
+then the infrastructure row: the last counted layer autoscaled on queue depth (with spot capacity when asked).
+A row counts toward the total only with evidence that it kept quality: a run's gate said PASS on that very
+artifact (the gate's candidate hash is the benchmark's) against the model of the last counted row (its
+baseline is that model: a runtime lever is gated on the quantized model it serves), and its fleet kept the
+attainment goal (the base is the reference, whatever it keeps); the
+autoscaled row counts when its simulated attainment meets the goal. A row that does not count is shown with
+its reason and its saving is not taken: the next row is compared with the last row that counted.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from compress.core.errors import UsageError
+from compress.decide.fleet_spec import Traffic
+from compress.decide.plan import PlanSettings, plan
+from compress.decide.service import MeasuredService, find_speed_report, fit_concurrency, service_from_evidence
+
+
+@dataclass
+class Layer:
+    """One row's replica and the evidence that it kept quality."""
+
+    name: str
+    kind: str  # base | model | runtime
+    service: MeasuredService
+    source: str
+    verdict: str | None  # the gate's, None when there is none; "reference" for the base
+    headline: str | None  # the gate's first quality check (else its first check), as shown
+    why_not: str | None = None  # why this row cannot count, when it cannot
+
+
+def _gate_of(origin: Path | None) -> dict[str, Any] | None:
+    """The gate a run directory (gate.json) or an export (its manifest's gate) holds, None when it holds none."""
+    if origin is None:
+        return None
+    for file, key in ((origin / "gate.json", None), (origin / "manifest.json", "gate")):
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None
+            data = data.get(key) if key else data
+            if isinstance(data, dict) and data.get("verdict"):
+                return data
+    return None
+
+
+def _manifest_of(origin: Path | None) -> dict[str, Any]:
+    for file in ((origin / "model" / "manifest.json", origin / "manifest.json") if origin else ()):
+        if file.is_file():
+            try:
+                return json.loads(file.read_text())
+            except (OSError, ValueError):
+                return {}
+    return {}
+
+
+def _headline(gate: dict[str, Any]) -> str | None:
+    checks = gate.get("checks") or []
+    pick = next((c for c in checks if c.get("kind") == "quality"), checks[0] if checks else None)
+    if pick is None:
+        return None
+    return f"{pick.get('metric')} {pick.get('shown') or pick.get('measured')} ({pick.get('verdict')})"
+
+
+def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[Layer]:
+    """The base (the first path's baseline side) and one layer per path (its candidate side).
+
+    Raises:
+        UsageError: a path that holds no served benchmark (``service_from_evidence``).
+    """
+    layers: list[Layer] = []
+    counted_hash = None  # the model of the last layer that can count: the next run must have it as its baseline
+    for n, path in enumerate(paths):
+        service = service_from_evidence(path, side="candidate", concurrency=concurrency)
+        file, origin = find_speed_report(path)
+        if n == 0:
+            base = service_from_evidence(path, side="baseline", concurrency=concurrency)
+            model = base.report.baseline.model
+            layers.append(Layer(name=f"base ({model.spec})", kind="base", service=base, source=str(file),
+                                verdict="reference", headline=None))
+            counted_hash = model.content_hash
+        manifest = _manifest_of(origin)
+        kind = "runtime" if manifest.get("method", {}).get("kind") == "none" else "model"
+        gate = _gate_of(origin)
+        candidate_hash = service.report.candidate.model.content_hash
+        why = None
+        if gate is None:
+            why = "no gate verdict with this benchmark (a speed.json alone, or a run that never reached its gate)"
+        elif gate.get("candidate_hash") and candidate_hash and gate["candidate_hash"] != candidate_hash:
+            why = "the gate decided on another artifact than the one benchmarked"
+        elif gate["verdict"] != "PASS":
+            why = f"its gate said {gate['verdict']}"
+        elif service.report.baseline.model.content_hash != counted_hash:
+            why = ("its baseline is not the model of the last counted row above (each run's gate compared its "
+                   "candidate with its own baseline: run each layer on the one before)")
+        if why is None:
+            counted_hash = candidate_hash
+        layers.append(Layer(name=manifest.get("name") or Path(origin or file).name, kind=kind, service=service,
+                            source=str(origin or file), verdict=gate["verdict"] if gate else None,
+                            headline=_headline(gate) if gate else None, why_not=why))
+    return layers
+
+
+def waterfall(layers: list[Layer], traffic: Traffic, settings: PlanSettings,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Price every layer on the same traffic, SLO and price; returns JSON-ready ``rows``, ``total`` and ``notes``.
+
+    The SLO is the first run's (bench.slo), with ``settings.slo_wait_s``; the price ``settings.price_per_hour``,
+    else the first run's bench.price_per_hour, else 1.
+    """
+    if len(layers) < 2:
+        raise UsageError("a waterfall needs at least one run beside its base", hint="compress plan BASE_RUN RUN ...")
+    first = layers[0].service
+    price = settings.price_per_hour if settings.price_per_hour is not None else (first.price_per_hour or 1.0)
+    common = dict(slo=first.slo, price_per_hour=price)
+    static = replace(settings, policies=("static",), spot=None, replicas=None)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    counted_service = None
+    for layer in layers:
+        service = fit_concurrency(replace(layer.service, **common), settings.attainment)
+        result = plan(service, traffic, static, log=log)
+        bill = result["policies"][0]
+        why = layer.why_not
+        missed = (f"its fleet kept the SLO for {bill['attainment']:.1%} of requests, under the "
+                  f"{settings.attainment:.0%} goal")
+        if layer.kind == "base" and not bill["meets_goal"]:  # the reference, whatever it keeps: said, not dropped
+            notes.append(f"the base: {missed} (service times beyond the SLO, which no fleet size repairs)")
+        elif why is None and not bill["meets_goal"]:
+            why = missed
+        rows.append(_row(layer.name, layer.kind, layer.source, bill, layer.verdict, layer.headline, why,
+                         service.concurrency))
+        notes += [n for n in result["notes"] if n not in notes]
+        if why is None:
+            counted_service = service
+    if counted_service is not None:
+        autoscaled = replace(settings, policies=("queue-depth",))
+        result = plan(counted_service, traffic, autoscaled, log=log)
+        chosen = result["chosen"]
+        bill = next(p for p in result["policies"] if chosen and p["label"] == chosen["label"])
+        spot = " with spot" if settings.spot else ""
+        why = None if bill["meets_goal"] else \
+            f"no queue-depth target kept the SLO for {settings.attainment:.0%} of requests (best {bill['attainment']:.1%})"
+        rows.append(_row(f"autoscaled on queue depth{spot} ({bill['label']})", "infrastructure", "simulation", bill,
+                         None, f"attainment {bill['attainment']:.2%} (goal {settings.attainment:.0%})", why,
+                         counted_service.concurrency))
+    running = rows[0]["usd_per_mtok"]
+    for row in rows[1:]:
+        if row["counted"] and running and row["usd_per_mtok"] is not None:
+            row["saving_usd_per_mtok"] = running - row["usd_per_mtok"]
+            row["saving_share"] = row["saving_usd_per_mtok"] / running
+            running = row["usd_per_mtok"]
+    base = rows[0]["usd_per_mtok"]
+    return {"rows": rows, "slo": result["slo"], "price_per_replica_hour": price,
+            "traffic": result["traffic"], "attainment_goal": settings.attainment,
+            "total": {"from_usd_per_mtok": base, "to_usd_per_mtok": running,
+                      "saving_share": (base - running) / base if base else None},
+            "notes": notes}
+
+
+def _row(name, kind, source, bill, verdict, headline, why, concurrency) -> dict[str, Any]:
+    return {"layer": name, "kind": kind, "source": source, "policy": bill["label"],
+            "usd_per_mtok": bill["usd_per_mtok"], "usd_per_day": bill["usd_per_day"],
+            "replica_hours": bill["replica_hours"], "attainment": bill["attainment"],
+            "latency_p99_s": bill["latency_p99_s"], "concurrency": concurrency, "gate": verdict,
+            "guard": headline, "counted": why is None, "why_not": why,
+            "saving_usd_per_mtok": None, "saving_share": None}
+
+
+def waterfall_table(result: dict[str, Any]):
+    """The waterfall as a rich table."""
+    from compress.core import console
+
+    def money(v):
+        return "-" if v is None else f"${v:.4g}"
+
+    rows = []
+    for r in result["rows"]:
+        saving = "" if r["kind"] == "base" else (
+            f"-{money(r['saving_usd_per_mtok'])} ({r['saving_share']:.0%})" if r["saving_share"] is not None
+            else "not counted")
+        rows.append([r["layer"], r["kind"], money(r["usd_per_mtok"]), saving, f"{r['replica_hours']:.1f}",
+                     f"{r['attainment']:.2%}", " ".join(filter(None, [r["gate"], r["guard"]])) or "-"])
+    t = result["total"]
+    title = (f"Top-down waterfall: {result['traffic']['source']}, the same SLO and ${result['price_per_replica_hour']:g} "
+             f"per replica-hour; {money(t['from_usd_per_mtok'])} -> {money(t['to_usd_per_mtok'])} per 1M output "
+             f"tokens")
+    return console.table(title, ["layer", "kind", "$/1M tok", "saving", "replica-h", "attainment", "quality guard"],
+                         rows)
+
+
+def waterfall_markdown(result: dict[str, Any]) -> str:
+    """The waterfall as a Markdown table (docs), with each uncounted row's reason."""
+    lines = ["| layer | kind | $/1M output tokens | saving over the row above | replica-hours | SLO attainment | "
+             "quality guard |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        saving = "" if r["kind"] == "base" else (
+            f"${r['saving_usd_per_mtok']:.4g} ({r['saving_share']:.0%})" if r["saving_share"] is not None
+            else f"not counted: {r['why_not']}")
+        guard = " ".join(filter(None, [r["gate"], r["guard"]])) or "-"
+        lines.append(f"| {r['layer']} | {r['kind']} | ${r['usd_per_mtok']:.4g} | {saving} | "
+                     f"{r['replica_hours']:.1f} | {r['attainment']:.2%} | {guard} |")
+    t = result["total"]
+    if t["saving_share"] is not None:
+        lines.append(f"\nTotal: ${t['from_usd_per_mtok']:.4g} -> ${t['to_usd_per_mtok']:.4g} per 1M output tokens "
+                     f"({t['saving_share']:.0%} less), counting only the rows whose guard held.")
+    lines += [f"\nNote: {note}." for note in result["notes"]]
+    return "\n".join(lines)
