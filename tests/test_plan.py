@@ -300,6 +300,9 @@ def test_the_waterfall_from_the_command_line(tmp_path):
     data = json.loads(r.stdout)
     assert [row["kind"] for row in data["rows"]] == ["base", "model", "runtime", "infrastructure"]
     assert json.loads((tmp_path / "waterfall.json").read_text())["rows"] == data["rows"]
+    r = run_cli("plan", str(a), str(b), "--rate", "2", "--duration", "1800", "--repeats", "1", "--json",
+                "--concurrency-per-replica", "2")
+    assert r.returncode == 0 and {row["concurrency"] for row in json.loads(r.stdout)["rows"]} == {2}, r.stderr
     r = run_cli("plan", str(a), str(b), "--rate", "2", "--emit-k8s", str(tmp_path / "k8s"))
     assert r.returncode == 2 and "--emit-k8s does not apply to a waterfall" in r.stderr
     assert not (tmp_path / "k8s").exists()

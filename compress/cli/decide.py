@@ -237,7 +237,7 @@ def _waterfall(paths: list[Path], load, settings, *, concurrency: int | None, co
     if cold_start is not None:
         for layer in layers:
             layer.service.cold_start_s = cold_start
-    result = wf.waterfall(layers, load, settings, log=console.step)
+    result = wf.waterfall(layers, load, settings, log=console.step, fit=concurrency is None)
     if out is not None:
         from compress.core.artifact import write_json
 

@@ -112,8 +112,10 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
 
 
 def waterfall(layers: list[Layer], traffic: Traffic, settings: PlanSettings,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, *, fit: bool = True) -> dict[str, Any]:
     """Price every layer on the same traffic, SLO and price; returns JSON-ready ``rows``, ``total`` and ``notes``.
+    ``fit``: each replica serves at most the largest level that kept the SLO (``fit_concurrency``); False when
+    the concurrency was given.
 
     The SLO is the first run's (bench.slo), with ``settings.slo_wait_s``; the price ``settings.price_per_hour``,
     else the first run's bench.price_per_hour, else 1.
@@ -128,7 +130,9 @@ def waterfall(layers: list[Layer], traffic: Traffic, settings: PlanSettings,
     notes: list[str] = []
     counted_service = None
     for layer in layers:
-        service = fit_concurrency(replace(layer.service, **common), settings.attainment)
+        service = replace(layer.service, **common)
+        if fit:
+            service = fit_concurrency(service, settings.attainment)
         result = plan(service, traffic, static, log=log)
         bill = result["policies"][0]
         why = layer.why_not
