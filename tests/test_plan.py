@@ -270,6 +270,7 @@ def test_the_waterfall_counts_only_the_layers_whose_guard_held(tmp_path):
     assert [(x.kind, x.verdict) for x in layers] == [("base", "reference"), ("model", "PASS"), ("runtime", "PASS"),
                                                      ("model", "FAIL"), ("model", "PASS"), ("model", None),
                                                      ("model", "PASS")]
+    assert [x.baseline_hash[0] for x in layers] == ["b", "b", "i", "c", "c", "c", "b"]
     result = waterfall(layers, steady_traffic(3.0, 3600), PlanSettings(repeats=2, slo_wait_s=2.0))
     rows = result["rows"]
     assert [r["kind"] for r in rows] == ["base", "model", "runtime", "model", "model", "model", "model",
@@ -289,6 +290,21 @@ def test_the_waterfall_counts_only_the_layers_whose_guard_held(tmp_path):
     assert result["total"]["saving_share"] == pytest.approx(1 - last["usd_per_mtok"] / cost[0])
     table = waterfall_markdown(result)
     assert table.count("not counted") == 4 + (not rows[-1]["counted"]) and "its gate said FAIL" in table
+
+
+def test_a_layer_built_on_one_whose_fleet_missed_the_slo_does_not_count(tmp_path):
+    """A PASSed model whose requests miss the run's SLO on their own (its fleet cannot keep it), and a runtime
+    lever gated on that model: neither counts, and the autoscaled row is the base's."""
+    from compress.decide.waterfall import read_layers, waterfall
+
+    slow = _run_dir(tmp_path, "slow", candidate=2.2, baseline=1.0, gate="PASS", hashes=("a" * 64, "b" * 64))
+    lever = _run_dir(tmp_path, "lever", candidate=0.6, baseline=2.2, gate="PASS", method="none",
+                     hashes=("b" * 64, "c" * 64))
+    rows = waterfall(read_layers([slow, lever]), steady_traffic(1.0, 1800), PlanSettings(repeats=1))["rows"]
+    assert [r["kind"] for r in rows] == ["base", "model", "runtime", "infrastructure"]
+    assert [r["counted"] for r in rows[:3]] == [True, False, False]
+    assert "under the 99% goal" in rows[1]["why_not"] and "its baseline is not" in rows[2]["why_not"]
+    assert rows[3]["concurrency"] == rows[0]["concurrency"]  # the autoscaled fleet serves the base: the last counted
 
 
 def test_the_waterfall_from_the_command_line(tmp_path):

@@ -35,7 +35,9 @@ class Layer:
     source: str
     verdict: str | None  # the gate's, None when there is none; "reference" for the base
     headline: str | None  # the gate's first quality check (else its first check), as shown
-    why_not: str | None = None  # why this row cannot count, when it cannot
+    why_not: str | None = None  # why this row cannot count, when it cannot (from its gate)
+    model_hash: str = ""  # the model this row serves
+    baseline_hash: str = ""  # the model its run compared it with (the base's own for the base)
 
 
 def _gate_of(origin: Path | None) -> dict[str, Any] | None:
@@ -79,7 +81,6 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
         UsageError: a path that holds no served benchmark (``service_from_evidence``).
     """
     layers: list[Layer] = []
-    counted_hash = None  # the model of the last layer that can count: the next run must have it as its baseline
     for n, path in enumerate(paths):
         service = service_from_evidence(path, side="candidate", concurrency=concurrency)
         file, origin = find_speed_report(path)
@@ -87,8 +88,8 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
             base = service_from_evidence(path, side="baseline", concurrency=concurrency)
             model = base.report.baseline.model
             layers.append(Layer(name=f"base ({model.spec})", kind="base", service=base, source=str(file),
-                                verdict="reference", headline=None))
-            counted_hash = model.content_hash
+                                verdict="reference", headline=None, model_hash=model.content_hash,
+                                baseline_hash=model.content_hash))
         manifest = _manifest_of(origin)
         kind = "runtime" if manifest.get("method", {}).get("kind") == "none" else "model"
         gate = _gate_of(origin)
@@ -100,14 +101,10 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
             why = "the gate decided on another artifact than the one benchmarked"
         elif gate["verdict"] != "PASS":
             why = f"its gate said {gate['verdict']}"
-        elif service.report.baseline.model.content_hash != counted_hash:
-            why = ("its baseline is not the model of the last counted row above (each run's gate compared its "
-                   "candidate with its own baseline: run each layer on the one before)")
-        if why is None:
-            counted_hash = candidate_hash
         layers.append(Layer(name=manifest.get("name") or Path(origin or file).name, kind=kind, service=service,
                             source=str(origin or file), verdict=gate["verdict"] if gate else None,
-                            headline=_headline(gate) if gate else None, why_not=why))
+                            headline=_headline(gate) if gate else None, why_not=why, model_hash=candidate_hash,
+                            baseline_hash=service.report.baseline.model.content_hash))
     return layers
 
 
@@ -128,7 +125,7 @@ def waterfall(layers: list[Layer], traffic: Traffic, settings: PlanSettings,
     static = replace(settings, policies=("static",), spot=None, replicas=None)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    counted_service = None
+    counted_service, counted_hash = None, layers[0].model_hash
     for layer in layers:
         service = replace(layer.service, **common)
         if fit:
@@ -142,6 +139,11 @@ def waterfall(layers: list[Layer], traffic: Traffic, settings: PlanSettings,
             notes.append(f"the base: {missed} (service times beyond the SLO, which no fleet size repairs)")
         elif why is None and not bill["meets_goal"]:
             why = missed
+        elif why is None and layer.kind != "base" and layer.baseline_hash != counted_hash:
+            why = ("its baseline is not the model of the last counted row above (each run's gate compared its "
+                   "candidate with its own baseline: run each layer on the one before)")
+        if why is None:
+            counted_hash = layer.model_hash
         rows.append(_row(layer.name, layer.kind, layer.source, bill, layer.verdict, layer.headline, why,
                          service.concurrency))
         notes += [n for n in result["notes"] if n not in notes]
