@@ -356,7 +356,8 @@ def plan(
     from compress.decide.service import fit_concurrency, service_from_evidence, synthetic
 
     evidence = evidence or None
-    if evidence and len(evidence) > 1:
+    several = evidence is not None and len(evidence) > 1
+    if several:
         given = [flag for flag, value in (("--service-time", service_time), ("--replicas", replicas),
                                           ("--policy", policy), ("--emit-k8s", emit_k8s), ("--plot", plot))
                  if value is not None] + (["--side"] if side != "candidate" else [])
@@ -413,7 +414,7 @@ def plan(
                         min_replicas=min_replicas),
         max_replicas=max_replicas, slo_wait_s=slo_wait, attainment=attainment, price_per_hour=price,
         spot=Spot(spot, preemption_rate, spot_share) if spot is not None else None, repeats=repeats, seed=seed)
-    if evidence and len(evidence) > 1:
+    if several:
         _waterfall(evidence, load, settings, concurrency=concurrency, cold_start=cold_start, out=out, json_=json_)
         return
     result = pl.plan(service, load, settings, log=console.step)

@@ -371,7 +371,7 @@ class _Fleet:
         arrival = np.array(self.arrival)
         w, lat = wait[served], latency[served]
 
-        def p99(x, q=99):
+        def pct(x, q=99):
             return float(np.percentile(x, q)) if len(x) else math.nan
 
         timeline = []
@@ -382,15 +382,15 @@ class _Fleet:
             good = ok[sel][served[sel]]
             timeline.append({"t_s": lo, "offered_rps": (cuts[b + 1] - cuts[b]) / (hi - lo),
                              "replicas": self.bin_area[b] / (hi - lo), "queue_max": self.bin_qmax[b],
-                             "latency_p99_s": p99(latency[sel][served[sel]]),
+                             "latency_p99_s": pct(latency[sel][served[sel]]),
                              "attainment": float(good.mean()) if len(good) else None})
         return RunResult(
             requests=n, served=int(served.sum()), lost=int(n - served.sum()), output_tokens=self.tokens,
             service_mean_s=self.service_sum / max(1, len(self.done_i)),
             attainment=float(ok.mean()) if n else math.nan,
             wait_probability=float((w > 0).mean()) if len(w) else math.nan,
-            wait_mean_s=float(w.mean()) if len(w) else math.nan, wait_p99_s=p99(w), latency_p50_s=p99(lat, 50),
-            latency_p99_s=p99(lat),
+            wait_mean_s=float(w.mean()) if len(w) else math.nan, wait_p99_s=pct(w), latency_p50_s=pct(lat, 50),
+            latency_p99_s=pct(lat),
             utilization=self.service_sum / (self.area * self.n) if self.area else math.nan,
             replica_hours=self.area / 3600.0, spot_replica_hours=self.spot_area / 3600.0,
             peak_queue=self.peak_queue, peak_replicas=self.peak_replicas, mean_replicas=self.area / self.horizon,

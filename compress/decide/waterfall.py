@@ -22,7 +22,7 @@ from typing import Any
 from compress.core.errors import UsageError
 from compress.decide.fleet_spec import Traffic
 from compress.decide.plan import PlanSettings, plan
-from compress.decide.service import MeasuredService, find_speed_report, fit_concurrency, service_from_evidence
+from compress.decide.service import MeasuredService, fit_concurrency, service_from_evidence
 
 
 @dataclass
@@ -83,11 +83,11 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
     layers: list[Layer] = []
     for n, path in enumerate(paths):
         service = service_from_evidence(path, side="candidate", concurrency=concurrency)
-        file, origin = find_speed_report(path)
+        file, origin = service.source, service.origin
         if n == 0:
             base = service_from_evidence(path, side="baseline", concurrency=concurrency)
             model = base.report.baseline.model
-            layers.append(Layer(name=f"base ({model.spec})", kind="base", service=base, source=str(file),
+            layers.append(Layer(name=f"base ({model.spec})", kind="base", service=base, source=file,
                                 verdict="reference", headline=None, model_hash=model.content_hash,
                                 baseline_hash=model.content_hash))
         manifest = _manifest_of(origin)
