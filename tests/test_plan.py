@@ -283,13 +283,37 @@ def test_the_waterfall_counts_only_the_layers_whose_guard_held(tmp_path):
     assert cost[0] > cost[1] > cost[2] and cost[3] < cost[2]  # the FAILed layer was cheaper, and is not taken
     assert rows[1]["saving_usd_per_mtok"] == pytest.approx(cost[0] - cost[1])
     assert rows[2]["saving_usd_per_mtok"] == pytest.approx(cost[1] - cost[2])
-    assert rows[1]["guard"].startswith("tiny_facts_mc/acc")  # the quality check is the headline
+    assert rows[1]["guard"] == "size_ratio 1x (PASS)"
     assert rows[-1]["policy"].startswith("queue-depth") and rows[-1]["concurrency"] == rows[2]["concurrency"]
     last = next(r for r in reversed(rows) if r["counted"])
     assert result["total"]["to_usd_per_mtok"] == last["usd_per_mtok"]
     assert result["total"]["saving_share"] == pytest.approx(1 - last["usd_per_mtok"] / cost[0])
     table = waterfall_markdown(result)
     assert table.count("not counted") == 4 + (not rows[-1]["counted"]) and "its gate said FAIL" in table
+
+
+def test_a_hand_edited_pass_does_not_count_and_a_quality_check_is_the_headline(tmp_path):
+    """A FAIL turned into PASS in gate.json by hand: the decision no longer follows from its reports (the
+    project's own evidence check, as for export), so the layer does not count."""
+    import json as _json
+
+    from compress.decide.gate import CheckResult, GateResult
+    from compress.decide.waterfall import _headline, read_layers
+
+    run = _run_dir(tmp_path, "edited", candidate=0.5, gate="FAIL", hashes=("a" * 64, "b" * 64))
+    doc = _json.loads((run / "gate.json").read_text())
+    doc["verdict"], doc["exit_code"] = "PASS", 0
+    (run / "gate.json").write_text(_json.dumps(doc))
+    edited = read_layers([run])[1]
+    assert edited.verdict == "PASS" and "does not follow from its reports" in edited.why_not
+
+    checks = [CheckResult(metric="size_ratio", kind="efficiency", verdict="PASS", measured=0.3, shown="0.3x",
+                          threshold="<= 0.5x"),
+              CheckResult(metric="tiny_facts_mc/acc", kind="quality", verdict="PASS", measured=-0.5,
+                          shown="-0.5 pts", threshold=">= -3 pts")]
+    gate = GateResult(verdict="PASS", exit_code=0, confidence=0.95, test="bootstrap", checks=checks,
+                      candidate_hash="b" * 64, baseline_hash="a" * 64, created="2026-12-01T00:00:00")
+    assert _headline(gate) == "tiny_facts_mc/acc -0.5 pts (PASS)"  # the quality check is the headline
 
 
 def test_a_layer_built_on_one_whose_fleet_missed_the_slo_does_not_count(tmp_path):
@@ -330,10 +354,14 @@ def _run_dir(tmp_path, name="demo", candidate=1.0, baseline=2.0, gate=None, meth
              hashes=("0" * 64, "0" * 64)):
     """runs/NAME/KEY with a speed report: the candidate's requests take 1 s alone, 2 s at 4 in flight, 4 s at 8
     (times ``candidate``); the baseline's twice as long (``baseline``); bench.slo, a measured start and the
-    serving settings it passed with; ``hashes``: the baseline's and the candidate's content hashes. With ``gate``,
-    the run's gate.json says that verdict on ``gate_hash`` (default: the candidate's) and its artifact's manifest
-    names the method."""
+    serving settings it passed with; ``hashes``: the baseline's and the candidate's content hashes. With ``gate``
+    (PASS or FAIL), the run's gate.json is that decision made on the report (a size check), recorded as
+    `compress run` records it, on ``gate_hash`` (default: the candidate's), and its artifact's manifest names
+    the method."""
+    from compress.core.recipe import BenchSpec, GateSpec
     from compress.core.reports import LevelRun, Measured, ModelInfo, Runtime, ServedRequest, SpeedReport
+    from compress.decide.evidence import decide_reports, report_hashes
+    from compress.measure.bench import summarize_level
 
     def side(scale: float, content_hash: str) -> Measured:
         runs = []
@@ -344,7 +372,8 @@ def _run_dir(tmp_path, name="demo", candidate=1.0, baseline=2.0, gate=None, meth
             runs.append(LevelRun(round=0, level=level, wall_s=10.0, requests=requests))
         return Measured(model=ModelInfo(spec="demo", content_hash=content_hash, size_bytes=1),
                         runtime=Runtime(engine="vllm", start_s=95.0), device="cuda", size_bytes=1,
-                        peak_memory_bytes=1, memory_kind="rss", runs=runs, batches=[])
+                        peak_memory_bytes=1, memory_kind="rss", runs=runs,
+                        batches=[summarize_level(runs, level, BenchSpec()) for level in (1, 4, 8)])
 
     run = tmp_path / "runs" / name / "abc123"
     (run / "reports").mkdir(parents=True)
@@ -356,8 +385,12 @@ def _run_dir(tmp_path, name="demo", candidate=1.0, baseline=2.0, gate=None, meth
     if gate is not None:
         (run / "model").mkdir()
         (run / "model" / "manifest.json").write_text(json.dumps({"name": name, "method": {"kind": method}}))
-        (run / "gate.json").write_text(json.dumps({
-            "verdict": gate, "candidate_hash": gate_hash or hashes[1],
-            "checks": [{"metric": "size_ratio", "kind": "efficiency", "verdict": "PASS", "shown": "0.3x"},
-                       {"metric": "tiny_facts_mc/acc", "kind": "quality", "verdict": gate, "shown": "-0.5 pts"}]}))
+        report = SpeedReport.load(run / "reports" / "speed.json")
+        policy = GateSpec.model_validate({"checks": [{"metric": "size_ratio", "max": 2.0 if gate == "PASS" else 0.5}]})
+        decided = decide_reports(policy, {("both", "speed"): report})
+        assert decided.verdict == gate
+        decided.reports = report_hashes(run / "reports")
+        if gate_hash is not None:
+            decided.candidate_hash = gate_hash
+        decided.save(run / "gate.json")
     return run

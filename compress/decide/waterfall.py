@@ -5,7 +5,8 @@ Rows, in the order given: the base (the first run's baseline side), then each ru
 or a runtime change when its method is ``none``), each priced as a static fleet sized for the traffic's peak;
 then the infrastructure row: the last counted layer autoscaled on queue depth (with spot capacity when asked).
 A row counts toward the total only with evidence that it kept quality: a run's gate said PASS on that very
-artifact (the gate's candidate hash is the benchmark's) against the model of the last counted row (its
+artifact (the gate's candidate hash is the benchmark's), a PASS that follows from the reports it was made on
+(``check_evidence``, as export and verify hold it to), against the model of the last counted row (its
 baseline is that model: a runtime lever is gated on the quantized model it serves), and its fleet kept the
 attainment goal (the base is the reference, whatever it keeps); the
 autoscaled row counts when its simulated attainment meets the goal. A row that does not count is shown with
@@ -19,7 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from compress.core.artifact import read_json
 from compress.core.errors import UsageError
+from compress.decide.evidence import EVIDENCE_DIR, GATE_FILE, check_evidence
 from compress.decide.fleet_spec import Traffic
 from compress.decide.plan import PlanSettings, plan
 from compress.decide.service import MeasuredService, fit_concurrency, service_from_evidence
@@ -40,20 +43,23 @@ class Layer:
     baseline_hash: str = ""  # the model its run compared it with (the base's own for the base)
 
 
-def _gate_of(origin: Path | None) -> dict[str, Any] | None:
-    """The gate a run directory (gate.json) or an export (its manifest's gate) holds, None when it holds none."""
+def _decision(origin: Path | None) -> tuple[Any, Path | None, str | None]:
+    """The decision a run directory (gate.json beside reports/) or an export (evidence/gate.json) records, the
+    folder of the reports it was made on, and why it does not read when it does not."""
+    from pydantic import ValidationError
+
+    from compress.decide.gate import GateResult
+
     if origin is None:
-        return None
-    for file, key in ((origin / "gate.json", None), (origin / "manifest.json", "gate")):
-        if file.is_file():
+        return None, None, None
+    for gate_file, folder in ((origin / GATE_FILE, origin / "reports"),
+                              (origin / EVIDENCE_DIR / GATE_FILE, origin / EVIDENCE_DIR)):
+        if gate_file.is_file():
             try:
-                data = json.loads(file.read_text())
-            except (OSError, ValueError):
-                return None
-            data = data.get(key) if key else data
-            if isinstance(data, dict) and data.get("verdict"):
-                return data
-    return None
+                return GateResult.model_validate(read_json(gate_file)), folder, None
+            except (OSError, ValueError, ValidationError):
+                return None, None, f"{gate_file} is not a gate decision"
+    return None, None, None
 
 
 def _manifest_of(origin: Path | None) -> dict[str, Any]:
@@ -66,12 +72,12 @@ def _manifest_of(origin: Path | None) -> dict[str, Any]:
     return {}
 
 
-def _headline(gate: dict[str, Any]) -> str | None:
-    checks = gate.get("checks") or []
-    pick = next((c for c in checks if c.get("kind") == "quality"), checks[0] if checks else None)
+def _headline(gate: Any) -> str | None:
+    """The gate's first quality check (else its first check), as shown."""
+    pick = next((c for c in gate.checks if c.kind == "quality"), gate.checks[0] if gate.checks else None)
     if pick is None:
         return None
-    return f"{pick.get('metric')} {pick.get('shown') or pick.get('measured')} ({pick.get('verdict')})"
+    return f"{pick.metric} {pick.shown or pick.measured} ({pick.verdict})"
 
 
 def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[Layer]:
@@ -92,19 +98,25 @@ def read_layers(paths: list[Path], *, concurrency: int | None = None) -> list[La
                                 baseline_hash=model.content_hash))
         manifest = _manifest_of(origin)
         kind = "runtime" if manifest.get("method", {}).get("kind") == "none" else "model"
-        gate = _gate_of(origin)
+        gate, folder, unreadable = _decision(origin)
         candidate_hash = service.report.candidate.model.content_hash
+        baseline_hash = service.report.baseline.model.content_hash
         why = None
         if gate is None:
-            why = "no gate verdict with this benchmark (a speed.json alone, or a run that never reached its gate)"
-        elif gate.get("candidate_hash") and candidate_hash and gate["candidate_hash"] != candidate_hash:
+            why = unreadable or ("no gate verdict with this benchmark (a speed.json alone, or a run that never "
+                                 "reached its gate)")
+        elif gate.candidate_hash != candidate_hash:
             why = "the gate decided on another artifact than the one benchmarked"
-        elif gate["verdict"] != "PASS":
-            why = f"its gate said {gate['verdict']}"
+        elif gate.verdict != "PASS":
+            why = f"its gate said {gate.verdict}"
+        else:  # a PASS counts when it follows from the reports it was made on, as export and verify hold it to
+            problems = check_evidence(folder, gate, candidate_hash, baseline_hash)
+            if problems:
+                why = "its PASS does not follow from its reports: " + "; ".join(problems)
         layers.append(Layer(name=manifest.get("name") or Path(origin or file).name, kind=kind, service=service,
-                            source=str(origin or file), verdict=gate["verdict"] if gate else None,
+                            source=str(origin or file), verdict=gate.verdict if gate else None,
                             headline=_headline(gate) if gate else None, why_not=why, model_hash=candidate_hash,
-                            baseline_hash=service.report.baseline.model.content_hash))
+                            baseline_hash=baseline_hash))
     return layers
 
 
