@@ -3,22 +3,28 @@
 Poisson arrivals at a few rates, against the simulation of one replica fed that server's own measured service
 times.
 
-1. ``compress bench builtin:tiny-llama --engine vllm`` with closed-loop levels 1-16 (the per-request end-to-end
-   times at each occupancy are the simulation's service model, as ``compress plan`` reads them) and open-loop
-   Poisson levels at RATES (each request's arrival, wait and end-to-end time measured by the client).
-2. ``compress.decide.fleet.simulate`` of one static replica with that service model at each measured rate,
-   SEEDS seeded runs of SIM_REQUESTS requests each.
+1. ``compress bench builtin:tiny-llama --engine vllm`` with closed-loop levels 1-16 and open-loop Poisson levels
+   at RATES (each request's arrival, wait and end-to-end time measured by the client), once per server in
+   SERVERS: the engine on a core of its own (the verdict), and the engine sharing both cores with the client.
+2. Per rate, the service model as ``compress plan`` reads it (the closed-loop levels and the open-loop requests
+   by the occupancy they were admitted at), with that rate's own requests left out: the simulation predicts a
+   load it was not fed. ``compress.decide.fleet.simulate`` of one static replica at that rate, SEEDS seeded runs
+   of SIM_REQUESTS requests each; and, beside it, the simulation fed the closed-loop levels alone.
 3. Per rate: achieved throughput (requests/s inside the measured window) and p50 end-to-end latency, measured
    and simulated, with the relative gap; ``agrees`` when both gaps are within TOLERANCE.
 
-    python scripts/replay_check.py      # about 4 minutes on 2 CPU cores; needs `make engine`
+    python scripts/replay_check.py      # about 10 minutes on 2 CPU cores; needs `make engine`
+    python scripts/replay_check.py --keep benches/    # also keep each benchmark (every request)
+    python scripts/replay_check.py --report bench.json -o x.json   # replay an earlier benchmark again
 
 Writes scripts/results/replay.json (docs/06-serving-and-cost.md's replay table).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,71 +44,124 @@ BENCH = {"engine": "vllm", "engine_dtype": "bfloat16", "batch_sizes": LEVELS, "r
          "workload": {"prompt_tokens": {"lognormal": {"mean": 64, "sigma": 0.5}},
                       "output_tokens": {"uniform": [16, 64]}},
          "arrival": "poisson", "rates": RATES, "requests_per_rate": 100}
+# The server, measured twice. The first is the verdict: vLLM's OpenMP threads on one core, its API server and
+# the load generator on the other (VLLM_CPU_NUM_OF_RESERVED_CPU, vLLM's own setting for a CPU server). The
+# second, for comparison: the OpenMP threads on both cores, sharing them with the client that measures them.
+SERVERS = {
+    "engine-own-core": ({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"},
+                        "vLLM's OpenMP threads on one core; its API server and the load generator on the other"),
+    "engine-shares-cores": ({}, "vLLM's OpenMP threads on both cores, shared with its API server and the load "
+                                "generator"),
+}
 
 
-def main() -> None:
-    os.chdir(ROOT)
+def simulated(service, rate: float) -> dict:
+    """SEEDS seeded runs of one static replica at ``rate``: throughput, p50 and p99 latency, chance of a wait."""
     import statistics
 
-    import yaml
-
-    from compress.core.reports import BenchReport
     from compress.decide.fleet import simulate
     from compress.decide.fleet_spec import Policy, Scaling, Slo
     from compress.decide.plan import steady_traffic
+
+    span = SIM_REQUESTS / rate
+    runs = [simulate(service, steady_traffic(rate, span), Policy("static", replicas=1),
+                     scaling=Scaling(cold_start_s=0.0, initial_replicas=1), slo=Slo(wait_s=1e9), seed=seed)
+            for seed in range(SEEDS)]
+    return {"requests_per_s": statistics.fmean(s.served / span for s in runs),
+            "e2e_p50_s": statistics.fmean(s.latency_p50_s for s in runs),
+            "e2e_p99_s": statistics.fmean(s.latency_p99_s for s in runs),
+            "wait_probability": statistics.fmean(s.wait_probability for s in runs),
+            "seeds": SEEDS, "requests_per_seed": SIM_REQUESTS}
+
+
+def replay_row(out: Path, level, closed_only) -> dict:
+    """One rate: measured against the simulation fed everything but this rate's requests, and against the
+    simulation fed the closed-loop levels alone."""
     from compress.decide.service import service_from_evidence
 
-    began = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe, out = Path(tmp) / "replay.yaml", Path(tmp) / "bench.json"
-        recipe.write_text(yaml.safe_dump({"name": "replay", "model": {"id": "builtin:tiny-llama"},
-                                          "method": {"kind": "int4", "algorithm": "rtn"}, "bench": BENCH}))
-        env = dict(os.environ, COMPRESS_CACHE_DIR=str(Path(tmp) / "cache"))
-        proc = subprocess.run([sys.executable, "-m", "compress", "bench", "builtin:tiny-llama", "--recipe",
-                               str(recipe), "-o", str(out), "--rerun"], env=env)
-        if proc.returncode != 0:
-            sys.exit(f"compress bench: exit {proc.returncode}")
-        report = BenchReport.load(out)
-        service = service_from_evidence(out)
-        bench_s = time.perf_counter() - began
+    service = service_from_evidence(out, leave_out_rates=[level.rate])
+    sim, closed = simulated(service, level.rate), simulated(closed_only, level.rate)
+    got = {"throughput": level.achieved_requests_per_s, "latency_p50": level.e2e.p50}
+    gaps = {"throughput": sim["requests_per_s"] / got["throughput"] - 1,
+            "latency_p50": sim["e2e_p50_s"] / got["latency_p50"] - 1}
+    return {"rate": level.rate, "requests_measured": level.requests, "client_bound": level.client_bound,
+            "measured": {"requests_per_s": got["throughput"], "e2e_p50_s": got["latency_p50"],
+                         "e2e_p90_s": level.e2e.p90, "ttft_p50_s": level.ttft.p50},
+            "simulated": sim, "gap": gaps,
+            "open_loop_requests_drawn": {str(k): n for k, n in sorted(service.open_loop.items())},
+            "closed_loop_only": {**closed, "gap_latency_p50": closed["e2e_p50_s"] / got["latency_p50"] - 1},
+            "agrees": (not level.client_bound) and all(abs(gaps[k]) <= TOLERANCE[k] for k in gaps)}
+
+
+def measure(env_extra: dict[str, str], out: Path, tmp: Path) -> None:
+    """One ``compress bench`` of the embedded model on vLLM with BENCH's levels and rates, written to ``out``."""
+    import yaml
+
+    recipe = tmp / "replay.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "replay", "model": {"id": "builtin:tiny-llama"},
+                                      "method": {"kind": "int4", "algorithm": "rtn"}, "bench": BENCH}))
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(tmp / "cache"), **env_extra}
+    proc = subprocess.run([sys.executable, "-m", "compress", "bench", "builtin:tiny-llama", "--recipe", str(recipe),
+                           "-o", str(out), "--rerun"], env=env)
+    if proc.returncode != 0:
+        sys.exit(f"compress bench: exit {proc.returncode}")
+
+
+def replay(out: Path) -> dict:
+    """Every rate of a benchmark report against the simulation, and the service model it was fed."""
+    from compress.core.reports import BenchReport
+    from compress.decide.service import service_from_evidence
+
+    report = BenchReport.load(out)
     m = report.measured
-    rows = []
-    for level in m.rates:
-        runs = [r for r in m.rate_runs if r.rate == level.rate]
-        measured = [r.requests[i] for r in runs for i in r.measured]
-        e2e = sorted(q.e2e_s for q in measured)
-        sims = [simulate(service, steady_traffic(level.rate, SIM_REQUESTS / level.rate), Policy("static", replicas=1),
-                         scaling=Scaling(cold_start_s=0.0, initial_replicas=1), slo=Slo(wait_s=1e9), seed=seed)
-                for seed in range(SEEDS)]
-        sim_rps = statistics.fmean(s.served / (SIM_REQUESTS / level.rate) for s in sims)
-        sim_p50 = statistics.fmean(s.latency_p50_s for s in sims)
-        got = {"throughput": level.achieved_requests_per_s, "latency_p50": level.e2e.p50}
-        sim = {"throughput": sim_rps, "latency_p50": sim_p50}
-        gaps = {k: sim[k] / got[k] - 1 for k in got}
-        rows.append({"rate": level.rate, "requests_measured": len(measured), "client_bound": level.client_bound,
-                     "measured": {"requests_per_s": got["throughput"], "e2e_p50_s": got["latency_p50"],
-                                  "e2e_p90_s": level.e2e.p90, "ttft_p50_s": level.ttft.p50,
-                                  "running_mean": level.running_mean, "waiting_max": level.waiting_max},
-                     "simulated": {"requests_per_s": sim_rps, "e2e_p50_s": sim_p50,
-                                   "e2e_p99_s": statistics.fmean(s.latency_p99_s for s in sims),
-                                   "wait_probability": statistics.fmean(s.wait_probability for s in sims),
-                                   "seeds": SEEDS, "requests_per_seed": SIM_REQUESTS},
-                     "gap": gaps, "median_e2e_of_measured_s": e2e[len(e2e) // 2],
-                     "agrees": (not level.client_bound) and all(abs(gaps[k]) <= TOLERANCE[k] for k in gaps)})
-    described = service.describe()
+    closed_only = service_from_evidence(out, leave_out_rates=[r.rate for r in m.rates])
+    rows = [replay_row(out, level, closed_only) for level in m.rates]
+    described = service_from_evidence(out).describe()
+    return {"vllm": m.runtime.version, "bench": report.settings,
+            "service": {"concurrency": described["concurrency"], "levels": described["levels"],
+                        "notes": described["notes"]},
+            "rates": rows, "agrees": all(r["agrees"] for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=Path, help="also keep each benchmark's report (every request) in this folder")
+    parser.add_argument("--report", type=Path, help="replay this earlier report instead of measuring again")
+    parser.add_argument("-o", "--out", type=Path, default=RESULTS, help="the results file (default: %(default)s)")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    began = time.perf_counter()
+    servers = {}
+    if args.report:
+        servers["report"] = {"env": None, **replay(args.report)}
+    for name, (env_extra, why) in SERVERS.items():
+        if args.report:
+            break
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "bench.json"
+            t0 = time.perf_counter()
+            measure(env_extra, out, Path(tmp))
+            servers[name] = {"env": env_extra, "why": why, "bench_seconds": round(time.perf_counter() - t0, 1),
+                             **replay(out)}
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out, args.keep / f"{name}.json")
+    first = next(iter(servers.values()))
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_cores": os.cpu_count(),
               "command": "python scripts/replay_check.py", "model": "builtin:tiny-llama (bf16, vLLM)",
-              "vllm": m.runtime.version, "bench": BENCH, "tolerance": TOLERANCE,
-              "service": {"concurrency": described["concurrency"], "levels": described["levels"]},
-              "rates": rows, "agrees": all(r["agrees"] for r in rows),
-              "seconds": round(time.perf_counter() - began, 1), "bench_seconds": round(bench_s, 1)}
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    for r in rows:
-        print(f"{r['rate']:g}/s: throughput {r['measured']['requests_per_s']:.3g} measured, "
-              f"{r['simulated']['requests_per_s']:.3g} simulated ({r['gap']['throughput']:+.1%}); p50 e2e "
-              f"{r['measured']['e2e_p50_s']:.3g} s measured, {r['simulated']['e2e_p50_s']:.3g} s simulated "
-              f"({r['gap']['latency_p50']:+.1%}){'' if r['agrees'] else '  OUTSIDE TOLERANCE'}")
-    print(f"wrote {RESULTS.relative_to(ROOT)} in {result['seconds']:.0f} s")
+              "vllm": first["vllm"], "bench": BENCH, "tolerance": TOLERANCE, "seeds": SEEDS,
+              "requests_per_seed": SIM_REQUESTS, "servers": servers,
+              "agrees": first["agrees"], "seconds": round(time.perf_counter() - began, 1)}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, server in servers.items():
+        print(name)
+        for r in server["rates"]:
+            print(f"  {r['rate']:g}/s: throughput {r['measured']['requests_per_s']:.3g} measured, "
+                  f"{r['simulated']['requests_per_s']:.3g} simulated ({r['gap']['throughput']:+.1%}); p50 e2e "
+                  f"{r['measured']['e2e_p50_s']:.3g} s measured, {r['simulated']['e2e_p50_s']:.3g} s simulated "
+                  f"({r['gap']['latency_p50']:+.1%}; closed-loop levels alone "
+                  f"{r['closed_loop_only']['gap_latency_p50']:+.1%}){'' if r['agrees'] else '  OUTSIDE TOLERANCE'}")
+    print(f"wrote {args.out} in {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,48 @@ def test_a_closed_loop_level_is_read_in_its_steady_part(tmp_path):
         assert any("too few requests per round" in n for n in svc.notes) == note
 
 
+def test_open_loop_requests_join_the_occupancy_they_were_admitted_at(tmp_path):
+    """An open-loop request (inside its run's window) is drawn at 1 + the requests in flight when it was sent; a
+    run that went past a replica's slots is not drawn from (its times hold the server's queue), an occupancy no
+    closed-loop level measured needs MIN_OPEN_POOL requests, and a left-out rate is not drawn from."""
+    from compress.core.reports import LevelRun, Measured, ModelInfo, Runtime, ServedRequest, SpeedReport
+    from compress.decide.service import MIN_OPEN_POOL
+
+    def request(i, started, e2e):
+        return ServedRequest(index=i, concurrency=0, prompt_tokens=8, output_tokens=10, started_s=started,
+                             ttft_s=0.1, e2e_s=e2e, token_times_s=[0.1] * 10, chunks=10)
+
+    closed = [LevelRun(round=0, level=k, wall_s=1.0, requests=[request(i, float(i), float(k)) for i in range(12)])
+              for k in (1, 2, 4)]
+    # 2/s: alone (1), beside one (2), beside two (3: no closed level, too few), alone but outside the window
+    calm = LevelRun(round=0, level=0, wall_s=10.0, rate=2.0, arrival="poisson", measured=[0, 1, 2],
+                    requests=[request(0, 0.0, 1.5), request(1, 0.5, 2.5), request(2, 0.8, 3.5), request(3, 9.0, 9.0)])
+    # 9/s: four in flight at once on a replica of four slots (the fifth waited in the server)
+    busy = LevelRun(round=0, level=0, wall_s=1.0, rate=9.0, arrival="poisson", measured=list(range(5)),
+                    requests=[request(i, 0.1 * i, 5.0) for i in range(5)])
+    m = Measured(model=ModelInfo(spec="x", content_hash="0" * 64, size_bytes=1), runtime=Runtime(engine="vllm"),
+                 device="cpu", size_bytes=1, peak_memory_bytes=1, memory_kind="rss", batches=[],
+                 runs=closed, rate_runs=[calm, busy])
+    path = tmp_path / "speed.json"
+    SpeedReport(settings={}, baseline=m, candidate=m, environment={}, created="2026-12-01T00:00:00",
+                duration_s=1.0, cache_key="k").save(path)
+    svc = service_from_evidence(path)
+    assert svc.open_loop == {1: 1, 2: 1} and sorted(svc.levels) == [1, 2, 4]
+    assert svc.mean_service_s(1) == pytest.approx((12 * 1.0 + 1.5) / 13)  # the 9 s request was outside the window
+    assert svc.mean_service_s(2) == pytest.approx((8 * 2.0 + 2.5) / 9)  # the closed level's steady middle, and one
+    assert any("9/s went past 4 requests in flight" in n for n in svc.notes)
+    assert svc.describe()["levels"]["2"]["open_loop_requests"] == 1
+    alone = service_from_evidence(path, leave_out_rates=[2.0, 9.0])
+    assert alone.open_loop == {} and alone.mean_service_s(1) == pytest.approx(1.0)
+    assert not any("open-loop" in n for n in alone.notes)
+    # enough requests admitted beside two others stand for an occupancy no closed level measured
+    calm.requests = [request(i, 10.0 * i + d, 3.0) for i in range(MIN_OPEN_POOL) for d in (0.0, 0.1, 0.2)]
+    calm.measured = list(range(len(calm.requests)))
+    SpeedReport(settings={}, baseline=m, candidate=m, environment={}, created="2026-12-01T00:00:00",
+                duration_s=1.0, cache_key="k").save(path)
+    assert service_from_evidence(path).open_loop == {1: MIN_OPEN_POOL, 2: MIN_OPEN_POOL, 3: MIN_OPEN_POOL}
+
+
 def test_manifests_validate_and_a_broken_one_does_not(tmp_path):
     from compress.ship import k8s
 

@@ -3,30 +3,32 @@
 Either measured (``service_from_evidence``: a run directory, an export or a ``speed.json``) or synthetic
 (``synthetic("exp:0.5", concurrency=4)``, for checking the simulation against queueing theory).
 
-The measured model: a served benchmark keeps every request of every closed-loop level (``Measured.runs``: at
-concurrency k, k requests in flight all the time), and a request admitted as the k-th in service on a replica
-takes the end-to-end time (with its time to first token and time per output token) of a request drawn at
-random from a measured level: at a measured level, that level; between two, the one above with a probability
-that grows linearly from the one below to it (a server measured at 1 and 4 serves its 3rd request as it served
-at 4 two times in three, as at 1 otherwise: its mean time is interpolated); beyond the largest level, the
-largest. A replica
-serves at most the largest measured level at once unless told otherwise. The occupancy is read when the
-request is admitted: a request that starts alone and is joined by others keeps its drawn time. Above level 1,
-a level's first k requests of a round are left out (they started together, each prefill queued behind the
-others', which a request admitted into a running batch does not see), and so are its last k (they ran as the
-level drained): with them in, ``scripts/replay_check.py`` found the simulated latency near a replica's
-capacity far from the measured one.
+The measured model: a served benchmark keeps every request it sent, and a request admitted as the k-th in
+service on a replica takes the end-to-end time (with its time to first token and time per output token) of a
+measured request drawn at random from the pool of occupancy k. A pool holds the requests of the closed-loop
+level k (k in flight all the time) and the open-loop requests that were sent while k - 1 others were in flight
+(Poisson arrivals, as production sends them: a request that starts beside one other often ends alone, which a
+closed loop never measures). Between two pools, the one above with a probability that grows linearly from
+the one below to it (a server measured at 1 and 4 serves its 3rd request as it served at 4 two times in
+three, as at 1 otherwise: its mean time is interpolated); beyond the largest, the largest. A replica serves at
+most the largest closed-loop level at once unless told otherwise, and an open-loop run that went past that
+many in flight is not drawn from (the server queued some of its requests, and the simulation adds that wait
+itself). Above level 1, a closed-loop round's first k requests are left out (they started together, each
+prefill queued behind the others', which a request admitted into a running batch does not see), and so are
+its last k (they ran as the level drained). ``scripts/replay_check.py`` compares the simulation with a real
+server at rates it was not fed: the closed-loop levels alone made it pessimistic near a replica's capacity.
 
 The measured server start (``Runtime.start_s``) is the cold start, the run's bench.slo request bounds what a
 request must keep, the goodput (when measured) the rate one replica sustains within that SLO, and
-bench.price_per_hour the price of a replica-hour. Open-loop levels (``rates``) measured the server's own
-queueing; they are reported beside the plan, not drawn from.
+bench.price_per_hour the price of a replica-hour.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,7 @@ class MeasuredService:
     origin: Path | None = None  # the run directory or export the report came from (None: a bare file)
     report: Any = None  # the SpeedReport or BenchReport
     notes: list[str] = field(default_factory=list)
+    open_loop: dict[int, int] = field(default_factory=dict)  # level -> requests in its pool from open-loop runs
     _table: list[tuple[list, list, float]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +149,8 @@ class MeasuredService:
 
         return {"source": self.source, "side": self.side, "concurrency": self.concurrency,
                 "cold_start_s": self.cold_start_s, "goodput_rps": self.goodput_rps, "slo": self.slo.as_dict(),
-                "levels": {str(k): {**stats(v), "kept_slo_alone": kept(v)} for k, v in sorted(self.levels.items())},
+                "levels": {str(k): {**stats(v), "open_loop_requests": self.open_loop.get(k, 0), "kept_slo_alone": kept(v)}
+                           for k, v in sorted(self.levels.items())},
                 "notes": self.notes}
 
 
@@ -207,12 +211,15 @@ def find_speed_report(path: Path) -> tuple[Path, Path | None]:
                      hint="measure it first: compress run RECIPE (with bench.engine: vllm), or compress bench")
 
 
-def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: int | None = None) -> MeasuredService:
+def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: int | None = None,
+                          leave_out_rates: Collection[float] = ()) -> MeasuredService:
     """The per-replica service model of one side (``candidate`` or ``baseline``) of a served benchmark.
 
     Args:
         path: a run directory, an export, or a ``speed.json`` / ``bench.json`` file.
         concurrency: the most requests a replica serves at once (default: the largest measured level).
+        leave_out_rates: open-loop rates whose requests are not drawn from (to predict a measured rate from
+            the others: ``scripts/replay_check.py``).
 
     Raises:
         UsageError: no report there, a report that does not read, or one with no per-request timings.
@@ -246,14 +253,18 @@ def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: i
                 first_wave_only.append(k)
             else:
                 first_wave_only.append(k)
-        for r in requests:
-            tpot = (r.e2e_s - r.ttft_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
-            levels.setdefault(run.level, []).append((r.e2e_s, r.ttft_s, tpot, r.output_tokens))
+        levels.setdefault(run.level, []).extend(_sample(r) for r in requests)
     if not levels:
         raise UsageError(f"{file} keeps no per-request timings for the {side}",
                          hint="measure again with this version of compress (it keeps every request)")
     top = max(levels)
     notes = []
+    open_loop: dict[int, int] = {}
+    skipped = _pool_open_loop(levels, open_loop, [r for r in measured.rate_runs if r.rate not in set(leave_out_rates)],
+                              slots=concurrency or top)
+    if skipped:
+        notes.append(f"open-loop run(s) at {', '.join(f'{r:g}/s' for r in skipped)} went past {concurrency or top} "
+                     "requests in flight (a replica's slots): their times hold the server's own queue, not drawn from")
     if first_wave_only:
         notes.append(f"level(s) {', '.join(str(k) for k in sorted(set(first_wave_only)))}: too few requests per "
                      "round for a steady batch (the first wave starts together, the last drains): measure at least "
@@ -274,6 +285,41 @@ def service_from_evidence(path: Path, *, side: str = "candidate", concurrency: i
     goodput = measured.goodput.rps if measured.goodput is not None else None
     price = settings.get("price_per_hour")
     return MeasuredService(
-        levels=levels, concurrency=concurrency or top, cold_start_s=DEFAULT_COLD_START_S if start is None else start,
+        levels=levels, open_loop=open_loop, concurrency=concurrency or top, cold_start_s=DEFAULT_COLD_START_S if start is None else start,
         goodput_rps=goodput, slo=slo, price_per_hour=float(price) if price is not None else None,
         source=str(file), side=side, origin=origin, report=report, notes=notes)
+
+
+MIN_OPEN_POOL = 20  # an occupancy no closed-loop level measured stands on at least this many open-loop requests
+
+
+def _sample(r: Any) -> tuple[float, float, float, int]:
+    tpot = (r.e2e_s - r.ttft_s) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
+    return (r.e2e_s, r.ttft_s, tpot, r.output_tokens)
+
+
+def _pool_open_loop(levels: dict[int, list[tuple[float, float, float, int]]], counts: dict[int, int],
+                    runs: list[Any], *, slots: int) -> list[float]:
+    """Add each open-loop request (inside its run's measured window) to the pool of the occupancy it was admitted
+    at: 1 + the requests of its run the client had in flight when it sent it. A run that ever had more than
+    ``slots`` in flight is skipped (the server queued some of them: their times hold a wait the simulation adds
+    itself); an occupancy with no closed-loop level needs :data:`MIN_OPEN_POOL` requests. ``counts`` gets the
+    requests added per occupancy. Returns the rates of the runs skipped."""
+    found: dict[int, list[tuple[float, float, float, int]]] = {}
+    skipped = []
+    for run in runs:
+        starts = sorted(r.started_s for r in run.requests)
+        ends = sorted(r.started_s + r.e2e_s for r in run.requests)
+        # in flight when a request went: the others sent by then, less those that had ended
+        in_flight = [bisect.bisect_right(starts, r.started_s) - 1 - bisect.bisect_right(ends, r.started_s)
+                     for r in run.requests]
+        if max(in_flight, default=0) >= slots:
+            skipped.append(run.rate)
+            continue
+        for i in run.measured if run.measured is not None else range(len(run.requests)):
+            found.setdefault(1 + in_flight[i], []).append(_sample(run.requests[i]))
+    for k, pool in found.items():
+        if k in levels or len(pool) >= MIN_OPEN_POOL:
+            levels.setdefault(k, []).extend(pool)
+            counts[k] = len(pool)
+    return sorted(set(skipped))
