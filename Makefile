@@ -10,8 +10,10 @@ export TOKENIZERS_PARALLELISM ?= false
 ENGINE_VENV ?= .venv-engine
 ENGINE_BIN  := $(ENGINE_VENV)/bin
 VLLM_VERSION ?= 0.32.0
+LLAMACPP_VENV ?= .venv-llamacpp
+LLAMACPP_VERSION ?= 0.3.36
 
-.PHONY: setup demo test test-slow clean model engine test-engine docs
+.PHONY: setup demo test test-slow clean model engine vllm llamacpp test-engine docs
 
 setup: $(VENV)/.installed
 
@@ -37,7 +39,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # (`operator torchvision::nms does not exist`): they are removed. The compression environment
 # never imports vLLM. The install time goes to $(ENGINE_VENV)/install-seconds.txt.
 # The stamp names the vLLM version, so that changing VLLM_VERSION reinstalls.
-engine: $(ENGINE_VENV)/.installed-$(VLLM_VERSION)
+# `make engine` builds both serving engines: vLLM and llama.cpp (`make vllm`, `make llamacpp` one each).
+engine: vllm llamacpp
+
+vllm: $(ENGINE_VENV)/.installed-$(VLLM_VERSION)
 
 $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
@@ -58,7 +63,23 @@ $(ENGINE_VENV)/.installed-$(VLLM_VERSION):
 	echo "engine: installed in $$(cat $(ENGINE_VENV)/install-seconds.txt) s ($$(tail -n 1 $(ENGINE_VENV)/install.log))"
 	@touch $@
 
-# Only the tests that start a real vLLM server (they are in `make test` too).
+# llama.cpp in its own environment (scripts/install-llamacpp.sh): llama-cpp-python's OpenAI-compatible server
+# (`python -m llama_cpp.server`, built from source), and from the same llama.cpp source and build, the quantizer
+# and importance-matrix programs and the converter with its gguf package. The install time goes to
+# $(LLAMACPP_VENV)/install-seconds.txt.
+llamacpp: $(LLAMACPP_VENV)/.installed-$(LLAMACPP_VERSION)
+
+$(LLAMACPP_VENV)/.installed-$(LLAMACPP_VERSION):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=python3.X)"; exit 2; }
+	@echo "llamacpp: $(LLAMACPP_VENV) with llama-cpp-python $(LLAMACPP_VERSION), built from source (log: $(LLAMACPP_VENV)/install.log)"
+	@$(PYTHON) -m venv $(LLAMACPP_VENV)
+	@start=$$(date +%s); sh scripts/install-llamacpp.sh $(LLAMACPP_VENV) $(LLAMACPP_VERSION) > $(LLAMACPP_VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(LLAMACPP_VENV)/install.log; echo "llamacpp install failed; the whole log: $(LLAMACPP_VENV)/install.log"; exit 1; }; \
+	echo $$(( $$(date +%s) - start )) > $(LLAMACPP_VENV)/install-seconds.txt; \
+	echo "llamacpp: installed in $$(cat $(LLAMACPP_VENV)/install-seconds.txt) s ($$(tail -n 1 $(LLAMACPP_VENV)/install.log))"
+	@touch $@
+
+# Only the tests that start a real vLLM or llama.cpp server (they are in `make test` too).
 test-engine: engine
 	$(BIN)/python -m pytest -m engine -q -s
 
@@ -69,7 +90,7 @@ test-engine: engine
 # usable AMX, vLLM's int4 kernel is no faster than bf16: that FAIL is reported, not an error). Last, every
 # run in one table and plot. Commands are not echoed: the output fits on one screen (at most 40
 # lines off a terminal; scripts/demo_lines.py counts them); back-end output goes to runs/*/*/logs/.
-demo: setup engine
+demo: setup vllm
 	@$(BIN)/compress recipes validate recipes/*.yaml recipes/demo/*.yaml recipes/speed/*.yaml
 	@$(BIN)/compress run recipes/tiny-llama-int4-gptq.yaml --summary runs/demo-summary.md
 	@$(BIN)/compress verify dist/tiny-llama-int4-gptq
@@ -83,8 +104,8 @@ demo: setup engine
 	  elif [ $$code -ne 0 ]; then exit $$code; fi
 	@$(BIN)/compress report runs --plot runs/report.png
 
-# The default suite includes the engine tests (real vLLM servers started, serving artifacts, stopped,
-# also on signals), so it builds the engine environment too.
+# The default suite includes the engine tests (real vLLM and llama.cpp servers started, serving artifacts,
+# stopped, also on signals), so it builds both engine environments too.
 # One process: a second worker on 2 cores makes the gated speed checks of the suite INCONCLUSIVE.
 # Each test's duration goes to scripts/results/test_durations.json (tests/test_suite_budget.py reads it).
 test: setup engine

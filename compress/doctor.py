@@ -28,6 +28,9 @@ def collect() -> dict[str, Any]:
     # Speed fixtures are generated on first use: "generated" or "generated on first use".
     info["fixtures"] = {name: is_complete(fixtures_root() / spec.dirname) for name, spec in FIXTURES.items()}
     info["engine"] = engine_info()
+    from compress.measure.engines import llamacpp
+
+    info["llamacpp"] = llamacpp.engine_info()
     return info
 
 
@@ -50,6 +53,11 @@ def notes(info: dict[str, Any]) -> list[str]:
     engine = info.get("engine")
     if engine is not None and not engine["installed"]:
         lines.append(f"no serving engine at {engine['path']}: server-mode benchmarks unavailable; run `make engine`")
+    cpp = info.get("llamacpp")
+    if cpp is not None and not (cpp["present"] and all(cpp["tools"].values())):
+        missing = [name for name, ok in cpp["tools"].items() if not ok] if cpp["present"] else ["llama-cpp-python"]
+        lines.append(f"llama.cpp incomplete at {cpp['root']} ({', '.join(missing)} missing): GGUF schemes and "
+                     "engine: llamacpp unavailable; run `make llamacpp`")
     for dist, b in info["backends"].items():
         if not b["installed"] and dist != "vllm":
             fix = "reinstall compress" if b["extra"] == "core" else f"pip install 'compress[{b['extra']}]'"

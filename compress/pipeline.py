@@ -135,13 +135,27 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
             return old, True
     start = time.time()
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
-    prompts = make_prompts(vocab_size(model_dir) or len(tokenizer), tokenizer.all_special_ids or [], spec.prompts,
-                           16, seed=0)
-    reference = hf_reference(model_dir, spec.dtype, prompts, spec.tokens,
-                             trust_remote_code=recipe.model.trust_remote_code)
-    result = check_servable(model_dir, dtype=spec.dtype, prompts=prompts, reference=reference,
+    dtype = spec.dtype
+    if spec.engine == "llamacpp":  # it takes text: prompts cut from the calibration text, compared in float32
+        from compress.core.data import load_texts
+        from compress.measure.engines.servable import text_prompts
+
+        cal = recipe.calibration
+        texts = load_texts(cal.dataset, split=cal.split, config_name=cal.config_name, text_field=cal.text_field)
+        dtype, candidates = "float32", text_prompts(tokenizer, texts, 4 * spec.prompts, 16)
+        # llama.cpp holds a request to its length by banning the end of text, where vLLM generates past it: the
+        # prompts compared are those whose continuation in transformers has no end of text in it
+        refs = hf_reference(model_dir, dtype, candidates, spec.tokens, trust_remote_code=recipe.model.trust_remote_code)
+        kept = [(p, r) for p, r in zip(candidates, refs) if tokenizer.eos_token_id not in r][:spec.prompts]
+        prompts, reference = [p for p, _ in kept], [r for _, r in kept]
+    else:
+        prompts = make_prompts(vocab_size(model_dir) or len(tokenizer), tokenizer.all_special_ids or [],
+                               spec.prompts, 16, seed=0)
+        reference = hf_reference(model_dir, dtype, prompts, spec.tokens,
+                                 trust_remote_code=recipe.model.trust_remote_code)
+    result = check_servable(model_dir, dtype=dtype, prompts=prompts, reference=reference,
                             log_path=run_dir / "logs" / f"servable-{spec.engine}.log", tokens=spec.tokens,
-                            min_agreement=spec.min_agreement)
+                            min_agreement=spec.min_agreement, engine=spec.engine)
     data = result.model_dump(mode="json")
     data.pop("log_path", None)  # reports travel inside exports: no local paths
     report = ServableReport(model=info, settings=settings, result=data,
@@ -167,7 +181,7 @@ def screen(recipe: Recipe, design: Any, *, force: bool = False, device: str = "a
     from compress.core.stats import FAIL
 
     quality = [c for c in recipe.gate.checks if metric_family(c.metric) == "quality"]
-    if not quality or recipe.evals.backend == "vllm" or not isinstance(design, Design) or design.looks < 2:
+    if not quality or candidate_evals(recipe).backend != "hf" or not isinstance(design, Design) or design.looks < 2:
         return None
     start = time.time()
     with locked(runs.recipe_dir(recipe), f"runs of {recipe.name}", log=warn):
@@ -240,6 +254,14 @@ def run(recipe: Recipe, *, force: bool = False, rerun_reports: bool = False, exp
                     stages=stages or LogStages(log), requests_cache=requests_cache)
 
 
+def candidate_evals(recipe: Recipe) -> Any:
+    """The candidate's eval settings: the recipe's, except that a GGUF artifact is evaluated by llama.cpp
+    (lm-eval's gguf model against its server), whatever evaluates the base."""
+    if recipe.method.kind == "gguf" and recipe.evals.backend != "llamacpp":
+        return recipe.evals.model_copy(update={"backend": "llamacpp"})
+    return recipe.evals
+
+
 def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, export_to: Path | None, device: str,
          log: Callable[[str], None], warn: Callable[[str], None], model_card: Callable[..., str] | None,
          signer: Callable[[Path], None] | None, stages: Any, requests_cache: bool = False) -> RunResult:
@@ -272,8 +294,9 @@ def _run(recipe: Recipe, *, force: bool, rerun_reports: bool, export: bool, expo
     reports: dict[tuple[str, str], Any] = {}
     if want_acc:
         for who, target in (("baseline", base_spec), ("candidate", str(model_dir))):
-            report, _ = stage(f"eval {who}", lambda t=target, w=who: run_eval(
-                t, recipe.evals, revision=spec.revision if t == base_spec else None,
+            settings = candidate_evals(recipe) if who == "candidate" else recipe.evals
+            report, _ = stage(f"eval {who}", lambda t=target, w=who, s=settings: run_eval(
+                t, s, revision=spec.revision if t == base_spec else None,
                 requests_cache=requests_cache and w == "candidate", **common), lambda r: r[1])
             report.save(run_dir / "reports" / REPORT_FILES[(who, "accuracy")])
             reports[(who, "accuracy")] = report

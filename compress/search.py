@@ -26,12 +26,15 @@ from compress.core.recipe import Recipe, validate_document
 from compress.core.stats import FAIL, INCONCLUSIVE, PASS
 
 # Built-in ladders: from the fewest bits up. RTN before GPTQ at the same size (no calibration to
-# pay for when plain rounding already passes), 8-bit formats last.
+# pay for when plain rounding already passes), 8-bit formats last. AutoRound only at 2 bits, after
+# GPTQ: there it recovered more than GPTQ on the embedded model (at 3 and 4 bits it did not; see
+# the quality table in docs/results.md), and its tuning costs the most.
 LADDERS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "default": {
         "uniform": [
             {"kind": "int4", "algorithm": "rtn", "bits": 2, "group_size": 32},
             {"kind": "int4", "algorithm": "gptq", "bits": 2, "group_size": 32},
+            {"kind": "int4", "algorithm": "autoround", "bits": 2, "group_size": 32},
             {"kind": "int4", "algorithm": "rtn", "bits": 3, "group_size": 64},
             {"kind": "int4", "algorithm": "gptq", "bits": 3, "group_size": 64},
             {"kind": "int4", "algorithm": "rtn", "bits": 4, "group_size": 128},
@@ -50,7 +53,8 @@ LADDERS: dict[str, dict[str, list[dict[str, Any]]]] = {
     },
 }
 # Building effort, to order candidates of the same predicted size (the cheaper build first).
-EFFORT = {"rtn": 0, "dynamic": 0, "nf4": 1, "awq": 2, "gptq": 3, "gptq-hf": 3, "static": 3, "w8a8": 3, "llm-int8": 1}
+EFFORT = {"rtn": 0, "dynamic": 0, "block": 0, "mxfp4": 0, "nf4": 1, "awq": 2, "gptq": 3, "gptq-hf": 3, "static": 3,
+          "w8a8": 3, "nvfp4": 3, "llm-int8": 1, "autoround": 4}
 CHOSEN_HEADER = "# Chosen by `compress search`"
 
 
@@ -90,6 +94,8 @@ def slug(method: dict[str, Any]) -> str:
     if method["kind"] == "int4":
         group = f"-g{method['group_size']}" if method.get("group_size") else "-gch"
         return f"int4-{method['algorithm']}-b{method['bits']}{group}"
+    if method["kind"] == "fp4":
+        return f"fp4-{method['format']}{'-a16' if method.get('weights_only') else ''}"
     return f"{method['kind']}-{method['scheme']}"
 
 
@@ -156,6 +162,8 @@ def predicted_bytes(method: dict[str, Any], linears: list[tuple[str, int, int]],
             total += itemsize * out * inp
         elif method["kind"] == "int4" and method["algorithm"] == "nf4":
             total += out * inp // 2 + 4 * math.ceil(out * inp / 64)
+        elif method["kind"] == "fp4":  # half a byte per weight, a one-byte scale per group of 16 or 32
+            total += out * inp // 2 + math.ceil(out * inp / (16 if method["format"] == "nvfp4" else 32))
         elif method["kind"] == "int4" and name not in int8:
             groups = math.ceil(inp / method["group_size"]) if method.get("group_size") else 1
             per_group = 2 + (0 if method.get("symmetric", True) else 1)
@@ -181,7 +189,8 @@ def plan(recipe: Recipe, log: Callable[[str], None] = lambda m: None) -> list[Ca
         if cand is not None and all(c.method != cand.method for c in out):
             out.append(cand)
     return sorted(out, key=lambda c: (c.predicted_bytes,
-                                      EFFORT.get(c.method.get("algorithm") or c.method.get("scheme"), 9)))
+                                      EFFORT.get(c.method.get("algorithm") or c.method.get("scheme")
+                                                 or c.method.get("format"), 9)))
 
 
 def mixed_specs(recipe: Recipe) -> list[tuple[dict[str, Any], float, str]]:

@@ -105,7 +105,9 @@ def speed_table() -> str:
         for i, lv in enumerate(s["levels"]):
             b, c, x = lv["base_tok_s"], lv["cand_tok_s"], lv["speedup"]
             slo = f"{s['slo'][0]:.1f} → {s['slo'][1]:.1f} tok/s" if i == 0 and s.get("slo") else ""
-            rows.append(f"| {s['scheme']} | {lv['concurrency']} | {b['value']:.1f} [{b['lower']:.1f}, {b['upper']:.1f}] "
+            engine = s.get("runtime", {}).get("engine", "vllm")
+            label = s["scheme"] if engine == "vllm" else f"{s['scheme']} (llama.cpp; base: its F16)"
+            rows.append(f"| {label} | {lv['concurrency']} | {b['value']:.1f} [{b['lower']:.1f}, {b['upper']:.1f}] "
                         f"| {c['value']:.1f} [{c['lower']:.1f}, {c['upper']:.1f}] | {x['estimate']:.2f}x "
                         f"[{x['lower']:.2f}, {x['upper']:.2f}] | ${lv['base_cost_per_mtok']:.2f} → "
                         f"${lv['cand_cost_per_mtok']:.2f} ({lv['cand_cost_per_mtok'] / lv['base_cost_per_mtok']:.2f}x) "
@@ -141,7 +143,17 @@ def quality_tables() -> str:
         rows.append(f"| `{m['label']}` | {m['format']} | {m['size_ratio']:.2f}x | {_pct(m['top1_agreement'])} | "
                     f"{m['kl']:.4f} | {_pct(m['acc'])} ({m['acc_delta_points']:+.1f}) | {m['word_perplexity']:.2f} | "
                     f"{m['build_seconds']:.1f} s |")
-    rows += ["", "Lower bits, round-to-nearest against GPTQ and AWQ (group 128, asymmetric, 512 calibration samples):", "",
+    for m in d.get("gguf", {}).get("rows", []):  # through llama.cpp: its logits, lm-eval's gguf model
+        rows.append(f"| `{m['label']}` | gguf (llama.cpp) | {m['size_ratio']:.2f}x | {_pct(m['top1_agreement'])} | "
+                    f"{m['kl']:.4f} | {_pct(m['acc'])} ({m['acc_delta_points']:+.1f}) | - | "
+                    f"{m['build_seconds']:.1f} s |")
+    if d.get("gguf"):
+        rows += ["", "The `gguf-*` rows are measured through llama.cpp (`python scripts/gguf_quality.py`): top-1 "
+                 "agreement and KL from llama.cpp's own logits on the same token ids, `tiny_facts_mc` through its "
+                 "server with lm-eval's gguf model; that model scores no rolling log-likelihoods, hence no word "
+                 "perplexity."]
+    rows += ["", "Lower bits, round-to-nearest against GPTQ, AWQ and AutoRound (group 128, asymmetric, 512 calibration "
+             "samples):", "",
              *_header("weights", "top-1 agreement", "KL", "tiny_facts_mc", "Δ points", "word ppl")]
     for m in d["low_bit"]:
         rows.append(f"| {m['method']} | {_pct(m['top1_agreement'])} | {m['kl']:.4f} | {_pct(m['acc'])} | "

@@ -9,11 +9,15 @@ with plain `transformers.AutoModelForCausalLM.from_pretrained`, and compared wit
 - bundled-task accuracy (tiny_facts_mc) and word perplexity (tiny_bios_ppl) through lm-eval;
 - weights on disk against the base, and build time.
 
-A second table sets RTN against GPTQ (and AWQ) at 4, 3 and 2 bits, group 128, asymmetric,
-512 calibration samples: where RTN visibly loses accuracy, how much of it GPTQ recovers.
+A second table sets RTN against GPTQ, AWQ and AutoRound at 4, 3 and 2 bits, group 128,
+asymmetric, 512 calibration samples: where RTN visibly loses accuracy, how much of it the
+calibrated algorithms recover.
 
-    python scripts/quality.py               # about 15 minutes on 2 CPU cores
-    python scripts/quality.py --only int4-gptq,int4-rtn
+    python scripts/quality.py               # about 15 minutes on 2 CPU cores, plus the AutoRound rows
+                                            # (their builds took 0.4 to 7 minutes each, 512 samples)
+    python scripts/quality.py --only int4-gptq,int4-rtn,int3-autoround-g128
+
+A partial run (--only) replaces the rows it measured and keeps the others.
 
 Writes scripts/results/quality.json and prints Markdown tables for docs/results.md.
 """
@@ -39,9 +43,9 @@ from compress.core.recipe import EvalSpec, validate_document
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
 PPL_DOCS = Path(__file__).resolve().parents[1] / "evals" / "data" / "tiny_bios_ppl.jsonl"
 
-SCHEMES = ["fp8-dynamic", "fp8-static", "int8-w8a8", "int8-llm-int8", "int4-gptq", "int4-awq", "int4-rtn",
-           "int4-gptq-hf", "int4-nf4"]
-LOW_BIT = [(algo, bits) for bits in (4, 3, 2) for algo in ("rtn", "gptq", "awq")]
+SCHEMES = ["fp8-dynamic", "fp8-static", "fp8-block", "int8-w8a8", "int8-llm-int8", "int4-gptq", "int4-awq",
+           "int4-rtn", "int4-autoround", "int4-gptq-hf", "int4-nf4", "nvfp4", "mxfp4"]
+LOW_BIT = [(algo, bits) for bits in (4, 3, 2) for algo in ("rtn", "gptq", "awq", "autoround")]
 # Low-bit comparisons: asymmetric (what 2- and 3-bit need), 512 calibration samples.
 LOW_BIT_CALIBRATION = {"num_samples": 512}
 
@@ -90,6 +94,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("COMPRESS_RUNS_DIR", tempfile.mkdtemp(prefix="compress-quality-"))
     only = set(args.only.split(",")) if args.only else None
+    labels = SCHEMES + [f"int{bits}-{algo}-g128" for algo, bits in LOW_BIT]
+    if only and only - set(labels):
+        raise SystemExit(f"unknown --only label(s): {', '.join(sorted(only - set(labels)))}; known: {', '.join(labels)}")
 
     path = resolve_model("builtin:tiny-llama").path
     base, tok = load_model(path), load_tokenizer(path)
@@ -112,11 +119,12 @@ def main() -> None:
     result = {"base": {"acc": base_acc, "word_perplexity": base_ppl}, "methods": methods, "low_bit": low,
               "environment": base_report.environment}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if only and args.out.exists():  # a partial run updates the rows it measured
+    if only and args.out.exists():  # a partial run updates the rows it measured, in the tables' order
         old = json.loads(args.out.read_text())
         for key in ("methods", "low_bit"):
             fresh = {r["label"] for r in result[key]}
-            result[key] = [r for r in old.get(key, []) if r["label"] not in fresh] + result[key]
+            rows = [r for r in old.get(key, []) if r["label"] not in fresh] + result[key]
+            result[key] = sorted(rows, key=lambda r: labels.index(r["label"]) if r["label"] in labels else len(labels))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\nBase: tiny_facts_mc {100 * base_acc:.1f}%, word perplexity {base_ppl:.3f}\n")

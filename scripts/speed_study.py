@@ -14,7 +14,8 @@ and cost ratios <= 1.1) must never FAIL.
 
     python scripts/speed_study.py int4-rtn int8-w8a8 --aa     # about 25 minutes on 2 CPU cores
 
-Needs `make engine`. Writes scripts/results/speed.json and prints Markdown for docs/results.md.
+Needs `make engine`. Writes scripts/results/speed.json (the schemes run replace their rows) and prints Markdown
+for docs/results.md.
 Accuracy on the random-weight fixture means nothing; only speed, cost and size are read.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def run_recipe(scheme: str, extra: list[str]) -> dict:
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1, 3):
-        sys.exit(f"{recipe.name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+        sys.exit(f"{recipe.name}: exit {proc.returncode}: {proc.stderr.strip().splitlines()[-3:]}")
     out = json.loads(proc.stdout)
     stages = {s["stage"]: s["seconds"] for s in out["stages"]}
     return {"scheme": scheme, "verdict": out["verdict"], "seconds": round(seconds, 1), "stages": stages,
@@ -124,7 +125,10 @@ def main() -> None:
     from compress.core.reports import SpeedReport
 
     extra = [x for kv in args.set for x in ("--set", kv)]
-    results: dict = {"machine": f"{os.cpu_count()} CPU cores", "schemes": []}
+    # The schemes measured now replace their rows; the others' rows (and the A/A check, unless run again) stay.
+    results: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({"machine": f"{os.cpu_count()} CPU cores",
+                    "schemes": [r for r in results.get("schemes", []) if r["scheme"] not in args.schemes]})
     for scheme in args.schemes:
         print(f"running recipes/speed/llama-1b-{scheme}.yaml ...", file=sys.stderr)
         r = run_recipe(scheme, extra)

@@ -62,7 +62,8 @@ def test_every_key_of_the_schema_is_in_the_recipe_reference():
     assert not missing, missing
     assert len(rows) >= 100, len(rows)  # the walk above found the sections, not just the top level
     # Allowed values and defaults are shown: the int4 algorithms, and an int default.
-    assert re.search(r'\| `method.algorithm` \| "gptq" \\\| "awq" \\\| "rtn" \\\| "gptq-hf" \\\| "nf4" \| `gptq` \|',
+    assert re.search(r'\| `method.algorithm` \| "gptq" \\\| "awq" \\\| "rtn" \\\| "autoround" \\\| "gptq-hf" \\\| "nf4" '
+                     r'\| `gptq` \|',
                      text)
     assert "| `model.id` | str (length >= 1) | required |" in text
 

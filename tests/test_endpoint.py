@@ -93,3 +93,33 @@ def test_a_bad_endpoint_is_one_line_and_exit_4(runs_dir):
     assert p.returncode == 4 and "no model listed at http://127.0.0.1:9/v1/models" in p.stderr, p.stderr
     q = run_cli("bench", "builtin:tiny-llama", "--endpoint", "localhost:8000")
     assert q.returncode == 2 and "is not an http(s) URL" in q.stderr
+
+
+class CutShort(FakeOpenAI):
+    """Streams two tokens of whatever length is asked, without usage counts, then ends the stream (as
+    llama-cpp-python's server does to a request when another one arrives, with interrupt_requests on)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for text, finish in (("x", None), ("y", None), ("", "stop")):
+            chunk = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def test_a_stream_cut_short_is_an_error_not_a_fast_request(runs_dir):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = run_cli("bench", "builtin:tiny-llama", "--endpoint", f"http://127.0.0.1:{server.server_address[1]}",
+                    "--rounds", "2", "--repeats", "1", "--output-tokens", "6")
+    finally:
+        server.shutdown()
+    assert p.returncode == 4, p.stderr
+    assert "the server ended a request after 2 of its 6 tokens (finish reason: stop)" in p.stderr, p.stderr

@@ -15,8 +15,10 @@ from conftest import BUILTIN, run_cli
 from test_engine import ENGINE_PYTHON, needs_engine, hf_greedy
 from test_methods import AGREEMENT, reload_check
 
-LLMCOMPRESSOR = ["fp8-dynamic", "fp8-static", "int8-w8a8", "int4-gptq", "int4-awq", "int4-rtn"]
+LLMCOMPRESSOR = ["fp8-dynamic", "fp8-static", "fp8-block", "nvfp4", "mxfp4", "int8-w8a8", "int4-gptq", "int4-awq",
+                 "int4-rtn", "int4-autoround"]
 ELSEWHERE = ["int8-llm-int8", "int4-gptq-hf", "int4-nf4"]
+GGUF = ["gguf-q4_k_m", "gguf-q5_k_m", "gguf-q8_0", "gguf-f16"]  # llama.cpp keeps its KV cache types at run time
 KV_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
 
 
@@ -26,7 +28,14 @@ def recipe(scheme: str, **method):
 
 
 def test_every_scheme_is_placed():
-    assert sorted(LLMCOMPRESSOR + ELSEWHERE) == sorted(SCHEMES)
+    assert sorted(LLMCOMPRESSOR + ELSEWHERE + GGUF) == sorted(SCHEMES)
+
+
+@pytest.mark.parametrize("scheme", GGUF)
+def test_a_gguf_scheme_has_no_kv_cache_setting(scheme):
+    with pytest.raises(RecipeError) as err:
+        recipe(scheme, kv_cache="fp8")
+    assert any("kv_cache" in p for p in err.value.problems)
 
 
 @pytest.mark.parametrize("scheme", LLMCOMPRESSOR)

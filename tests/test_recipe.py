@@ -36,7 +36,7 @@ def test_checked_in_recipes_validate():
         assert first.startswith("# "), f"{path} must open with a comment saying what it is for"
         verb = "compress search" if recipe.search is not None else "compress run"
         assert verb in path.read_text().split("\nname:")[0], f"{path} must say how to run it"
-    assert kinds == {"fp8", "int8", "int4", "distill", "none"}
+    assert kinds == {"fp8", "int8", "int4", "gguf", "distill", "none"}
 
 
 def test_every_problem_reported_with_path_and_line(tmp_path):
@@ -75,7 +75,7 @@ def test_unknown_method_kind_lists_kinds(tmp_path):
     f.write_text("model: {id: builtin:tiny-llama}\nmethod: {kind: int5}\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(f)
-    assert "fp8, int8, int4, distill" in info.value.problems[0]
+    assert "fp8, fp4, int8, int4, gguf, distill, none" in info.value.problems[0]
     assert info.value.problems[0].startswith("method (line 2)")
 
 

@@ -26,7 +26,8 @@ from compress.core.weights import check_weights
 from compress.core.recipe import Recipe, dump_recipe
 
 # Sections whose content decides an artifact's bytes (and so its cache key).
-CALIBRATED = {("fp8", "static"), ("int8", "w8a8"), ("int4", "gptq"), ("int4", "awq"), ("int4", "gptq-hf")}
+CALIBRATED = {("fp8", "static"), ("int8", "w8a8"), ("int4", "gptq"), ("int4", "awq"), ("int4", "autoround"),
+              ("int4", "gptq-hf")}
 
 
 def uses_calibration(recipe: Recipe) -> bool:
@@ -35,6 +36,8 @@ def uses_calibration(recipe: Recipe) -> bool:
         return True  # layer importance and the held-out KL are measured on it
     if getattr(m, "kv_cache", None):
         return True  # the KV cache scales are measured on it, whatever the weight scheme
+    if m.kind == "fp4":
+        return m.format == "nvfp4" and not m.weights_only  # the activations' global scales
     return (m.kind, getattr(m, "scheme", None) or getattr(m, "algorithm", None)) in CALIBRATED
 
 

@@ -52,8 +52,9 @@ def eval_(
     include_path: Annotated[Optional[list[Path]], typer.Option(
         "--include-path", metavar="DIR", help="A folder of extra lm-eval task YAML files (repeatable).  \\[default: none; the bundled tasks are always there]")] = None,
     backend: Annotated[Optional[str], typer.Option(
-        "--engine", "--backend", help="hf (transformers) or vllm (lm-eval against a vLLM server from `make engine`; "
-        "int4 needs --dtype bfloat16)." + default(EvalSpec, "backend"))] = None,
+        "--engine", "--backend", help="hf (transformers), vllm (lm-eval against a vLLM server from `make engine`; "
+        "int4 needs --dtype bfloat16) or llamacpp (lm-eval's gguf model against llama.cpp's server from "
+        "`make llamacpp`, for GGUF artifacts)." + default(EvalSpec, "backend"))] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N."
                                                   + default(EvalSpec, "device"))] = None,
     device_map: Annotated[Optional[str], typer.Option(
@@ -158,7 +159,8 @@ def _gen_kwargs(text: Optional[str]) -> dict[str, Any] | None:
 def bench(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="builtin:NAME, an artifact or model directory, run:NAME or a hub id.")],
     engine: Annotated[Optional[str], typer.Option(
-        "--engine", help="hf (transformers generate) or vllm (a vLLM server from `make engine`)."
+        "--engine", help="hf (transformers generate), vllm (a vLLM server from `make engine`) or llamacpp "
+        "(llama.cpp's server from `make llamacpp`: GGUF as it is, any other model as its F16 conversion)."
         + default(BenchSpec, "engine"))] = None,
     endpoint: Annotated[Optional[str], typer.Option(
         "--endpoint", metavar="URL", help="Benchmark an OpenAI-compatible server already running at this URL "

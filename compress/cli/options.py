@@ -40,8 +40,9 @@ StartTimeout = Annotated[Optional[float], typer.Option(
 SignKey = Annotated[
     Optional[Path],
     typer.Option("--sign", metavar="KEY",
-                 help="Sign the export with this Ed25519 private key (compress keygen): writes "
-                      "provenance.intoto.json.  \\[default: the recipe's export.sign_key, then $COMPRESS_SIGN_KEY "
+                 help="Sign the export with this private key (compress keygen): writes provenance.intoto.json, "
+                      "and with an EC key also model.sig (OpenSSF model_signing).  \\[default: the recipe's "
+                      "export.sign_key, then $COMPRESS_SIGN_KEY "
                       "(a path or the key text)]"),
 ]
 Traffic = Annotated[Optional[Path], typer.Option(

@@ -163,6 +163,10 @@ def doctor(
         else:
             console.out.print("• a format in the registry may still lack a kernel on this device: "
                               "`compress doctor --probe` serves a model; the gate's servable check serves the artifact")
+    cpp = info["llamacpp"]
+    if cpp["present"]:
+        console.out.print(f"• llama.cpp: {cpp['package']} {cpp['version']} ({cpp['root']}); "
+                          + ", ".join(f"{name} {'ok' if ok else '[red]missing[/red]'}" for name, ok in cpp["tools"].items()))
     for note in doc.notes(info):
         console.out.print(f"• {note}")
 
@@ -170,24 +174,30 @@ def doctor(
 
 @command("keygen", panel=SETUP, epilog=examples(
     "compress keygen -o keys",
+    "compress keygen -o keys --kind ed25519     # signs provenance.intoto.json only (no model.sig)",
     "compress keygen -o ~/.compress --force     # replace the pair (old signatures then fail to verify)"))
 def keygen(
     out: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
                                       help="Directory for compress-signing.key and .pub.")] = Path("."),
+    kind: Annotated[str, typer.Option("--kind", metavar="KIND", help="ec: an ECDSA P-256 pair, which signs both "
+                                      "provenance.intoto.json and model.sig (OpenSSF model_signing); ed25519: "
+                                      "provenance.intoto.json only.")] = "ec",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
     json_: JsonOut = False,
 ) -> None:
-    """Make an Ed25519 key pair for signing exports (private key 0600; public key for `verify --key`)."""
+    """Make a key pair for signing exports (private key 0600; public key for `verify --key`)."""
+    from compress.ship.model_sig import verify_command
     from compress.ship.provenance import ENV_KEY, generate_keypair
 
-    private, public, kid = generate_keypair(out, force=force)
+    private, public, kid = generate_keypair(out, force=force, kind=kind)
     if json_:
-        console.print_json({"keyid": kid, "private_key": str(private), "public_key": str(public)})
+        console.print_json({"keyid": kid, "kind": kind, "private_key": str(private), "public_key": str(public)})
         return
     console.out.print(f"[green]Wrote[/green] {escape(str(private))} (private, mode 0600) and "
-                      f"{escape(str(public))} (public); key id {kid}")
+                      f"{escape(str(public))} (public); {kind} key id {kid}")
     console.out.print(f"• sign:   compress export RUN -o DIR --sign {escape(str(private))}   "
                       f"(in CI: store the text of {private.name} as the secret {ENV_KEY}; never commit it)")
     console.out.print(f"• verify: compress verify DIR --key {escape(str(public))}   "
                       f"(commit the public key, e.g. as keys/{public.name})")
-
+    if kind == "ec":
+        console.out.print(f"• or without compress: {escape(verify_command('DIR', public))}")

@@ -40,7 +40,7 @@ def export(
         raise InputError(f"{run_dir} is not a run directory (it has no model/)",
                          hint="pass a run directory, runs/NAME/KEY, as written by `compress run`")
     recipe = run_recipe(run_dir, None)
-    signer = choose_signer(sign, recipe.export.sign_key)  # a bad key fails here, before any work
+    signer = note_key(choose_signer(sign, recipe.export.sign_key))  # a bad key fails here, before any work
     card = (lambda m, g: model_card(recipe, m, g, load_reports(run_dir), path=to, base_path=local_base(recipe))) \
         if recipe.export.model_card else None
     exported = export_run(run_dir, to, model_card=card, force=force, signer=signer)
@@ -61,22 +61,25 @@ def export(
 def verify(
     path: Annotated[Path, typer.Argument(metavar="DIR", help="An exported artifact directory.")],
     key: Annotated[Optional[Path], typer.Option(
-        "--key", metavar="PUB", help="Also check the signed provenance with this Ed25519 public key "
-        "(compress-signing.pub): signed by it, and exactly the signed files.")] = None,
+        "--key", metavar="PUB", help="Also check the signatures with this public key (compress-signing.pub): "
+        "provenance.intoto.json (signed by it, and exactly the signed files) and, with an EC key, model.sig "
+        "(OpenSSF model_signing's verifier).")] = None,
     json_: JsonOut = False,
 ) -> None:
     """Re-check every file of an exported artifact against its manifest and its PASS; exit non-zero on any mismatch."""
     from compress.ship import provenance
     from compress.ship.export import verify as verify_artifact
+    from compress.ship.model_sig import MODEL_SIG
 
     checked = verify_artifact(path)
-    statement = provenance.verify_signature(path, key) if key is not None else None
+    statement, sig_checked = provenance.verify_signatures(path, key) if key is not None else (None, False)
+    kid = provenance.keyid(provenance.load_public_key(key)) if key is not None else None
     if json_:
         console.print_json({"path": str(path), "ok": True, "files": checked["files"],
                             "content_hash": checked["manifest"]["content_hash"], "policy": checked["policy"],
                             "signature": None if statement is None else {
-                                "keyid": provenance.keyid(provenance.load_public_key(key)),
-                                "files": len(statement["subject"])},
+                                "keyid": kid, "files": len(statement["subject"])},
+                            "model_sig": {"keyid": kid, "ok": True} if sig_checked else None,
                             "signed_by": provenance.signed_by(path)})
         return
     console.out.print(f"[green]OK[/green] {path}: all {checked['files']} files match their sha256, nothing added "
@@ -84,11 +87,22 @@ def verify(
                       f"{checked['manifest']['content_hash'][:16]}…")
     console.out.print(f"  {escape(checked['policy'])}")
     if statement is not None:
-        console.out.print(f"[green]signature OK[/green] (key {provenance.keyid(provenance.load_public_key(key))}): "
+        console.out.print(f"[green]signature OK[/green] (key {kid}): "
                           f"{len(statement['subject'])} signed files, nothing added or missing")
+        console.out.print(f"[green]{MODEL_SIG} OK[/green] (OpenSSF model_signing, key {kid}): every file of "
+                          "the export, the provenance included" if sig_checked else
+                          f"{MODEL_SIG}: none (an Ed25519 key signs the provenance only)")
     elif keyids := provenance.signed_by(path):
         console.out.print(f"signed by {escape(', '.join(keyids))} (not checked: pass --key PUB)")
 
+
+
+def note_key(signer):
+    """The signer, after one line when its key cannot sign model.sig (an Ed25519 key)."""
+    if signer is not None and not signer.writes_model_sig:
+        console.warn(f"the signing key ({signer.origin}) is Ed25519: the export gets provenance.intoto.json "
+                     "but no model.sig, which model_signing signs with EC keys only (make one: compress keygen)")
+    return signer
 
 
 def export_signer(r, export_to: Optional[Path], no_export: bool, sign: Optional[Path]):
@@ -100,7 +114,8 @@ def export_signer(r, export_to: Optional[Path], no_export: bool, sign: Optional[
         check_inside_tree(r.export.to, "recipe export.to")  # only a flag may write outside the tree
     if sign is not None and no_export:
         raise UsageError("--sign signs the export, and --no-export skips it", hint="drop one of the two")
-    return None if no_export else choose_signer(sign, r.export.sign_key)  # a bad key fails before any work
+    # A bad key fails here, before any work.
+    return None if no_export else note_key(choose_signer(sign, r.export.sign_key))
 
 
 def write_ci_files(markdown: str, summary: Optional[Path], junit_text: str, junit: Optional[Path]) -> None:

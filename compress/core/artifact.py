@@ -30,10 +30,12 @@ RECIPE_FILE = "recipe.yaml"
 MODEL_CARD = "README.md"
 # A signed in-toto statement over every other file of an export (compress export --sign).
 PROVENANCE = "provenance.intoto.json"
+# The OpenSSF model-signing bundle over every other file of an export, PROVENANCE included (ship/model_sig.py).
+MODEL_SIG = "model.sig"
 # The reports and gate decision an export carries (compress.decide.evidence).
 EVIDENCE_DIR = "evidence"
 # Files describing an artifact rather than being the model; left out of its content hash.
-DESCRIPTIVE = {MANIFEST, RECIPE_FILE, MODEL_CARD, PROVENANCE}
+DESCRIPTIVE = {MANIFEST, RECIPE_FILE, MODEL_CARD, PROVENANCE, MODEL_SIG}
 FORMAT_VERSION = 1
 
 
@@ -78,7 +80,7 @@ def dir_size(root: Path) -> int:
 
 def weights_size(root: Path) -> int:
     """Bytes of weight files (what quantization shrinks), falling back to all model files."""
-    weights = [p for p in model_files(root) if p.suffix in {".safetensors", ".bin", ".pt", ".pth"}]
+    weights = [p for p in model_files(root) if p.suffix in {".safetensors", ".bin", ".pt", ".pth", ".gguf"}]
     return sum(p.stat().st_size for p in weights) if weights else dir_size(root)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,23 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     return tok
 
 
+def fp4_weights(config: Any) -> bool:
+    """Whether a checkpoint holds compressed-tensors FP4 weights (NVFP4, MXFP4)."""
+    qc = getattr(config, "quantization_config", None)
+    qc = qc if isinstance(qc, dict) else qc.to_dict() if hasattr(qc, "to_dict") else {}
+    return any((g.get("weights") or {}).get("type") == "float" and (g.get("weights") or {}).get("num_bits") == 4
+               for g in (qc.get("config_groups") or {}).values() if isinstance(g, dict))
+
+
+def _decompressed() -> dict[str, Any]:
+    """Load FP4 weights decompressed: compressed-tensors 0.19 unpacks them to bfloat16 whatever the model's
+    dtype, which a float32 model cannot multiply; decompressed once at load, they are cast with the model
+    (activation quantization, W4A4's, still runs in the forward pass)."""
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
 def load_model(path: Path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
                allow_pickle: bool = False, **kwargs: Any):
     """Load a decoder-only causal LM from a local directory.
@@ -244,13 +262,18 @@ def load_model(path: Path, dtype: str = "float32", device: str = "cpu", trust_re
     if getattr(config, "is_encoder_decoder", False):
         raise ModelLoadError(f"{path} is an encoder-decoder model ({config.model_type})",
                              hint="compress works on decoder-only causal LMs")
+    fp4 = fp4_weights(config) and resolve_dtype(path, dtype) != "bfloat16"
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True, **kwargs,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute")
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True, **(_decompressed() if fp4 else {}), **kwargs,
+            )
     except (OSError, ValueError, RuntimeError, KeyError, ImportError) as e:
         raise ModelLoadError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0]}") from None
+    if fp4:
+        model.to(torch_dtype(dtype))
     model.eval()
     if device != "cpu" and "device_map" not in kwargs:
         model.to(device)

@@ -86,6 +86,13 @@ def check_weights(path: Path, allow_pickle: bool = False) -> list[Path]:
         for f in safetensors:
             check_finite(f)
         return safetensors
+    gguf = path / "model.gguf"
+    if gguf.is_file():  # a GGUF artifact (llama.cpp reads it; compress never loads its weights in torch)
+        with open(gguf, "rb") as f:
+            head = f.read(8)
+        if head[:4] != b"GGUF":
+            raise ModelInputError(f"{gguf} is not a GGUF file (no GGUF magic)", hint=REDOWNLOAD)
+        return [gguf]
     pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled and not allow_pickle:
         raise ModelInputError(

@@ -66,6 +66,11 @@ def eval_settings(spec: EvalSpec, dtype: str) -> dict[str, Any]:
 
         info = engine_info()
         s["engine"] = f"{info['package']} {info['version']}"
+    elif spec.backend == "llamacpp":
+        from compress.measure.engines.llamacpp import engine_info as llamacpp_info
+
+        info = llamacpp_info()
+        s["engine"] = f"{info['package']} {info['version']}"
     return s
 
 
@@ -95,9 +100,10 @@ def run_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision: st
     if not rerun and (hit := cache.load_cached("accuracy", key, AccuracyReport)) is not None:
         return hit, True
     start = time.time()
-    log_path = cache.report_path("accuracy", key).with_suffix(".vllm.log")  # the engine's, beside the report
+    # the engine's log, beside the report
+    log_path = cache.report_path("accuracy", key).with_suffix(f".{settings.backend}.log")
     answers = None
-    if requests_cache and settings.backend != "vllm":
+    if requests_cache and settings.backend == "hf":
         answers = cache.cache_root() / "requests" / cache.report_key(
             "requests", info.content_hash, {**config, "limit": None, "device": pick_device(settings.device)})
         answers.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +123,13 @@ def cached_eval(spec: str, settings: EvalSpec, *, dtype: str = "auto", revision:
 
 def _simple_evaluate(path: Path, settings: EvalSpec, dtype: str, trust_remote_code: bool,
                      allow_pickle: bool, log_path: Path, answers: Path | None = None) -> dict[str, Any]:
+    from compress.build.methods.gguf import GGUF_FILE
+
+    if settings.backend == "llamacpp":
+        return evaluate_llamacpp(path, settings, log_path=log_path)
+    if (Path(path) / GGUF_FILE).is_file():
+        raise UsageError(f"{path} is a GGUF artifact: llama.cpp evaluates it",
+                         hint="use --engine llamacpp (evals.backend: llamacpp), after `make llamacpp`")
     if settings.backend == "vllm":
         return evaluate_served(path, settings, dtype, log_path=log_path, trust_remote_code=trust_remote_code)
     device = pick_device(settings.device)
@@ -268,6 +281,38 @@ def evaluate_served(path: Path, settings: EvalSpec, dtype: str, *, log_path: Pat
                   "version": server.version, "dtype": dtype, "max_model_len": server.max_model_len,
                   "kernels": server.kernels, "start_s": round(server.start_seconds or 0.0, 3)}
     results["engine"] = served
+    return results
+
+
+def evaluate_llamacpp(path: Path, settings: EvalSpec, *, log_path: Path) -> dict[str, Any]:
+    """Run lm-eval's own ``gguf`` model against llama.cpp's server started on a GGUF artifact (any other model
+    as llama.cpp's F16 conversion of it): each
+    log-likelihood is one ``/v1/completions`` request (the text, ``echo`` with ``logprobs``), tokenized by
+    llama.cpp from the tokenizer inside the GGUF file, exactly as ``lm_eval --model gguf
+    --model_args base_url=URL`` asks it. Per-document results pair with the ``hf`` evaluation of the base.
+
+    Raises:
+        UsageError: a perplexity task (lm-eval's gguf model scores no rolling log-likelihoods).
+        EngineError: the llama.cpp environment is missing, or the server cannot serve the file or stops
+            answering.
+    """
+    import requests
+    from lm_eval.models.gguf import GGUFLM
+
+    from compress.measure.engines.llamacpp import LlamaCppServer, as_gguf
+
+    with LlamaCppServer(as_gguf(path), log_path=log_path) as server:
+        lm = GGUFLM(base_url=server.url, max_length=server.max_model_len)
+        try:
+            results = evaluate_lm(lm, settings)
+        except NotImplementedError:
+            raise UsageError(f"lm-eval's gguf model scores no rolling log-likelihoods: a perplexity task among "
+                             f"{', '.join(settings.tasks)} cannot run on llama.cpp",
+                             hint="evaluate multiple-choice and generative tasks with --engine llamacpp") from None
+        except (requests.RequestException, RuntimeError) as e:
+            raise EngineError(f"llama.cpp failed to answer lm-eval ({type(e).__name__}: {e}): {server.log_tail()}",
+                              hint=f"its log: {log_path}") from None
+        results["engine"] = server.describe()
     return results
 
 

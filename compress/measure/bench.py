@@ -148,6 +148,13 @@ def make_side(path: Path, settings: BenchSpec, *, dtype: str, log_path: Path | N
                             max_model_len=None, startup_timeout=settings.start_timeout_s,
                             label=log_path.name.removesuffix("-vllm.log") if log_path else None)
         return ServedSide(path, settings, server=server)
+    if settings.engine == "llamacpp":
+        from compress.measure.engines.llamacpp import LlamaCppServer, as_gguf
+
+        server = LlamaCppServer(as_gguf(path), startup_timeout=settings.start_timeout_s,
+                                log_path=log_path or Path(tempfile.mkdtemp(prefix="compress-llamacpp-")) / "llamacpp.log",
+                                label=log_path.name.removesuffix("-llamacpp.log") if log_path else None)
+        return ServedSide(path, settings, server=server)
     return HfSide(path, settings, dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
@@ -225,7 +232,8 @@ def _measure(named: dict[str, tuple[Path, ModelInfo]], settings: BenchSpec, *, d
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="compress-bench-"))
     try:
         for name, (path, _) in named.items():
-            sides[name] = make_side(path, settings, dtype=dtype, log_path=log_dir / f"{name}-vllm.log",
+            engine = "vllm" if settings.engine == "hf" else settings.engine  # hf logs nothing of its own here
+            sides[name] = make_side(path, settings, dtype=dtype, log_path=log_dir / f"{name}-{engine}.log",
                                     endpoint=endpoint, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                                     draft=(drafts or {}).get(name), serve=(serve or {}).get(name))
         _start_all(list(sides.values()))
@@ -303,6 +311,10 @@ def bench_settings(spec: BenchSpec, dtype: str, endpoint: str | None = None) -> 
     s["dtype"] = dtype
     if endpoint:
         s["endpoint"] = endpoint
+    if spec.engine == "llamacpp":  # how it serves: its build, and compress's way of starting it (one at a time)
+        from compress.measure.engines.llamacpp import engine_info
+
+        s["engine"] = f"llama-cpp-python {engine_info()['version']}, requests queued"
     return s
 
 

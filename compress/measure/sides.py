@@ -21,6 +21,7 @@ from compress.core.recipe import BenchSpec
 from compress.core.reports import (
     LevelRun,
     Runtime,
+    ServedRequest,
 )
 from compress.measure.engines.client import run_load
 from compress.measure.hf_worker import out_of_memory, prompt_seed, requests_per_level
@@ -192,7 +193,8 @@ class ServedSide:
         self.server = server
         self.url = url
         self.served_name = served_name
-        self.runtime = Runtime(engine="vllm" if server is not None else "endpoint", url=url)
+        self.engine = getattr(server, "ENGINE", "vllm") if server is not None else "endpoint"
+        self.runtime = Runtime(engine=self.engine, url=url)
         self._peak = 0
         self._sampling = False
         self._sampler: threading.Thread | None = None
@@ -200,12 +202,33 @@ class ServedSide:
         from compress.measure.workload import Workload
 
         self.workload = Workload(settings, self.path, context=served_context(self.path))
+        self._decode = None
+        if server is not None and getattr(server, "TEXT_PROMPTS", False):  # a server that takes no token ids
+            from compress.core.models import load_tokenizer
+
+            tokenizer = load_tokenizer(self.path)
+            self._decode = lambda ids: tokenizer.decode(ids)
+            self._encode = lambda text: tokenizer(text)["input_ids"]
+
+    def prompts(self, items: list[Any]) -> list[Any]:
+        """The requests' prompts as the server takes them: token ids, or their text for a server that takes
+        text only (it tokenizes that text again: random ids come back as more tokens than they were)."""
+        return [self._decode(i.prompt) if self._decode and not isinstance(i.prompt, str) else i.prompt for i in items]
+
+    def _counted(self, reqs: list[ServedRequest], items: list[Any]) -> list[ServedRequest]:
+        """A text prompt's length as the server read it when it reports none: the text encoded again by the
+        same tokenizer (llama.cpp's GGUF carries it)."""
+        for r, item in zip(reqs, items):
+            if not r.prompt_tokens:
+                text = self._decode(item.prompt) if self._decode and not isinstance(item.prompt, str) else item.prompt
+                r.prompt_tokens = len(self._encode(text)) if self._decode else len(item.prompt)
+        return reqs
 
     def start(self) -> None:
         if self.server is not None:
             self.server.__enter__()  # stopped on SIGTERM too
             self.url, self.served_name = self.server.url, self.server.served_model_name
-            self.runtime = Runtime(engine="vllm", version=self.server.version, dtype=self.server.dtype,
+            self.runtime = Runtime(engine=self.engine, version=self.server.version, dtype=self.server.dtype,
                                    command=self.server.command, kernels=self.server.kernels,
                                    start_s=self.server.start_seconds, url=None,
                                    kv_cache_dtype=_kv_cache_dtype(self.path, self.settings))
@@ -218,7 +241,7 @@ class ServedSide:
         if self.settings.warmup:
             for level in self.settings.batch_sizes:
                 items = self.workload.items(level, 10**6 + level)
-                run_load(self.url, self.served_name, [i.prompt for i in items],
+                run_load(self.url, self.served_name, self.prompts(items),
                          [min(i.output_tokens, 8) for i in items], level)
 
     def _sample(self) -> None:
@@ -250,8 +273,8 @@ class ServedSide:
             items = self.workload.items(requests_per_level(self.settings, level), prompt_seed(self.settings, level, rnd))
             sampler = self._metrics()
             began = time.perf_counter()
-            reqs = run_load(self.url, self.served_name, [i.prompt for i in items], [i.output_tokens for i in items],
-                            level)
+            reqs = self._counted(run_load(self.url, self.served_name, self.prompts(items),
+                                          [i.output_tokens for i in items], level), items)
             runs.append(LevelRun(round=rnd, level=level, wall_s=time.perf_counter() - began, requests=reqs,
                                  metrics=sampler.stop() if sampler else None))
         return runs
@@ -268,14 +291,14 @@ class ServedSide:
         due = arrival_times(n, rate, self.settings.arrival, seed)
         sampler = self._metrics()
         with self._engine_reason():
-            reqs = run_open_load(self.url, self.served_name, [i.prompt for i in items],
-                                 [i.output_tokens for i in items], due)
+            reqs = self._counted(run_open_load(self.url, self.served_name, self.prompts(items),
+                                               [i.output_tokens for i in items], due), items)
         return close_run(reqs, rnd=rnd, rate=rate, arrival=self.settings.arrival, settings=self.settings,
                          metrics=sampler.stop() if sampler else None)
 
     def _metrics(self):
         """A running scrape of the engine's /metrics for one level (None for an endpoint: it may have none)."""
-        if self.server is None:
+        if self.server is None or not getattr(self.server, "METRICS", True):
             return None
         from compress.measure.engines.metrics import MetricsSampler
 
@@ -334,6 +357,9 @@ def _kv_cache_dtype(path: Path, settings: BenchSpec) -> str:
 
 def _engine_device(server: Any) -> str:
     from compress.measure.engines.vllm import engine_info
+
+    if getattr(server, "ENGINE", "vllm") != "vllm":
+        return "cpu"  # llama.cpp's environment is built for the CPU here
 
     return engine_info(Path(server.python).parent.parent).get("device") or "cpu"
 

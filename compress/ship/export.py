@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress.core.artifact import MANIFEST, MODEL_CARD, PROVENANCE, RECIPE_FILE, atomic_dir, check_hashes, content_hash, inside, read_json, safe_name, sha256_file, sweep_stale, verify_dir, write_json
+from compress.core.artifact import MANIFEST, MODEL_CARD, MODEL_SIG, PROVENANCE, RECIPE_FILE, atomic_dir, check_hashes, content_hash, inside, read_json, safe_name, sha256_file, sweep_stale, verify_dir, write_json
 from compress.core.errors import ExportRefused, IntegrityError, UsageError
 from compress.decide.evidence import EVIDENCE_DIR, GATE_FILE, REPORT_FILES, check_evidence
 from compress.core.faults import fault_point
@@ -178,7 +178,7 @@ def _export_checked(run_dir: Path, to: Path, manifest: dict[str, Any], gate: Any
             out["serve"] = serve  # the serving settings it passed with (the model card's serve command has them)
         write_json(tmp / MANIFEST, out, fault="export.manifest")
         if signer is not None:
-            signer(tmp)  # writes PROVENANCE over every file above, before the export appears
+            signer(tmp)  # PROVENANCE over every file above, then MODEL_SIG over all, before the export appears
     return out
 
 
@@ -192,6 +192,8 @@ def _same_export(to: Path, manifest: dict[str, Any], gate: Any, signer: Callable
         from compress.ship.provenance import signed_by
 
         if getattr(signer, "keyid", None) not in (signed_by(to) or []):
+            return None
+        if getattr(signer, "writes_model_sig", False) and not (to / MODEL_SIG).is_file():
             return None
     try:
         previous = verify(to)
@@ -242,7 +244,7 @@ def verify(path: Path) -> dict[str, Any]:
         safe_name(name, f"{path}/{MANIFEST}")
     expected = {**manifest["files"], **manifest["export_files"]}
     actual = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()}
-    actual -= {MANIFEST, PROVENANCE}
+    actual -= {MANIFEST, PROVENANCE, MODEL_SIG}  # the signatures, checked by `compress verify --key`
     problems = [f"{name}: missing" for name in sorted(expected.keys() - actual)]
     problems += [f"{name}: not in the manifest (file added)" for name in sorted(actual - expected.keys())]
     for name in sorted(expected.keys() & actual):  # verify_dir has hashed the model files already

@@ -4,8 +4,11 @@
 envelope (https://github.com/secure-systems-lab/dsse) whose payload is an in-toto Statement v1
 naming every other file of the export with its sha256, and whose predicate is the gate's
 evidence (verdict, checks, hashes), the effective recipe, the base model and the environment.
-The signature is Ed25519 over DSSE's pre-authentication encoding (PAE).
-``compress verify DIR --key PUB`` checks the signature and that the directory holds exactly the
+The signature is over DSSE's pre-authentication encoding (PAE), by an elliptic-curve key (ECDSA on
+P-256, P-384 or P-521; what ``compress keygen`` makes) or an Ed25519 key. An EC key then also signs the
+finished export, provenance included, into ``model.sig`` for the OpenSSF ``model_signing`` tool
+(``compress.ship.model_sig``); model_signing takes no Ed25519 keys.
+``compress verify DIR --key PUB`` checks both signatures and that the directory holds exactly the
 signed files, byte for byte.
 
 Private keys are read, never written anywhere but by ``generate_keypair``; a loaded key lives
@@ -31,6 +34,7 @@ import yaml
 from compress import __version__
 from compress.core.artifact import MANIFEST, PROVENANCE, RECIPE_FILE, sha256_file
 from compress.core.errors import IntegrityError, UsageError
+from compress.ship.model_sig import CURVES, MODEL_SIG
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -40,6 +44,8 @@ KEY_FILE = "compress-signing.key"
 PUB_FILE = "compress-signing.pub"
 _KEYGEN_HINT = "make a key pair with `compress keygen`"
 _PUB_HINT = f"pass the {PUB_FILE} that `compress keygen` wrote"
+KINDS = ("ec", "ed25519")  # what `compress keygen --kind` makes: ECDSA P-256 (the default), Ed25519
+_TAKES = "compress signs with EC (P-256, P-384, P-521) or Ed25519 keys"
 
 
 # ------------------------------------------------------------------------ DSSE, statement
@@ -59,13 +65,14 @@ def pae(payload_type: str, body: bytes) -> bytes:
 
 
 def _export_files(export_dir: Path) -> dict[str, Path]:
-    """Every entry of an export except PROVENANCE, by relative posix path (hidden files included:
-    an export holds nothing unsigned). Symbolic links are listed so that verify can refuse them."""
+    """Every entry of an export except the signatures (PROVENANCE, and MODEL_SIG, written after it over
+    everything else), by relative posix path (hidden files included: an export holds nothing unsigned).
+    Symbolic links are listed so that verify can refuse them."""
     found = {}
     for path in sorted(export_dir.rglob("*")):
         if path.is_symlink() or path.is_file():
             rel = path.relative_to(export_dir).as_posix()
-            if rel != PROVENANCE:
+            if rel not in (PROVENANCE, MODEL_SIG):
                 found[rel] = path
     return found
 
@@ -118,19 +125,41 @@ def envelope_bytes(envelope: dict[str, Any]) -> bytes:
     return (json.dumps(envelope, indent=2) + "\n").encode()
 
 
+def _ecdsa(key: Any) -> Any:
+    """ECDSA with the hash that fits the curve (sha256, sha384, sha512), as model_signing and Sigstore use."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    size = key.curve.key_size
+    return ec.ECDSA(hashes.SHA256() if size <= 256 else hashes.SHA384() if size <= 384 else hashes.SHA512())
+
+
+def is_ec(key: Any) -> bool:
+    """Whether a (private or public) key is an elliptic-curve key, which model.sig can be signed with."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
+
+
 def sign_statement(statement: dict[str, Any], private_key: Any) -> dict[str, Any]:
-    """Wrap a statement in a DSSE envelope signed with an Ed25519 private key."""
+    """Wrap a statement in a DSSE envelope signed with an EC (ECDSA, DER signature) or Ed25519 private key."""
     body = _canonical(statement)
-    sig = private_key.sign(pae(PAYLOAD_TYPE, body))
+    message = pae(PAYLOAD_TYPE, body)
+    sig = private_key.sign(message, _ecdsa(private_key)) if is_ec(private_key) else private_key.sign(message)
     return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(body).decode(),
             "signatures": [{"keyid": keyid(private_key.public_key()), "sig": base64.b64encode(sig).decode()}]}
 
 
 def keyid(public_key: Any) -> str:
-    """sha256 (hex) of the raw 32 bytes of an Ed25519 public key."""
+    """A public key's id: sha256 (hex) of the raw 32 bytes of an Ed25519 key; of the PEM of an EC key, which
+    is the key hint model_signing writes into model.sig, so that both signatures name the same id."""
     from cryptography.hazmat.primitives import serialization
 
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if is_ec(public_key):
+        raw = public_key.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+    else:
+        raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -151,7 +180,8 @@ def looks_like_key(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Signer:
-    """A loaded signing key, called with an export directory to write its PROVENANCE.
+    """A loaded signing key, called with an export directory to write its PROVENANCE, then (an EC key)
+    its MODEL_SIG over the finished directory, provenance included.
 
     The key is kept out of the repr so that it cannot reach a log by accident.
     """
@@ -160,14 +190,33 @@ class Signer:
     origin: str
     _key: Any = field(repr=False, compare=False)
 
+    @property
+    def writes_model_sig(self) -> bool:
+        """Whether this key also signs model.sig (an EC key; model_signing takes no Ed25519 keys)."""
+        return is_ec(self._key)
+
     def __call__(self, export_dir: Path) -> None:
         write_provenance(Path(export_dir), self._key)
+        if self.writes_model_sig:
+            from compress.ship import model_sig
+
+            model_sig.write(Path(export_dir), self._key)
+
+
+def _check_kind(key: Any, where: str) -> None:
+    """Refuse a key compress cannot sign with: neither Ed25519 nor EC on a curve model_signing takes."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    if is_ec(key):
+        if key.curve.name not in CURVES:
+            raise UsageError(f"{where}: EC key on curve {key.curve.name}; {_TAKES}", hint=_KEYGEN_HINT)
+    elif not isinstance(key, (Ed25519PrivateKey, Ed25519PublicKey)):
+        raise UsageError(f"{where}: {_kind(key)} key; {_TAKES}", hint=_KEYGEN_HINT)
 
 
 def _parse_private_key(data: bytes, where: str) -> Any:
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -179,8 +228,7 @@ def _parse_private_key(data: bytes, where: str) -> Any:
         what = "a public key, not a private key" if b"PUBLIC KEY-----" in data else "not a PEM private key"
         raise UsageError(f"{where} is {what}",
                          hint=f"sign with the private key (PKCS8 PEM); {_KEYGEN_HINT}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{where}: {_kind(key)} key; compress signs with Ed25519", hint=_KEYGEN_HINT)
+    _check_kind(key, where)
     return key
 
 
@@ -195,7 +243,7 @@ def signer_from(source: str | os.PathLike, origin: str = "--sign") -> Signer:
     """Load and check a signing key now (before any work) and return the signer for ``export_run``.
 
     Args:
-        source: the path of a PKCS8 PEM Ed25519 private key; or, as a ``str``, the PEM text itself
+        source: the path of a PKCS8 PEM EC or Ed25519 private key; or, as a ``str``, the PEM text itself
             (what ``COMPRESS_SIGN_KEY`` may hold in CI).
         origin: where the source came from, named in errors (``--sign``, ``export.sign_key``,
             ``COMPRESS_SIGN_KEY``). Errors name the file, never the key text.
@@ -204,7 +252,7 @@ def signer_from(source: str | os.PathLike, origin: str = "--sign") -> Signer:
         A ``Signer``: call it with a directory to write PROVENANCE into it.
 
     Raises:
-        UsageError: the file is missing or unreadable, or not an unencrypted Ed25519 private key.
+        UsageError: the file is missing or unreadable, or not an unencrypted EC or Ed25519 private key.
     """
     if isinstance(source, str) and looks_like_key(source):
         if origin != ENV_KEY:
@@ -263,18 +311,29 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def generate_keypair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path, str]:
-    """Write a new Ed25519 key pair: ``compress-signing.key`` (PKCS8 PEM, 0600) and
-    ``compress-signing.pub`` (SubjectPublicKeyInfo PEM, 0644 less the umask).
+def generate_keypair(out_dir: Path, *, force: bool = False, kind: str = "ec") -> tuple[Path, Path, str]:
+    """Write a new key pair: ``compress-signing.key`` (PKCS8 PEM, 0600) and ``compress-signing.pub``
+    (SubjectPublicKeyInfo PEM, 0644 less the umask).
+
+    Args:
+        out_dir: where to write the pair.
+        force: replace an existing pair.
+        kind: ``ec`` (ECDSA P-256: signs provenance.intoto.json and model.sig) or ``ed25519`` (signs
+            provenance.intoto.json only).
 
     Returns:
         (private key path, public key path, keyid).
 
     Raises:
-        UsageError: either file exists and ``force`` is not set.
+        UsageError: either file exists and ``force`` is not set, or ``kind`` is unknown.
     """
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind}: not a kind of key compress makes",
+                         hint=f"choose one of: {', '.join(KINDS)}")
 
     out_dir = Path(out_dir)
     priv_path, pub_path = out_dir / KEY_FILE, out_dir / PUB_FILE
@@ -284,7 +343,7 @@ def generate_keypair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path,
                          hint="choose another -o/--output, or pass --force to replace the key pair "
                               "(exports signed with the old key then no longer verify with the new one)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -299,14 +358,13 @@ def generate_keypair(out_dir: Path, *, force: bool = False) -> tuple[Path, Path,
 # ------------------------------------------------------------------------------- verify
 
 def load_public_key(path: Path) -> Any:
-    """An Ed25519 public key from a PEM file.
+    """An EC or Ed25519 public key from a PEM file.
 
     Raises:
-        UsageError: the file is missing, unreadable, or not an Ed25519 public key.
+        UsageError: the file is missing, unreadable, or not a public key compress signs with.
     """
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     path = Path(path)
     where = f"public key {path}"
@@ -319,8 +377,7 @@ def load_public_key(path: Path) -> Any:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
         raise UsageError(f"{where} is not a PEM public key", hint=_PUB_HINT) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{where}: {_kind(key)} key; compress signs with Ed25519", hint=_KEYGEN_HINT)
+    _check_kind(key, where)
     return key
 
 
@@ -366,7 +423,7 @@ def verify_signature(export_dir: Path, public_key_path: Path) -> dict[str, Any]:
 
     Args:
         export_dir: an exported artifact directory.
-        public_key_path: a PEM Ed25519 public key (``compress-signing.pub``).
+        public_key_path: a PEM EC or Ed25519 public key (``compress-signing.pub``).
 
     Returns:
         The verified in-toto statement.
@@ -402,7 +459,10 @@ def verify_signature(export_dir: Path, public_key_path: Path) -> dict[str, Any]:
     message = pae(PAYLOAD_TYPE, body)
     for sig in sigs:
         try:
-            public_key.verify(sig, message)
+            if is_ec(public_key):
+                public_key.verify(sig, message, _ecdsa(public_key))
+            else:
+                public_key.verify(sig, message)
             break
         except InvalidSignature:
             continue
@@ -447,3 +507,26 @@ def check_subjects(export_dir: Path, subject: list[Any]) -> list[str]:
         elif sha256_file(actual[name]) != signed[name]:
             problems.append(f"{name}: sha256 differs from the signed one (file changed)")
     return problems
+
+
+def verify_signatures(export_dir: Path, public_key_path: Path) -> tuple[dict[str, Any], bool]:
+    """Both signatures of an export, as ``compress verify --key`` checks them: the signed provenance
+    (``verify_signature``), then model.sig with model_signing's own verifier.
+
+    An EC key writes model.sig with the provenance, so with an EC public key a missing model.sig fails;
+    with an Ed25519 key there is none to check.
+
+    Returns:
+        (the verified in-toto statement, whether model.sig was checked).
+
+    Raises:
+        UsageError: the public key cannot be loaded.
+        IntegrityError: either signature does not verify, or the files are not the signed ones.
+    """
+    statement = verify_signature(export_dir, public_key_path)
+    if not is_ec(load_public_key(public_key_path)):
+        return statement, False
+    from compress.ship import model_sig
+
+    model_sig.verify(Path(export_dir), Path(public_key_path))
+    return statement, True

@@ -9,8 +9,10 @@ from compress.core.registry import LazyRegistry
 
 METHODS = LazyRegistry("method", {
     "fp8": "compress.build.methods.fp8:apply",
+    "fp4": "compress.build.methods.fp4:apply",
     "int8": "compress.build.methods.int8:apply",
     "int4": "compress.build.methods.int4:apply",
+    "gguf": "compress.build.methods.gguf:apply",
     "distill": "compress.build.methods.distill:apply",
     "none": "compress.build.methods.none:apply",
 })

@@ -1,7 +1,7 @@
 """Data-free schemes, tensor by tensor: the model is never loaded.
 
-FP8-dynamic and round-to-nearest integer weights need no calibration data, so each weight can be
-quantized on its own. Each Linear weight is read from its safetensors shard alone (plain reads,
+FP8-dynamic, FP8-block, MXFP4 and round-to-nearest integer weights need no calibration data, so
+each weight can be quantized on its own. Each Linear weight is read from its safetensors shard alone (plain reads,
 not a memory map, whose touched pages would count against the process), quantized with
 llm-compressor's model-free converter (the observers and compressors ``oneshot`` uses), and
 collected into output shards of at most ``SHARD_BYTES``. Peak memory is bounded by one output
@@ -40,7 +40,10 @@ def eligible(ctx: MethodContext) -> bool:
     from compress.core.weights import check_safetensors
 
     m = ctx.recipe.method
-    data_free = (m.kind == "fp8" and m.scheme == "dynamic") or (m.kind == "int4" and m.algorithm == "rtn")
+    # (NVFP4 is data-free only as W4A16, and even then its global scale is shared by the layers an
+    # engine fuses, q/k/v and gate/up, so its tensors are not independent: it takes the in-memory path.)
+    data_free = ((m.kind == "fp8" and m.scheme in ("dynamic", "block")) or (m.kind == "int4" and m.algorithm == "rtn")
+                 or (m.kind == "fp4" and m.format == "mxfp4"))
     if not data_free or getattr(m, "kv_cache", None) or not any(Path(ctx.base.path).glob("*.safetensors")):
         return False
     dtype = ctx.recipe.model.dtype

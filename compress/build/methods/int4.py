@@ -4,6 +4,10 @@
   compressed-tensors: the common 4-bit choice for vLLM/SGLang.
 - ``awq``: activation-aware scaling, then quantization; llm-compressor, compressed-tensors.
 - ``rtn``: round-to-nearest, no calibration; llm-compressor, compressed-tensors.
+- ``autoround``: AutoRound (Intel's auto-round, through llm-compressor's AutoRoundModifier): each
+  decoder layer's rounding offsets and clipping ranges tuned by sign-gradient descent
+  (``iterations`` steps) to match the layer's float output on calibration activations;
+  compressed-tensors, in the layout of GPTQ's artifacts.
 - ``gptq-hf``: GPTQ through GPTQModel in the Hugging Face GPTQ format (transformers, TGI, vLLM).
 - ``nf4``: bitsandbytes 4-bit normal float, block size 64 (transformers, TGI).
 """
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 from compress.core.errors import QuantizationError
 from compress.core.models import resolve_dtype
-from compress.build.methods import _bnb, _gptqmodel, _llmcompressor as llmc, _streaming
+from compress.build.methods import _autoround, _bnb, _gptqmodel, _llmcompressor as llmc, _streaming
 from compress.build.methods.base import MethodContext, MethodResult, Timer, check_group_size, meta_model, resolve_ignore
 
 
@@ -90,6 +94,8 @@ def apply(ctx: MethodContext) -> MethodResult:
             awq = llmc.load("llmcompressor.modifiers.transform.awq", "AWQ")
             return [awq.AWQModifier(duo_scaling=True, mappings=llmc.awq_mappings(model, ignore)),
                     quant.QuantizationModifier(config_groups=groups, ignore=ignore, kv_cache_scheme=kv_cache)]
+        if m.algorithm == "autoround":
+            return [_autoround.modifier(groups, ignore, m.iterations, kv_cache, ctx.device)]
         return [quant.QuantizationModifier(config_groups=groups, ignore=ignore, kv_cache_scheme=kv_cache)]  # rtn
 
     details = llmc.run(ctx, modifiers, calibrate=m.algorithm != "rtn", timer=timer)

@@ -57,7 +57,9 @@ from compress.core.recipe.model import (
     METHOD_KINDS,
     CalibrationSpec,
     DistillMethod,
+    Fp4Method,
     Fp8Method,
+    GgufMethod,
     Int4Method,
     Int8Method,
     LossSpec,
@@ -71,7 +73,7 @@ from compress.core.recipe.serve import SERVE_FLAGS, ServeSpec
 
 __all__ = [
     "Fraction", "NonNegInt", "PositiveFloat", "PositiveInt", "Strict", "CalibrationSpec",
-    "DEFAULT_IGNORE", "DistillMethod", "Fp8Method", "Int4Method", "Int8Method", "LossSpec",
+    "DEFAULT_IGNORE", "DistillMethod", "Fp4Method", "Fp8Method", "GgufMethod", "Int4Method", "Int8Method", "LossSpec",
     "METHOD_KINDS", "Method", "ModelSpec", "NoneMethod", "StudentSpec", "TrainingSpec", "BenchSpec", "EvalSpec",
     "SloSpec", "GoodputSpec", "Lengths", "WorkloadSpec", "TRAFFIC_CHECK_KINDS", "TrafficCheck", "TrafficSpec", "CascadeGate", "EFFICIENCY_METRICS",
     "FLIPS", "TRAFFIC_FIDELITY", "metric_family", "ExportSpec", "GateCheck", "GateSpec",

@@ -105,8 +105,10 @@ class EvalSpec(Strict):
         default_factory=list, description="extra lm-eval task folders (relative to the current directory)")
     batch_size: PositiveInt = Field(default=16, description="batch size (also of generation)")
     seed: int = Field(default=1234, description="seed for sampling and few-shot choice")
-    backend: Literal["hf", "vllm"] = Field(
-        default="hf", description="hf: transformers; vllm: lm-eval against a vLLM server from `make engine`")
+    backend: Literal["hf", "vllm", "llamacpp"] = Field(
+        default="hf", description="hf: transformers; vllm: lm-eval against a vLLM server from `make engine`; "
+        "llamacpp: lm-eval's gguf model against llama.cpp's server from `make llamacpp` (GGUF artifacts; "
+        "no perplexity tasks)")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     device_map: Literal["auto"] | None = Field(
         default=None, description="hf: auto spreads the weights over the GPUs, CPU memory and disk as they fit "
@@ -265,11 +267,13 @@ class BenchSpec(Strict):
     ``engine``: ``hf`` times transformers ``generate`` in a worker process (``batch_sizes`` are
     sequences per call); ``vllm`` serves the model with vLLM from the engine environment
     (`make engine`) and drives it through the OpenAI-compatible streaming API (``batch_sizes``
-    are concurrency levels: requests in flight). Baseline and candidate are measured in the
-    same time window, in ``rounds`` alternating rounds.
+    are concurrency levels: requests in flight); ``llamacpp`` does the same with llama.cpp's server
+    (`make llamacpp`), serving a GGUF artifact as it is and any other model as llama.cpp's F16
+    conversion. Baseline and candidate are measured in the same time window, in ``rounds``
+    alternating rounds.
     """
 
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "llamacpp"] = "hf"
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
     prompt_tokens: PositiveInt = Field(default=64, description="prompt length in tokens")
     output_tokens: PositiveInt = Field(default=32, description="tokens generated per request")

@@ -127,7 +127,9 @@ class ServableSpec(Strict):
     """The engine must load the artifact and say what transformers says: greedy continuations of
     seeded prompts, compared token by token (``servable: vllm`` is short for the defaults)."""
 
-    engine: Literal["vllm"] = "vllm"
+    engine: Literal["vllm", "llamacpp"] = Field(
+        default="vllm", description="vllm; llamacpp for a GGUF artifact (text prompts cut from the calibration "
+        "text, compared as text with transformers' float32 reading of the same GGUF file)")
     prompts: PositiveInt = Field(default=8, description="seeded prompts compared")
     tokens: PositiveInt = Field(default=8, description="greedy tokens compared per prompt")
     min_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
@@ -180,7 +182,8 @@ class ExportSpec(Strict):
         "default: the base model card's own, else 'other'")
     sign_key: str | None = Field(
         default=None,
-        description="path of an Ed25519 private key (compress keygen) to sign the export with; "
+        description="path of an EC or Ed25519 private key (compress keygen) to sign the export with (an EC key "
+        "also writes model.sig); "
         "`--sign` overrides it, and COMPRESS_SIGN_KEY is used when neither is set",
     )
 
@@ -222,7 +225,7 @@ class SearchSpec(Strict):
     passes the gate. Each candidate is this recipe with that method (named NAME-SLUG)."""
 
     ladder: Literal["default"] | None = Field(
-        default=None, description="a built-in list of candidates: 'default' is 2, 3 and 4 bits (RTN, GPTQ, AWQ), "
+        default=None, description="a built-in list of candidates: 'default' is 2, 3 and 4 bits (RTN, GPTQ, AWQ; AutoRound at 2), "
         "then int8 and fp8")
     candidates: list[Method] = Field(default_factory=list, description="methods to try (beside the ladder's)")
     mixed: list[MixedSpec] = Field(default_factory=list,
@@ -241,7 +244,7 @@ class SearchSpec(Strict):
         if not self.ladder and not self.candidates and not self.mixed:
             raise ValueError("give a ladder (ladder: default) or a list of candidates")
         if any(c.kind in ("distill", "none") for c in self.candidates):
-            raise ValueError("candidates are quantization methods (fp8, int8, int4); distill, or serve the base "
+            raise ValueError("candidates are quantization methods (fp8, fp4, int8, int4); distill, or serve the base "
                              "model with other settings (kind: none), with `compress run`")
         return self
 

@@ -19,7 +19,9 @@ from compress.core.recipe.model import (
     METHOD_KINDS,
     CalibrationSpec,
     DistillMethod,
+    Fp4Method,
     Fp8Method,
+    GgufMethod,
     Int4Method,
     Int8Method,
     Method,
@@ -113,6 +115,19 @@ class Recipe(Strict):
                                  "settings (serve) that differ from the baseline's (baseline_serve)")
         return self
 
+    @model_validator(mode="after")
+    def _gguf_engine(self) -> "Recipe":
+        from compress.core.recipe.gate import metric_family
+
+        served = [c.metric for c in self.gate.checks
+                  if metric_family(c.metric) == "efficiency" and c.metric != "size_ratio"]
+        if self.method.kind == "gguf" and served and self.bench.engine != "llamacpp":
+            raise ValueError(f"a GGUF artifact is served by llama.cpp: set bench.engine: llamacpp (for "
+                             f"{', '.join(served)})")
+        if self.method.kind == "gguf" and self.gate.servable is not None and self.gate.servable.engine != "llamacpp":
+            raise ValueError("a GGUF artifact is served by llama.cpp: set gate.servable.engine: llamacpp")
+        return self
+
     def effective(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain JSON data (no search section when
         there is none: the recipes of artifacts never have one)."""
@@ -157,8 +172,8 @@ def _line_index(text: str) -> dict[tuple, int]:
     return lines
 
 
-_METHOD_CLASSES = {"fp8": Fp8Method, "int8": Int8Method, "int4": Int4Method, "distill": DistillMethod,
-                   "none": NoneMethod}
+_METHOD_CLASSES = {"fp8": Fp8Method, "fp4": Fp4Method, "int8": Int8Method, "int4": Int4Method, "gguf": GgufMethod,
+                   "distill": DistillMethod, "none": NoneMethod}
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:

@@ -1,4 +1,4 @@
-"""The recipe's model, calibration and method sections (fp8, int8, int4, distill, none)."""
+"""The recipe's model, calibration and method sections (fp8, fp4, int8, int4, gguf, distill, none)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
@@ -56,21 +56,53 @@ class CalibrationSpec(Strict):
 DEFAULT_IGNORE = ["lm_head"]
 
 
+def ignore_field() -> Any:
+    """The ``ignore`` key every quantization method has."""
+    return Field(default_factory=lambda: list(DEFAULT_IGNORE), description="layers left unquantized")
+
+
+def kv_cache_field() -> Any:
+    """The ``kv_cache`` key of the methods that run through llm-compressor."""
+    return Field(default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value "
+                 "scales calibrated on calibration text and stored in the artifact (llm-compressor's "
+                 "kv_cache_scheme); engines use them with --kv-cache-dtype fp8")
+
+
 class Fp8Method(Strict):
     """FP8 W8A8 through llm-compressor into compressed-tensors.
 
     ``dynamic``: per-channel weights, per-token activation scales computed at run time (no
     calibration). ``static``: per-tensor activation scales measured on calibration data.
+    ``block``: one weight scale per 128x128 block, activation scales per group of 128 computed
+    at run time (no calibration; DeepSeek-V3's layout).
     """
 
     kind: Literal["fp8"]
-    scheme: Literal["dynamic", "static"] = "dynamic"
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
-                              description="layers left unquantized")
-    kv_cache: Literal["fp8"] | None = Field(
-        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
-        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
-        "engines use them with --kv-cache-dtype fp8")
+    scheme: Literal["dynamic", "static", "block"] = "dynamic"
+    ignore: list[str] = ignore_field()
+    kv_cache: Literal["fp8"] | None = kv_cache_field()
+
+
+class Fp4Method(Strict):
+    """4-bit floating point (E2M1) microscaling formats through llm-compressor into compressed-tensors.
+
+    A kind of its own, not an ``int4`` algorithm: the group size, scale format and symmetry are
+    fixed by each format, so none of ``int4``'s knobs (bits, group_size, symmetric, algorithm)
+    would mean anything here. ``nvfp4``: groups of 16 with an FP8 (E4M3) scale each and one
+    FP32 global scale per tensor; W4A4 measures the activations' global scales on calibration
+    text. ``mxfp4``: the OCP MX format, groups of 32 with a power-of-two (E8M0) scale, no
+    calibration. ``weights_only`` keeps activations in 16 bits (W4A16: NVFP4A16, MXFP4A16).
+    """
+
+    kind: Literal["fp4"]
+    format: Literal["nvfp4", "mxfp4"] = Field(
+        default="nvfp4", description="nvfp4: groups of 16, FP8 scales and a per-tensor global scale (NVIDIA "
+        "Blackwell); mxfp4: groups of 32, power-of-two scales (OCP MX)")
+    weights_only: bool = Field(
+        default=False, description="quantize weights only and keep activations in 16 bits (W4A16); false: W4A4 "
+        "(nvfp4 then calibrates the activations' global scales)")
+    ignore: list[str] = ignore_field()
+    kv_cache: Literal["fp8"] | None = kv_cache_field()
 
 
 class Int8Method(Strict):
@@ -84,12 +116,8 @@ class Int8Method(Strict):
     dampening_frac: Fraction = Field(default=0.01, description="w8a8: GPTQ's dampening fraction")
     llm_int8_threshold: Annotated[float, Field(gt=0)] = Field(
         default=6.0, description="llm-int8: the outlier threshold of LLM.int8")
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
-                              description="layers left unquantized")
-    kv_cache: Literal["fp8"] | None = Field(
-        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
-        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
-        "engines use them with --kv-cache-dtype fp8")
+    ignore: list[str] = ignore_field()
+    kv_cache: Literal["fp8"] | None = kv_cache_field()
 
     @model_validator(mode="after")
     def _kv_cache_scheme(self) -> "Int8Method":
@@ -102,13 +130,13 @@ class Int8Method(Strict):
 class Int4Method(Strict):
     """Low-bit weight-only quantization (W4A16 by default).
 
-    ``gptq``, ``awq``, ``rtn``: llm-compressor into compressed-tensors. ``gptq-hf``: GPTQModel
-    into the Hugging Face GPTQ format. ``nf4``: bitsandbytes NF4. ``bits`` below 4 exists to
-    measure how a method degrades; serving engines expect 4.
+    ``gptq``, ``awq``, ``rtn``, ``autoround``: llm-compressor into compressed-tensors. ``gptq-hf``:
+    GPTQModel into the Hugging Face GPTQ format. ``nf4``: bitsandbytes NF4. ``bits`` below 4
+    exists to measure how a method degrades; serving engines expect 4.
     """
 
     kind: Literal["int4"]
-    algorithm: Literal["gptq", "awq", "rtn", "gptq-hf", "nf4"] = "gptq"
+    algorithm: Literal["gptq", "awq", "rtn", "autoround", "gptq-hf", "nf4"] = "gptq"
     bits: Literal[2, 3, 4, 8] = 4
     group_size: int | None = Field(
         default=128, description="columns per quantization group; null or -1 for per-channel"
@@ -118,19 +146,18 @@ class Int4Method(Strict):
     act_order: bool = Field(
         default=False, description="gptq, gptq-hf: GPTQ's activation order (llm-compressor actorder=group, "
         "GPTQModel desc_act)")
+    iterations: PositiveInt | None = Field(
+        default=None, description="autoround only: sign-gradient steps per decoder layer that tune the rounding "
+        "and clipping (AutoRound's iters; 200 by default; ignored by the other algorithms)")
     double_quant: bool | None = Field(
         default=None, description="nf4 only: quantize the block scales too (bitsandbytes' double quantization; "
         "on by default for nf4; ignored by the other algorithms)")
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE),
-                              description="layers left unquantized")
+    ignore: list[str] = ignore_field()
     int8_layers: list[str] = Field(
         default_factory=list, description="layers quantized to 8 bits (weights only, one scale per output channel) "
         "instead of `bits`: a mixed-precision artifact (compressed-tensors config groups, which vLLM and "
         "transformers read). Exact module names or 're:PATTERN'. `compress search` fills it in")
-    kv_cache: Literal["fp8"] | None = Field(
-        default=None, description="fp8: also quantize the KV cache to FP8, with per-tensor key and value scales "
-        "calibrated on calibration text and stored in the artifact (llm-compressor's kv_cache_scheme); "
-        "engines use them with --kv-cache-dtype fp8")
+    kv_cache: Literal["fp8"] | None = kv_cache_field()
 
     @model_serializer(mode="wrap")
     def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -139,6 +166,8 @@ class Int4Method(Strict):
         data = handler(self)
         if not data.get("int8_layers"):
             data.pop("int8_layers", None)
+        if data.get("iterations") is None:  # autoround's alone, likewise
+            data.pop("iterations", None)
         return data
 
     @field_validator("group_size")
@@ -162,18 +191,26 @@ class Int4Method(Strict):
             # Recipes written before this field was nf4's alone carry its old default (true);
             # refusing them would strand their runs, so it is dropped where it means nothing.
             self.double_quant = None
+        if self.algorithm == "autoround":
+            if self.bits == 8:
+                raise ValueError("autoround here takes bits 2, 3 or 4: for 8 bits use algorithm gptq or rtn")
+            if self.iterations is None:
+                self.iterations = 200
+        elif self.iterations is not None:
+            raise ValueError(f"iterations is autoround's setting; {self.algorithm} has none: remove it or use "
+                             f"algorithm: autoround")
         if self.int8_layers and self.algorithm in ("nf4", "gptq-hf"):
             # GPTQModel can write 8-bit layers into the HF GPTQ format (its per-module `dynamic`
             # config), but transformers' GPTQ loader ignores that config and reads them as `bits`.
             why = ("has one format for every layer" if self.algorithm == "nf4" else
                    "artifacts with per-layer bits load wrongly in transformers (its GPTQ loader ignores "
                    "GPTQModel's per-module config)")
-            raise ValueError(f"{self.algorithm} {why}: remove int8_layers, or use algorithm gptq, awq or rtn "
-                             f"(compressed-tensors) for mixed precision")
+            raise ValueError(f"{self.algorithm} {why}: remove int8_layers, or use algorithm gptq, awq, rtn or "
+                             f"autoround (compressed-tensors) for mixed precision")
         if self.int8_layers and self.bits == 8:
             raise ValueError("int8_layers means nothing at bits 8: remove it")
         if self.kv_cache is not None and self.algorithm in ("gptq-hf", "nf4"):
-            raise ValueError(f"kv_cache works only with the llm-compressor algorithms gptq, awq and rtn; "
+            raise ValueError(f"kv_cache works only with the llm-compressor algorithms gptq, awq, rtn and autoround; "
                              f"{self.algorithm} cannot quantize the KV cache: remove kv_cache or pick one of those")
         return self
 
@@ -254,6 +291,20 @@ class DistillMethod(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
 
 
+class GgufMethod(Strict):
+    """GGUF for llama.cpp: the checkpoint converted by llama.cpp's converter and quantized by llama.cpp's own
+    quantizer (`make llamacpp` installs both), k-quants with an importance matrix from the calibration text.
+    Served and evaluated by llama.cpp's server (engine: llamacpp)."""
+
+    kind: Literal["gguf"]
+    type: Literal["q4_k_m", "q5_k_m", "q8_0", "f16"] = Field(
+        default="q4_k_m", description="llama.cpp's type: q4_k_m and q5_k_m (k-quants, a few tensors at 6 bits), "
+        "q8_0 (8-bit), f16 (no quantization)")
+    imatrix: bool = Field(
+        default=True, description="k-quants: weight the rounding by an importance matrix llama-imatrix computes "
+        "on the calibration text (q8_0 and f16 take none)")
+
+
 class NoneMethod(Strict):
     """No change to the weights: the candidate is the base model itself, served with the recipe's `serve`
     settings (against the baseline's `baseline_serve`), so that a runtime change (prefix caching, a larger batch
@@ -263,7 +314,8 @@ class NoneMethod(Strict):
     kind: Literal["none"]
 
 
-Method = Annotated[Union[Fp8Method, Int8Method, Int4Method, DistillMethod, NoneMethod], Field(discriminator="kind")]
-METHOD_KINDS = ["fp8", "int8", "int4", "distill", "none"]
+Method = Annotated[Union[Fp8Method, Fp4Method, Int8Method, Int4Method, GgufMethod, DistillMethod, NoneMethod],
+                   Field(discriminator="kind")]
+METHOD_KINDS = ["fp8", "fp4", "int8", "int4", "gguf", "distill", "none"]
 
 

@@ -49,7 +49,8 @@ async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, 
     origin = sent if origin is None else origin
     times: list[float] = []
     text: list[str] = []
-    chunks, seen, prompt_tokens, finish = 0, 0, len(prompt), None
+    # a text prompt's token count is the server's to say (in its usage); 0 until it does
+    chunks, seen, prompt_tokens, finish = 0, 0, 0 if isinstance(prompt, str) else len(prompt), None
     async with client.stream("POST", url.rstrip("/") + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             detail = (await r.aread()).decode(errors="replace").strip().replace("\n", " ")[:300]
@@ -72,6 +73,8 @@ async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, 
             if not choices:  # the closing usage-only chunk
                 prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
                 continue
+            if not usage and all(not c.get("text") and c.get("finish_reason") for c in choices):
+                continue  # a server without usage counts closes with an empty chunk that carries no token
             chunks += 1
             total = usage.get("completion_tokens", seen + 1)
             times.extend([now] * max(total - seen, 0))
@@ -80,6 +83,11 @@ async def stream_one(client, url: str, model: str, prompt: Sequence[int] | str, 
     e2e = time.perf_counter() - sent
     if not times:
         raise EngineError("the server streamed no tokens", hint="check the server log")
+    if len(times) < output_tokens:  # a shorter answer would be timed as if it were a whole one
+        raise EngineError(f"the server ended a request after {len(times)} of its {output_tokens} tokens "
+                          f"(finish reason: {finish or 'none'})",
+                          hint="a server that cuts a stream short (one that interrupts a request when another "
+                               "arrives, or stops at end of text) cannot be measured at a fixed length")
     return ServedRequest(index=index, concurrency=concurrency, prompt_tokens=prompt_tokens,
                          output_tokens=len(times), started_s=sent - origin, ttft_s=times[0], e2e_s=e2e,
                          token_times_s=times, chunks=chunks, text="".join(text), finish_reason=finish)

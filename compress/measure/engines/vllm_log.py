@@ -61,7 +61,8 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
         why = " (SIGKILL: most often the system ran out of memory)" if code == -9 else ""
         return f"vLLM's worker {proc} was killed, exit code {code}{why}"
     exceptions = [msg for _, msg in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", msg)]
-    causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above", msg)]
+    # Wrappers that point elsewhere: "See root cause above", vLLM 0.32's "See stack trace for root cause".
+    causes = [msg for msg in exceptions if not re.search(r"(root cause|stack trace) above|for root cause", msg)]
     errors = [msg for raw, msg in lines if re.search(r"\b(ERROR|CRITICAL)\b", raw) or "Killed" in msg]
     line = (causes or exceptions or errors or [msg for _, msg in lines])[-1]
     if re.search(r"validation errors? for \w+$", line):
@@ -73,6 +74,7 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
         detail = next((ln.strip() for ln in raw[at + 1:] if ln.strip()), "").removeprefix("Value error, ")
         line = re.sub(r"^[\w.]*\.(\w+Error)", r"\1", line)  # pydantic_core._pydantic_core.ValidationError
         line = f"{line}: {detail}" if detail else line
+    line = re.sub(r"\s*Reasons:\s*$", "", line)  # vLLM's kernel refusal lists no reasons on a CPU build
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

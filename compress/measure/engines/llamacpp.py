@@ -1,0 +1,142 @@
+"""llama.cpp as a managed server: llama-cpp-python's OpenAI-compatible server (``llama_cpp.server``, through
+``llamacpp_serve.py``: a completion generates at least one token, as lm-eval's gguf model assumes) from the
+llama.cpp environment that `make llamacpp` installs, started on 127.0.0.1 and always stopped.
+
+It has vLLM's lifecycle (:class:`compress.measure.engines.vllm.VllmServer`: a process group of its own, a start
+that fails when it stalls or passes its deadline, SIGTERM then SIGKILL, every server ended on a signal) and serves
+a GGUF artifact (one ``model.gguf``). The compression environment never imports llama_cpp.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from compress.build.methods import _llamacpp
+from compress.build.methods.gguf import GGUF_FILE
+from compress.core.errors import InputError
+from compress.measure.engines.vllm import VllmServer
+
+DEFAULT_CONTEXT = 4096
+LAUNCHER = Path(__file__).with_name("llamacpp_serve.py")  # llama_cpp.server, a completion at least one token long
+
+
+def gguf_file(model_dir: Path) -> Path:
+    """The GGUF file of an artifact directory (or the file itself).
+
+    Raises:
+        InputError: neither a ``.gguf`` file nor a directory holding ``model.gguf``.
+    """
+    model_dir = Path(model_dir)
+    if model_dir.is_file() and model_dir.suffix == ".gguf":
+        return model_dir
+    if (model_dir / GGUF_FILE).is_file():
+        return model_dir / GGUF_FILE
+    raise InputError(f"{model_dir}: no {GGUF_FILE} (llama.cpp serves GGUF artifacts)",
+                     hint="build one with a gguf scheme, e.g. compress quantize MODEL --scheme gguf-q4_k_m")
+
+
+def as_gguf(model_dir: Path) -> Path:
+    """What llama.cpp serves for a model: a GGUF artifact as it is; any other model directory converted once by
+    llama.cpp's converter to F16 (the base unquantized, as a llama.cpp user serves it), kept in the cache by the
+    model's content hash."""
+    from compress.core import cache
+    from compress.core.artifact import atomic_dir
+
+    model_dir = Path(model_dir)
+    if (model_dir / GGUF_FILE).is_file() or model_dir.suffix == ".gguf":
+        return model_dir
+    out = cache.cache_root() / "gguf" / f"{cache.model_content_hash(model_dir)[:16]}-f16"
+    if not (out / GGUF_FILE).is_file():
+        with atomic_dir(out, overwrite=out.exists()) as tmp:
+            _llamacpp.convert(model_dir, tmp / GGUF_FILE, outtype="f16", log_path=tmp / "convert.log")
+    return out
+
+
+def context_length(path: Path) -> int | None:
+    """The training context the GGUF file records (``<arch>.context_length``), read with the llama.cpp
+    environment's gguf package; None when it cannot be read."""
+    python = _llamacpp.venv() / "bin" / "python"
+    script = ("import gguf, sys; r = gguf.GGUFReader(sys.argv[1]); a = r.fields['general.architecture']; "
+              "arch = bytes(a.parts[a.data[0]]).decode(); f = r.fields.get(arch + '.context_length'); "
+              "print(int(f.parts[f.data[0]][0]) if f else '')")
+    home = _llamacpp.venv() / "share" / "llama.cpp" / "gguf-py"
+    try:
+        out = subprocess.run([str(python), "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(home)}, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    return int(value) if out.returncode == 0 and value.isdigit() else None
+
+
+def engine_info(venv: Path | str | None = None) -> dict[str, Any]:
+    """The llama.cpp environment: whether it is there, llama-cpp-python's version (from its package metadata,
+    without importing it), and whether the quantizer and converter are installed."""
+    root = Path(venv or _llamacpp.venv())
+    python = root / "bin" / "python"
+    version = None
+    for meta in sorted(root.glob("lib/python*/site-packages/llama_cpp_python-*.dist-info/METADATA")):
+        for line in meta.read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                version = line.split(":", 1)[1].strip()
+                break
+    return {"package": "llama-cpp-python", "version": version, "root": str(root), "present": python.exists()
+            and version is not None, "tools": {name: (root / sub / name).exists() for sub, name in (
+                ("bin", "llama-quantize"), ("bin", "llama-imatrix"), ("share/llama.cpp", "convert_hf_to_gguf.py"))}}
+
+
+class LlamaCppServer(VllmServer):
+    """llama.cpp's OpenAI-compatible server for one GGUF artifact, owned by a context manager.
+
+    Args:
+        model_dir: the artifact directory (``model.gguf``) or a ``.gguf`` file.
+        n_ctx: the context length; defaults to the file's training context, at most 4096.
+        threads: CPU threads for generation; all the process may use by default.
+        Others as :class:`VllmServer` (``dtype`` and ``kv_cache_gib`` do not apply: GGUF fixes the types).
+    """
+
+    NAME = "llama.cpp"
+    ENGINE = "llamacpp"  # a report's runtime engine
+    INSTALL = "make llamacpp"
+    HEALTH = "/v1/models"
+    TEXT_PROMPTS = True  # its completions take text, not token ids
+    METRICS = False  # no Prometheus /metrics
+
+    def __init__(self, model_dir: Path | str, *, log_path: Path | str, n_ctx: int | None = None,
+                 threads: int | None = None, python: Path | str | None = None, **kwargs: Any):
+        super().__init__(model_dir, log_path=log_path, python=python or _llamacpp.venv() / "bin" / "python",
+                         max_model_len=n_ctx, **kwargs)
+        self.threads = threads
+
+    def _build_command(self) -> list[str]:
+        from compress.build.methods.gguf import threads
+
+        path = gguf_file(self.model_dir)
+        limit = context_length(path)
+        self._settle(min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT), limit, "training context")
+        length = self.max_model_len
+        if self.served_model_name.endswith(".gguf"):  # a file was given: name it by its folder
+            self.served_model_name = self.model_dir.parent.name
+        n = self.threads or threads()
+        return [str(self.python), str(LAUNCHER), "--model", str(path),
+                "--model_alias", self.served_model_name, "--host", "127.0.0.1", "--port", str(self.port),
+                "--n_ctx", str(length), "--n_threads", str(n), "--n_threads_batch", str(n),
+                # a request waits for the one before it instead of cutting its stream short (the server's default)
+                "--interrupt_requests", "false", "--logits_all", "true", *self.extra_args]
+
+    def _cache_env(self) -> dict[str, str]:
+        return {}
+
+    def _get_json(self, route: str) -> dict:
+        if route == "/version":  # llama_cpp.server has no such route: the package's own version
+            return {"version": engine_info(self.python.parent.parent)["version"]}
+        return super()._get_json(route)
+
+    def _read_log(self) -> None:
+        self.kernels = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "llamacpp", "package": "llama-cpp-python", "version": self.version,
+                "n_ctx": self.max_model_len, "start_s": round(self.start_seconds or 0.0, 3)}
