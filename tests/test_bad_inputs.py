@@ -270,7 +270,7 @@ CASES = [
     Case("recipe-binary", lambda p: ["run", str(p.file("bin.yaml", b"\x89PNG\r\n\x1a\n\xff\xfe\x00"))], 2,
          ("bin.yaml", "not a text file (not UTF-8)")),
     Case("recipe-unknown-method", lambda p: ["run", str(p.recipe(_recipe_text(method="int5")))], 2,
-         ("unknown method kind 'int5'", "fp8, int8, int4, distill")),
+         ("unknown method kind 'int5'", "fp8, fp4, int8, int4, gguf, distill")),
     Case("recipe-several-problems", lambda p: ["run", str(p.recipe(
         _recipe_text(extra="evals:\n  batch_size: many\nbench:\n  repeats: -1\n")))], 2,
          ("2 problems", "evals.batch_size (line 12)", "bench.repeats (line 14)"), multi=True),

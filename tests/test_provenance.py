@@ -21,7 +21,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from compress.ship import provenance
+from compress.ship import keygen, provenance
 from compress.ship.model_sig import MODEL_SIG
 from compress.core.artifact import PROVENANCE
 from compress.cli import main
@@ -36,7 +36,7 @@ GOOD = ROOT / "recipes" / "tiny-llama-int4-rtn.yaml"
 # ------------------------------------------------------------------------------ helpers
 
 def _keypair(directory: Path, kind: str = "ec") -> dict:
-    priv, pub, kid = provenance.generate_keypair(directory, kind=kind)
+    priv, pub, kid = keygen.generate_keypair(directory, kind=kind)
     return {"priv": priv, "pub": pub, "keyid": kid, "pem": priv.read_text(), "kind": kind}
 
 
@@ -324,7 +324,7 @@ def test_keygen_writes_a_usable_pair_and_never_overwrites(tmp_path, capsys):
 
 
 def test_keygen_makes_ec_p256_by_default_or_ed25519_and_refuses_other_kinds(tmp_path, capsys):
-    key = serialization.load_pem_private_key((provenance.generate_keypair(tmp_path / "d")[0]).read_bytes(), None)
+    key = serialization.load_pem_private_key((keygen.generate_keypair(tmp_path / "d")[0]).read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
     assert main(["keygen", "-o", str(tmp_path / "e"), "--kind", "ed25519", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

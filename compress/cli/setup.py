@@ -187,7 +187,8 @@ def keygen(
 ) -> None:
     """Make a key pair for signing exports (private key 0600; public key for `verify --key`)."""
     from compress.ship.model_sig import verify_command
-    from compress.ship.provenance import ENV_KEY, generate_keypair
+    from compress.ship.keygen import generate_keypair
+    from compress.ship.provenance import ENV_KEY
 
     private, public, kid = generate_keypair(out, force=force, kind=kind)
     if json_:

@@ -28,6 +28,15 @@ def venv() -> Path:
     return Path(os.environ.get(VENV_ENV) or DEFAULT_VENV).absolute()
 
 
+def package_version(root: Path | None = None) -> str | None:
+    """llama-cpp-python's version in the llama.cpp environment, read from its package metadata (never imported)."""
+    for meta in sorted(Path(root or venv()).glob("lib/python*/site-packages/llama_cpp_python-*.dist-info/METADATA")):
+        for line in meta.read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
 def tool(name: str) -> Path:
     """A llama.cpp program or file of the llama.cpp environment.
 

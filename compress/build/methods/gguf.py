@@ -43,9 +43,7 @@ def apply(ctx: MethodContext) -> MethodResult:
     logs = work / "logs"
     out = (ctx.out_dir / GGUF_FILE).absolute()  # the llama.cpp steps run in the work folder
     timer = Timer()
-    from compress.measure.engines.llamacpp import engine_info
-
-    details: dict = {"type": qtype, "llama_cpp_python": engine_info()["version"]}
+    details: dict = {"type": qtype, "llama_cpp_python": _llamacpp.package_version()}
     source = ctx.base.path
     shutil.copyfile(source / "config.json", ctx.out_dir / "config.json")
     save_tokenizer(ctx)

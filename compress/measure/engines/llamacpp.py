@@ -76,12 +76,7 @@ def engine_info(venv: Path | str | None = None) -> dict[str, Any]:
     without importing it), and whether the quantizer and converter are installed."""
     root = Path(venv or _llamacpp.venv())
     python = root / "bin" / "python"
-    version = None
-    for meta in sorted(root.glob("lib/python*/site-packages/llama_cpp_python-*.dist-info/METADATA")):
-        for line in meta.read_text(errors="replace").splitlines():
-            if line.startswith("Version:"):
-                version = line.split(":", 1)[1].strip()
-                break
+    version = _llamacpp.package_version(root)
     return {"package": "llama-cpp-python", "version": version, "root": str(root), "present": python.exists()
             and version is not None, "tools": {name: (root / sub / name).exists() for sub, name in (
                 ("bin", "llama-quantize"), ("bin", "llama-imatrix"), ("share/llama.cpp", "convert_hf_to_gguf.py"))}}

@@ -55,7 +55,8 @@ def last_meaningful_line(text: str, limit: int = 300) -> str:
     lines = [(raw, msg) for raw, msg in lines if msg and not _TRIVIAL.match(msg)]
     if not lines:
         return "(the server wrote nothing to its log)"
-    killed = [m for _, msg in lines if (m := _KILLED.search(msg))]
+    # a worker that exited 0 left on its own after its error (the error says why); a nonzero code ended it
+    killed = [m for _, msg in lines if (m := _KILLED.search(msg)) and int(m.group(2)) != 0]
     if killed:  # the root cause is a worker the system ended; every later line is the engine shutting down
         proc, code = killed[-1].group(1), int(killed[-1].group(2))
         why = " (SIGKILL: most often the system ran out of memory)" if code == -9 else ""
