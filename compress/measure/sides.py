@@ -215,13 +215,12 @@ class ServedSide:
         text only (it tokenizes that text again: random ids come back as more tokens than they were)."""
         return [self._decode(i.prompt) if self._decode and not isinstance(i.prompt, str) else i.prompt for i in items]
 
-    def _counted(self, reqs: list[ServedRequest], items: list[Any]) -> list[ServedRequest]:
-        """A text prompt's length as the server read it when it reports none: the text encoded again by the
+    def _counted(self, reqs: list[ServedRequest], sent: list[Any]) -> list[ServedRequest]:
+        """A text prompt's length as the server read it when it reports none: the text sent, encoded again by the
         same tokenizer (llama.cpp's GGUF carries it)."""
-        for r, item in zip(reqs, items):
-            if not r.prompt_tokens:
-                text = self._decode(item.prompt) if self._decode and not isinstance(item.prompt, str) else item.prompt
-                r.prompt_tokens = len(self._encode(text)) if self._decode else len(item.prompt)
+        for r, prompt in zip(reqs, sent):
+            if not r.prompt_tokens and isinstance(prompt, str) and self._decode:
+                r.prompt_tokens = len(self._encode(prompt))
         return reqs
 
     def start(self) -> None:
@@ -273,8 +272,9 @@ class ServedSide:
             items = self.workload.items(requests_per_level(self.settings, level), prompt_seed(self.settings, level, rnd))
             sampler = self._metrics()
             began = time.perf_counter()
-            reqs = self._counted(run_load(self.url, self.served_name, self.prompts(items),
-                                          [i.output_tokens for i in items], level), items)
+            sent = self.prompts(items)
+            reqs = self._counted(run_load(self.url, self.served_name, sent, [i.output_tokens for i in items], level),
+                                 sent)
             runs.append(LevelRun(round=rnd, level=level, wall_s=time.perf_counter() - began, requests=reqs,
                                  metrics=sampler.stop() if sampler else None))
         return runs
@@ -291,8 +291,9 @@ class ServedSide:
         due = arrival_times(n, rate, self.settings.arrival, seed)
         sampler = self._metrics()
         with self._engine_reason():
-            reqs = self._counted(run_open_load(self.url, self.served_name, self.prompts(items),
-                                               [i.output_tokens for i in items], due), items)
+            sent = self.prompts(items)
+            reqs = self._counted(run_open_load(self.url, self.served_name, sent, [i.output_tokens for i in items],
+                                               due), sent)
         return close_run(reqs, rnd=rnd, rate=rate, arrival=self.settings.arrival, settings=self.settings,
                          metrics=sampler.stop() if sampler else None)
 

@@ -8,8 +8,6 @@ a GGUF artifact (one ``model.gguf``). The compression environment never imports 
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +53,16 @@ def as_gguf(model_dir: Path) -> Path:
 
 
 def context_length(path: Path) -> int | None:
-    """The training context the GGUF file records (``<arch>.context_length``), read with the llama.cpp
-    environment's gguf package; None when it cannot be read."""
-    python = _llamacpp.venv() / "bin" / "python"
-    script = ("import gguf, sys; r = gguf.GGUFReader(sys.argv[1]); a = r.fields['general.architecture']; "
-              "arch = bytes(a.parts[a.data[0]]).decode(); f = r.fields.get(arch + '.context_length'); "
-              "print(int(f.parts[f.data[0]][0]) if f else '')")
-    home = _llamacpp.venv() / "share" / "llama.cpp" / "gguf-py"
+    """The training context the GGUF file records (``<arch>.context_length``); None when it cannot be read."""
     try:
-        out = subprocess.run([str(python), "-c", script, str(path)], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "PYTHONPATH": str(home)}, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        import gguf
+
+        fields = gguf.GGUFReader(str(path)).fields  # the header only: the tensors are memory-mapped, not read
+        arch = fields["general.architecture"].contents()
+        found = fields.get(f"{arch}.context_length")
+        return int(found.contents()) if found is not None else None
+    except (ImportError, OSError, KeyError, ValueError):
         return None
-    value = out.stdout.strip()
-    return int(value) if out.returncode == 0 and value.isdigit() else None
 
 
 def engine_info(venv: Path | str | None = None) -> dict[str, Any]:
