@@ -158,8 +158,11 @@ def test_open_loop_levels_report_attainment_goodput_and_engine_metrics(served):
         assert g.rps == (max(passed) if passed else None)
         above = [r for r, v in probes.items() if v != "pass" and r > (g.rps or 0)]
         assert g.upper_rps == (min(above) if above else None)
-        # vLLM's /metrics were scraped through every level: its queue and running gauges.
+        # vLLM's /metrics were scraped through every level: its queue and running gauges were read at
+        # every scrape (their values are a sample: a 50 ms request between two scrapes leaves them at 0,
+        # so the parser's figures are tested on copied bodies in test_engine_metrics), and its counters
+        # saw every request each open-loop run sent.
         metrics = [r.metrics for r in m.runs + m.rate_runs]
         assert all(x is not None and x.error is None and x.samples for x in metrics)
-        assert max(s.running for x in metrics for s in x.samples) >= 1
-        assert sum(x.requests_finished for x in metrics) >= len([q for r in m.rate_runs for q in r.requests])
+        assert all(s.running is not None and s.waiting is not None for x in metrics for s in x.samples)
+        assert all(r.metrics.requests_finished >= len(r.requests) for r in m.rate_runs)
