@@ -161,6 +161,25 @@ def quality_tables() -> str:
     return "\n".join(rows) + "\n"
 
 
+def servable_table() -> str:
+    """What vLLM's CPU build did with each scheme's artifact (scripts/servable_check.py)."""
+    d = _load("servable.json")
+    version = next((r["engine_version"] for r in d["rows"] if r["engine_version"]), "?")
+    rows = _header("scheme", f"vLLM CPU {version} here, {d['tokens']} greedy tokens on {d['prompts']} prompts",
+                   "kernels (as vLLM's log names them)")
+    for r in d["rows"]:
+        kernels = ", ".join(f"`{k}`" for k in r["kernels"]) or "-"
+        if r["ok"]:
+            said = "serves: every prompt matches transformers"
+        elif r["started"]:
+            matched = sum(m == d["tokens"] for m in r["matching_prefix"])
+            said = f"loads; {matched} of {d['prompts']} prompts match transformers"
+        else:
+            said = f"does not start: `{r['error'].split('. ')[0]}`"  # its first sentence: not the list of what it knows
+        rows.append(f"| `{r['scheme']}` | {said} | {kernels} |")
+    return "\n".join(rows) + "\n"
+
+
 def sensitivity_table() -> str:
     d = _load("sensitivity.json")
     rows = [f"{d['method']}; {d['model']}:", "",
@@ -396,6 +415,7 @@ BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "mixed-precision-table": ("scripts/results/mixed_precision.json", mixed_precision_table),
     "quality-tables": ("scripts/results/quality.json", quality_tables),
     "sensitivity-table": ("scripts/results/sensitivity.json", sensitivity_table),
+    "servable-table": ("scripts/results/servable.json", servable_table),
     "scaling-table": ("scripts/results/scaling.json", scaling_table),
     "toolkit-cost-table": ("scripts/results/toolkit_cost.json", toolkit_cost_table),
     "distill-table": ("scripts/results/distill_study.json", distill_table),

@@ -2,7 +2,8 @@
 """Quality of the GGUF schemes on the embedded model, measured through llama.cpp.
 
 For each of gguf-q4_k_m, gguf-q5_k_m and gguf-q8_0, the artifact is built exactly as `compress quantize` builds it
-(llama.cpp's converter, importance matrix and quantizer), then:
+(llama.cpp's converter, importance matrix and quantizer), and gguf-q4_k_m-autoround as `algorithm: autoround` builds
+it (AutoRound, 200 iterations, auto-round's GGUF export), then:
 
 - top-1 agreement and KL(base || candidate) of the next-token distribution over every token of the 200 held-out
   perplexity documents, from llama.cpp's own logits (llama-cpp-python in the llama.cpp environment, fed the same
@@ -14,11 +15,14 @@ For each of gguf-q4_k_m, gguf-q5_k_m and gguf-q8_0, the artifact is built exactl
 lm-eval's gguf model scores no rolling log-likelihoods, so there is no word perplexity for these rows.
 
     make llamacpp && python scripts/gguf_quality.py     # about 5 minutes on 2 CPU cores
+    python scripts/gguf_quality.py --only gguf-q4_k_m-autoround    # measure these rows again, keep the others
 
-Merges the rows into scripts/results/quality.json ("gguf"), which docs/results.md's quality table is generated from.
+Merges the rows into scripts/results/quality.json ("gguf"), which docs/results.md's quality table is generated from:
+a row measured replaces the row of its label, the others stay as they were.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -33,7 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results" / "quality.json"
 PPL_DOCS = ROOT / "evals" / "data" / "tiny_bios_ppl.jsonl"
-TYPES = ["q4_k_m", "q5_k_m", "q8_0"]
+# label -> the recipe's method section, in the table's order
+ROWS = {
+    "gguf-q4_k_m": {"kind": "gguf", "type": "q4_k_m"},
+    "gguf-q5_k_m": {"kind": "gguf", "type": "q5_k_m"},
+    "gguf-q8_0": {"kind": "gguf", "type": "q8_0"},
+    "gguf-q4_k_m-autoround": {"kind": "gguf", "type": "q4_k_m", "algorithm": "autoround"},
+}
 LOGITS = """
 import json, sys
 import numpy as np
@@ -74,7 +84,19 @@ def agreement(base_logits: list[torch.Tensor], cand: list[np.ndarray]) -> dict[s
     return {"top1_agreement": agree / n, "kl": kl / n, "tokens": int(n)}
 
 
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows measured now in place of the rows of the same label; the others unchanged; in ROWS' order."""
+    by_label = {r["label"]: r for r in old} | {r["label"]: r for r in new}
+    order = [label for label in ROWS if label in by_label] + [label for label in by_label if label not in ROWS]
+    return [by_label[label] for label in order]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(ROWS), metavar="LABEL",
+                        help=f"measure only these rows ({', '.join(ROWS)}) and keep the others")
+    args = parser.parse_args()
+    labels = args.only or list(ROWS)
     os.chdir(ROOT)
     from compress import runs
     from compress.core.models import load_model, load_tokenizer, resolve_model
@@ -94,9 +116,9 @@ def main() -> None:
     base_report, _ = run_eval("builtin:tiny-llama", hf)
     base_acc = base_report.metric("tiny_facts_mc/acc").value
     rows = []
-    for qtype in TYPES:
-        recipe = validate_document({"name": f"quality-gguf-{qtype}", "model": {"id": "builtin:tiny-llama"},
-                                    "method": {"kind": "gguf", "type": qtype}}, qtype)
+    for label in labels:
+        recipe = validate_document({"name": f"quality-{label}", "model": {"id": "builtin:tiny-llama"},
+                                    "method": ROWS[label]}, label)
         start = time.time()
         manifest, _, path = runs.build(recipe, log=lambda m: None, warn=lambda m: None)
         seconds = time.time() - start
@@ -107,15 +129,20 @@ def main() -> None:
         diff = paired_bootstrap(*values).as_dict()
         with tempfile.TemporaryDirectory() as tmp:
             agree = agreement(base_logits, llamacpp_logits(path / "model.gguf", docs, Path(tmp)))
-        row = {"label": f"gguf-{qtype}", "method": manifest["method"]["scheme"], "format": "gguf",
+        row = {"label": label, "method": manifest["method"]["scheme"], "format": "gguf",
                "engine": report.settings.get("engine"), "size_ratio": manifest["size"]["ratio"],
                "build_seconds": round(seconds, 1), "acc": acc, "acc_delta_points": round(100 * (acc - base_acc), 1),
                "acc_delta_interval": diff, "word_perplexity": None, **agree}
         print(json.dumps(row), flush=True)
         rows.append(row)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data["gguf"] = {"rows": rows, "base_acc": base_acc, "command": "python scripts/gguf_quality.py",
-                    "seconds": round(time.time() - began, 1),
+    before = data.get("gguf", {})
+    if args.only and before.get("base_acc") not in (None, base_acc):
+        sys.exit(f"the base answers {base_acc} now, {before['base_acc']} when the other rows were measured: "
+                 f"measure every row again (no --only)")
+    data["gguf"] = {"rows": merge(before.get("rows", []) if args.only else [], rows), "base_acc": base_acc,
+                    "command": "python scripts/gguf_quality.py",
+                    "seconds": before.get("seconds") if args.only else round(time.time() - began, 1),
                     "note": "top-1 agreement and KL from llama.cpp's logits; tiny_facts_mc through llama.cpp's "
                             "server (lm-eval's gguf model); no word perplexity (lm-eval's gguf model scores no "
                             "rolling log-likelihoods)"}

@@ -6,6 +6,8 @@ and a fixed sleep per token, and serves requests in parallel. So the client's ti
 follow known costs, and concurrency must multiply throughput.
 """
 import json
+import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,3 +125,46 @@ def test_a_stream_cut_short_is_an_error_not_a_fast_request(runs_dir):
         server.shutdown()
     assert p.returncode == 4, p.stderr
     assert "the server ended a request after 2 of its 6 tokens (finish reason: stop)" in p.stderr, p.stderr
+
+
+class DropsOne(FakeOpenAI):
+    """Streams slowly, but closes the connection of the request whose prompt starts with 7 after one token."""
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i in range(request["max_tokens"]):
+            chunk = {"choices": [{"index": 0, "text": "x", "finish_reason": None}],
+                     "usage": {"prompt_tokens": len(request["prompt"]), "completion_tokens": i + 1}}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+            if request["prompt"][0] == 7:
+                self.connection.shutdown(socket.SHUT_RDWR)  # gone mid-answer, as a crashed server
+                return
+            time.sleep(0.05)
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("open_loop", [False, True])
+def test_a_dropped_connection_ends_the_load_with_one_error_and_no_stray_request(open_loop, caplog):
+    """The first failure ends the load as an EngineError naming the cause; the requests still in flight are
+    cancelled and awaited, so none fails again while the client closes (asyncio's 'unhandled exception')."""
+    from compress.core.errors import EngineError
+    from compress.measure.engines.client import run_load, run_open_load
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DropsOne)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, prompts = f"http://127.0.0.1:{server.server_address[1]}", [[1, 2], [3, 4], [7, 8], [5, 6]]
+    try:
+        with caplog.at_level(logging.DEBUG, logger="asyncio"), pytest.raises(EngineError) as err:
+            if open_loop:
+                run_open_load(url, "fake-model", prompts, 20, due=[0.0, 0.0, 0.05, 0.05])
+            else:
+                run_load(url, "fake-model", prompts, 20, concurrency=4)
+    finally:
+        server.shutdown()
+    assert f"the server at {url} failed to answer" in str(err.value) or "ended a request" in str(err.value), err.value
+    assert not [r for r in caplog.records if "unhandled exception" in r.getMessage()], caplog.text

@@ -10,14 +10,14 @@ from compress.core import console
 from compress.cli.common import BUILD, command, examples, method_name
 from compress.cli.options import ArtifactOut, Device, Force, JsonOut, SetOverrides
 from compress.core.errors import UsageError
+from compress.core.schemes import SCHEMES
 
 
 @command("quantize", panel=BUILD, capture=True, epilog=examples(
     "compress quantize recipes/tiny-llama-int4-gptq.yaml",
     "compress quantize --model builtin:tiny-llama --scheme int4-gptq -o out/tiny-int4",
     "compress quantize --model ./my-llama --scheme fp8-dynamic -o out/fp8 --set method.ignore='[lm_head]'")
-    + "\nSchemes: fp8-dynamic, fp8-static, int8-w8a8, int8-llm-int8, int4-gptq, int4-awq, int4-rtn, int4-gptq-hf, "
-    "int4-nf4 (compress recipes list describes them).\n")
+    + f"\nSchemes: {', '.join(SCHEMES)} (compress recipes list describes them).\n")
 def quantize(
     recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe file (or use --model and --scheme).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="builtin:NAME, a local directory, run:NAME or a hub id.")] = None,

@@ -336,6 +336,7 @@ class Runtime(ReportModel):
     version: str | None = None
     dtype: str | None = None
     command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)  # variables compress set for the engine beyond the user's
     kernels: dict[str, list[str]] = Field(default_factory=dict)
     start_s: float | None = None
     kv_cache_dtype: str | None = None

@@ -70,5 +70,6 @@ def describe_method(method: dict[str, Any]) -> str:
     if kind == "fp4":
         return f"{method.get('format', 'nvfp4')}{'a16' if method.get('weights_only') else ''}{kv}"
     if kind == "gguf":
-        return f"gguf-{method.get('type', 'q4_k_m')}"
+        algorithm = "-autoround" if method.get("algorithm") == "autoround" else ""
+        return f"gguf-{method.get('type', 'q4_k_m')}{algorithm}"
     return kind

@@ -301,7 +301,7 @@ def evaluate_llamacpp(path: Path, settings: EvalSpec, *, log_path: Path) -> dict
 
     from compress.measure.engines.llamacpp import LlamaCppServer, as_gguf
 
-    with LlamaCppServer(as_gguf(path), log_path=log_path) as server:
+    with LlamaCppServer(as_gguf(path), log_path=log_path, logits_all=True) as server:
         lm = GGUFLM(base_url=server.url, max_length=server.max_model_len)
         try:
             results = evaluate_lm(lm, settings)

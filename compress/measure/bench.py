@@ -312,9 +312,9 @@ def bench_settings(spec: BenchSpec, dtype: str, endpoint: str | None = None) -> 
     if endpoint:
         s["endpoint"] = endpoint
     if spec.engine == "llamacpp":  # how it serves: its build, and compress's way of starting it (one at a time)
-        from compress.measure.engines.llamacpp import engine_info
+        from compress.measure.engines.llamacpp import bench_mode, engine_info
 
-        s["engine"] = f"llama-cpp-python {engine_info()['version']}, requests queued"
+        s["engine"] = f"llama-cpp-python {engine_info()['version']}, {bench_mode()}"
     return s
 
 

@@ -228,7 +228,8 @@ class ServedSide:
             self.server.__enter__()  # stopped on SIGTERM too
             self.url, self.served_name = self.server.url, self.server.served_model_name
             self.runtime = Runtime(engine=self.engine, version=self.server.version, dtype=self.server.dtype,
-                                   command=self.server.command, kernels=self.server.kernels,
+                                   command=self.server.command, env=self.server.set_env,
+                                   kernels=self.server.kernels,
                                    start_s=self.server.start_seconds, url=None,
                                    kv_cache_dtype=_kv_cache_dtype(self.path, self.settings))
             self._sampling = True

@@ -7,13 +7,16 @@ The converter runs in the compression environment (it reads the checkpoint with 
 ``python -m compress.build.methods._llamacpp convert``: that entry point lets a tokenizer whose pre-tokenizer is
 exactly GPT-2's (byte-level with GPT-2's split pattern, which the converter recognizes only by hashing the
 tokens of known hub models) be written as ``gpt-2``; any other unknown pre-tokenizer stays the converter's error.
+``gpt2_fallback`` is that rule, for auto-round's bundled copy of the converter too (``_autoround_gguf``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from compress.core.errors import CompressError
@@ -51,10 +54,10 @@ def tool(name: str) -> Path:
 
 
 def run(command: list[str], *, what: str, log_path: Path, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> None:
-    """Run one llama.cpp step in a process group of its own, with its output to ``log_path``. The group is
-    ended when this returns, raises or is interrupted; a failure or a step past TIMEOUT_S is a
-    CompressError (exit 4) carrying the last line of its output."""
+        cwd: Path | None = None, timeout: float = TIMEOUT_S) -> None:
+    """Run one step of a GGUF build (a llama.cpp program, a converter) in a process group of its own, with its
+    output to ``log_path``. The group is ended when this returns, raises or is interrupted; a failure or a step
+    past ``timeout`` seconds is a CompressError (exit 4) carrying the last line of its output."""
     from compress.core import procs
 
     procs.install_handlers()
@@ -64,9 +67,9 @@ def run(command: list[str], *, what: str, log_path: Path, env: dict[str, str] | 
                                 env=procs.child_env(env or {}), start_new_session=True, cwd=cwd)
         try:
             with procs.owned(proc.pid, what):
-                code = proc.wait(timeout=TIMEOUT_S)
+                code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise CompressError(f"{what} took more than {TIMEOUT_S:.0f} s", hint=f"its log: {log_path}") from None
+            raise CompressError(f"{what} took more than {timeout:.0f} s", hint=f"its log: {log_path}") from None
         finally:
             procs.kill_group(proc.pid, grace=5.0)
     if code != 0:
@@ -95,13 +98,18 @@ def gpt2_pretokenizer(model_dir: Path) -> bool:
             and not pre.get("add_prefix_space", False))
 
 
-def _convert_main(argv: list[str]) -> None:
-    home, model_dir = Path(argv[0]), Path(argv[1])
-    sys.path[:0] = [str(home / "gguf-py"), str(home)]
-    import convert_hf_to_gguf
-    from conversion import base
+@contextlib.contextmanager
+def gpt2_fallback(text_model: type, model_dir: Path) -> Iterator[None]:
+    """While the block runs, a converter's ``TextModel`` names a pre-tokenizer it does not know ``gpt-2`` when the
+    tokenizer in ``model_dir`` splits exactly as GPT-2 does; any other unknown one stays the converter's error.
 
-    known = base.TextModel.get_vocab_base_pre
+    Args:
+        text_model: the ``TextModel`` class of llama.cpp's ``conversion`` package (llama.cpp's converter, or the
+            copy auto-round bundles for its GGUF export).
+        model_dir: the checkpoint whose ``tokenizer.json`` is read.
+    """
+    own = vars(text_model).get("get_vocab_base_pre")
+    known = text_model.get_vocab_base_pre
 
     def pretokenizer(self, tokenizer) -> str:
         try:
@@ -111,9 +119,25 @@ def _convert_main(argv: list[str]) -> None:
                 return "gpt-2"
             raise
 
-    base.TextModel.get_vocab_base_pre = pretokenizer
+    text_model.get_vocab_base_pre = pretokenizer
+    try:
+        yield
+    finally:
+        if own is None:
+            del text_model.get_vocab_base_pre
+        else:
+            text_model.get_vocab_base_pre = own
+
+
+def _convert_main(argv: list[str]) -> None:
+    home, model_dir = Path(argv[0]), Path(argv[1])
+    sys.path[:0] = [str(home / "gguf-py"), str(home)]
+    import convert_hf_to_gguf
+    from conversion import base
+
     sys.argv = ["convert_hf_to_gguf.py", str(model_dir), *argv[2:]]
-    convert_hf_to_gguf.main()
+    with gpt2_fallback(base.TextModel, model_dir):
+        convert_hf_to_gguf.main()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ an importance matrix over the recipe's calibration texts (each token's activatio
 matrix: which weights the rounding must keep closest); ``llama-quantize`` then writes the type asked with that
 matrix. ``q8_0`` takes no matrix, and ``f16`` is the conversion alone. These are llama.cpp's own tools, so the
 artifact is exactly what a llama.cpp user would make, and what the gate measures is what llama.cpp serves.
+With ``algorithm: autoround`` (q4_k_m, q5_k_m), AutoRound tunes the k-quant's rounding on the calibration text and
+auto-round's own GGUF export writes the file instead (``_autoround_gguf``).
 
 The artifact is one ``model.gguf`` (weights, tokenizer, chat template), beside the base's ``config.json`` and
 tokenizer files (what the model is and how it tokenizes, for tools that read them; nothing loads weights from
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from compress.build.methods import _llamacpp
+from compress.build.methods import _autoround_gguf, _llamacpp
 from compress.build.methods.base import MethodContext, MethodResult, Timer, claim_work_dir, save_tokenizer
 from compress.core.data import load_texts
 
@@ -47,6 +49,10 @@ def apply(ctx: MethodContext) -> MethodResult:
     source = ctx.base.path
     shutil.copyfile(source / "config.json", ctx.out_dir / "config.json")
     save_tokenizer(ctx)
+    if method.algorithm == "autoround":
+        details = _autoround_gguf.build(ctx, out, work, timer)
+        return MethodResult(format="gguf", scheme=f"{name}, rounding tuned by AutoRound ({method.iterations} "
+                                                  f"iterations)", details=details, timings=timer.timings)
     if method.type == "f16":
         with timer("convert"):
             _llamacpp.convert(source, out, outtype="f16", log_path=logs / "convert.log")

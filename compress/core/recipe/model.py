@@ -293,16 +293,52 @@ class DistillMethod(Strict):
 
 class GgufMethod(Strict):
     """GGUF for llama.cpp: the checkpoint converted by llama.cpp's converter and quantized by llama.cpp's own
-    quantizer (`make llamacpp` installs both), k-quants with an importance matrix from the calibration text.
-    Served and evaluated by llama.cpp's server (engine: llamacpp)."""
+    quantizer (`make llamacpp` installs both), k-quants with an importance matrix from the calibration text; or,
+    with `algorithm: autoround`, the k-quants' rounding tuned by AutoRound and written by auto-round's own GGUF
+    export. Served and evaluated by llama.cpp's server (engine: llamacpp)."""
 
     kind: Literal["gguf"]
     type: Literal["q4_k_m", "q5_k_m", "q8_0", "f16"] = Field(
         default="q4_k_m", description="llama.cpp's type: q4_k_m and q5_k_m (k-quants, a few tensors at 6 bits), "
         "q8_0 (8-bit), f16 (no quantization)")
-    imatrix: bool = Field(
-        default=True, description="k-quants: weight the rounding by an importance matrix llama-imatrix computes "
-        "on the calibration text (q8_0 and f16 take none)")
+    algorithm: Literal["llamacpp", "autoround"] = Field(
+        default="llamacpp", description="who rounds the weights: llamacpp (llama-quantize, with the importance "
+        "matrix); autoround (q4_k_m and q5_k_m only: AutoRound tunes the rounding per decoder layer on the "
+        "calibration text, auto-round writes the GGUF)")
+    imatrix: bool | None = Field(
+        default=None, description="llamacpp k-quants: weight the rounding by an importance matrix llama-imatrix "
+        "computes on the calibration text (true by default; q8_0 and f16 take none; autoround has none)")
+    iterations: PositiveInt | None = Field(
+        default=None, description="autoround only: sign-gradient steps per decoder layer that tune the rounding "
+        "(AutoRound's iters; 200 by default)")
+
+    @model_serializer(mode="wrap")
+    def _stable_dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # llama.cpp's path leaves out the keys it has no use for, so every recipe written before they existed
+        # keeps its content hash (and its cached artifacts and reports); autoround's leaves out imatrix.
+        data = handler(self)
+        for key in ("algorithm", "iterations") if self.algorithm == "llamacpp" else ("imatrix",):
+            data.pop(key, None)
+        return data
+
+    @model_validator(mode="after")
+    def _algorithm_limits(self) -> "GgufMethod":
+        if self.algorithm == "autoround":
+            if self.type not in ("q4_k_m", "q5_k_m"):
+                raise ValueError(f"autoround here makes the k-quants q4_k_m and q5_k_m: for {self.type} use "
+                                 f"algorithm: llamacpp")
+            if self.imatrix is not None:
+                raise ValueError("imatrix is llama.cpp's importance matrix; autoround tunes on the calibration "
+                                 "text itself: remove imatrix, or use algorithm: llamacpp")
+            if self.iterations is None:
+                self.iterations = 200
+        else:
+            if self.iterations is not None:
+                raise ValueError("iterations is autoround's setting; llamacpp has none: remove it or use "
+                                 "algorithm: autoround")
+            if self.imatrix is None:
+                self.imatrix = True
+        return self
 
 
 class NoneMethod(Strict):

@@ -137,11 +137,26 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
                     raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
                                       "(the server stopped answering)", hint="check the server log") from None
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
-        except httpx.HTTPError as e:
-            raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {e}") from None
+        await _all_or_first_error(url, [asyncio.ensure_future(worker())
+                                        for _ in range(min(concurrency, len(prompts)))])
     return [r for r in results if r is not None]
+
+
+async def _all_or_first_error(url: str, tasks: list[asyncio.Future]) -> list:
+    """The tasks' results in order; on the first failure the others are cancelled and awaited (none is left
+    to fail again while the client closes) and that failure is raised, an HTTP error as an EngineError."""
+    import httpx
+
+    try:
+        return list(await asyncio.gather(*tasks))
+    except httpx.HTTPError as e:
+        reason = str(e) or "the connection was closed before the answer ended"
+        raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {reason}",
+                          hint="check the server log") from None
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def arrival_times(count: int, rate: float, process: str, seed: int) -> list[float]:
@@ -185,14 +200,7 @@ async def open_load(url: str, model: str, prompts: Sequence[Sequence[int] | str]
             r.scheduled_s = due[i]
             return r
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except httpx.HTTPError as e:
-            raise EngineError(f"the server at {url} failed to answer: {type(e).__name__}: {e}") from None
-        finally:
-            for t in tasks:
-                t.cancel()
+        return await _all_or_first_error(url, [asyncio.ensure_future(one(i)) for i in range(len(prompts))])
 
 
 def run_open_load(url: str, model: str, prompts: Sequence[Sequence[int] | str], output_tokens: int | Sequence[int],

