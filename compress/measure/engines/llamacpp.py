@@ -131,9 +131,10 @@ class LlamaCppServer(VllmServer):
 
     def _engine_env(self) -> dict[str, str]:
         """llama.cpp's OpenMP threads sleep while they wait instead of spinning: a spinning thread holds a core
-        that the server's own event loop (which streams the tokens) and a client on the same machine need, and
-        on 2 cores one request in a few then took over a minute instead of 3 s (scripts/results/speed.json has
-        the served figures with it). A value the user set is left as it is."""
+        that the server's own event loop (which streams the tokens) and a client on the same machine need: on 2
+        cores, with the client beside it, one of 4 requests to the 1B fixture took 71 s instead of about 3 s
+        (spinning, about 10% more tokens per second on a run without such a stall). A value the user set is left
+        as it is."""
         if OMP_WAIT in os.environ or OMP_WAIT in self.env:
             return {}
         return {OMP_WAIT: omp_wait_policy()}
