@@ -119,11 +119,10 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
                     rerun: bool = False) -> tuple[Any, bool]:
     """Serve the candidate with the engine the recipe names and compare its greedy tokens with
     transformers'; kept in the run's reports (reused when it measured these bytes with these settings)."""
-    from compress.measure.engines.client import make_prompts
-    from compress.measure.engines.servable import check_servable, hf_reference
+    from compress.measure.engines.servable import check_servable, hf_reference, text_prompts, token_prompts
     from compress.measure.accuracy import model_info
     from compress.core.reports import ServableReport
-    from compress.core.models import load_tokenizer, vocab_size
+    from compress.core.models import load_tokenizer
 
     spec = recipe.gate.servable
     path = run_dir / "reports" / REPORT_FILES[("candidate", "servable")]
@@ -138,7 +137,6 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
     dtype = spec.dtype
     if spec.engine == "llamacpp":  # it takes text: prompts cut from the calibration text, compared in float32
         from compress.core.data import load_texts
-        from compress.measure.engines.servable import text_prompts
 
         cal = recipe.calibration
         texts = load_texts(cal.dataset, split=cal.split, config_name=cal.config_name, text_field=cal.text_field)
@@ -149,8 +147,7 @@ def servable_report(model_dir: Path, recipe: Recipe, run_dir: Path, *, log: Call
         kept = [(p, r) for p, r in zip(candidates, refs) if tokenizer.eos_token_id not in r][:spec.prompts]
         prompts, reference = [p for p, _ in kept], [r for _, r in kept]
     else:
-        prompts = make_prompts(vocab_size(model_dir) or len(tokenizer), tokenizer.all_special_ids or [],
-                               spec.prompts, 16, seed=0)
+        prompts = token_prompts(model_dir, tokenizer, spec.prompts)
         reference = hf_reference(model_dir, dtype, prompts, spec.tokens,
                                  trust_remote_code=recipe.model.trust_remote_code)
     result = check_servable(model_dir, dtype=dtype, prompts=prompts, reference=reference,

@@ -35,9 +35,8 @@ def schemes() -> list[str]:
 
 
 def check(scheme: str, work: Path) -> dict:
-    from compress.core.models import load_tokenizer, vocab_size
-    from compress.measure.engines.client import make_prompts
-    from compress.measure.engines.servable import check_servable, hf_reference
+    from compress.core.models import load_tokenizer
+    from compress.measure.engines.servable import check_servable, hf_reference, token_prompts
 
     out = work / scheme
     build = subprocess.run([sys.executable, "-m", "compress", "quantize", "--model", "builtin:tiny-llama",
@@ -45,7 +44,7 @@ def check(scheme: str, work: Path) -> dict:
     if build.returncode != 0:
         sys.exit(f"{scheme}: compress quantize exited {build.returncode}: {build.stderr.strip()[-500:]}")
     tokenizer = load_tokenizer(out)
-    prompts = make_prompts(vocab_size(out) or len(tokenizer), tokenizer.all_special_ids or [], PROMPTS, 16, seed=0)
+    prompts = token_prompts(out, tokenizer, PROMPTS)  # the gate's own
     reference = hf_reference(out, DTYPE, prompts, TOKENS)
     start = time.perf_counter()
     result = check_servable(out, dtype=DTYPE, prompts=prompts, reference=reference, tokens=TOKENS,

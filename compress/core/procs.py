@@ -32,6 +32,8 @@ SECRETS = ("COMPRESS_SIGN_KEY",)
 # GPTQModel sets CUDA_DEVICE_ORDER and PYTORCH_ALLOC_CONF. A child gets the value the command started with, or none.
 SET_BY_IMPORTS = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE", "CUDA_DEVICE_ORDER",
                   "PYTORCH_ALLOC_CONF")
+# A child that shares the cores gets OpenMP threads that sleep while they wait (omp_wait_policy).
+OMP_WAIT = "OMP_WAIT_POLICY"
 SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None)
 
 _groups: dict[int, str] = {}  # pgid -> what it is, for the log
@@ -56,6 +58,13 @@ def child_env(extra: Mapping[str, str] | None = None, *, drop: tuple[str, ...] =
             env[key] = value
     env.update(extra or {})
     return env
+
+
+def omp_wait_policy(env: Mapping[str, str] | None = None) -> str:
+    """The OpenMP wait policy a child starts with: ``env``'s or the user's, else ``PASSIVE``. A spinning thread
+    holds a core that the rest of the machine (a server's event loop, a client, another process) needs; a
+    sleeping one gives it back, for a few percent of the child's own speed."""
+    return (env or {}).get(OMP_WAIT) or os.environ.get(OMP_WAIT) or "PASSIVE"
 
 
 def register(pgid: int, what: str) -> None:

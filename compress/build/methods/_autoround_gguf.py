@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from compress.build.methods import _llamacpp
 from compress.build.methods.base import MethodContext, Timer, require
 from compress.core.data import load_texts
 from compress.core.errors import QuantizationError
+from compress.core.procs import OMP_WAIT, omp_wait_policy
 
 MODULE = "compress.build.methods._autoround_gguf"  # this file, as the process that runs AutoRound starts it
 TIMEOUT_S = 24 * 3600.0  # tuning a large model on a CPU takes hours; no wait is endless
@@ -67,7 +67,7 @@ def build(ctx: MethodContext, out: Path, work: Path, timer: Timer) -> dict[str, 
                "--seed", str(cal.seed), *(["--trust-remote-code"] if spec.trust_remote_code else []),
                *(["--allow-pickle"] if spec.allow_pickle else [])]
     env = {"AUTO_ROUND_GGUF_AUTO_UPDATE": "0", "LLAMA_CPP_ROOT": "",
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE"}
+           OMP_WAIT: omp_wait_policy()}
     with timer("autoround"):
         _llamacpp.run(command, what="auto-round", log_path=work / "logs" / "autoround.log", env=env, cwd=work,
                       timeout=TIMEOUT_S)

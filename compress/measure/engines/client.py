@@ -18,7 +18,7 @@ import asyncio
 import json
 import random
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from compress.core.errors import EngineError
 from compress.core.reports import ServedRequest
@@ -129,17 +129,21 @@ async def load(url: str, model: str, prompts: Sequence[Sequence[int] | str], out
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                try:
-                    results[i] = await asyncio.wait_for(
-                        stream_one(client, url, model, prompts[i], outputs[i], index=i, concurrency=concurrency,
-                                   origin=origin), timeout)
-                except asyncio.TimeoutError:
-                    raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
-                                      "(the server stopped answering)", hint="check the server log") from None
+                results[i] = await _within(url, timeout, stream_one(client, url, model, prompts[i], outputs[i],
+                                                                   index=i, concurrency=concurrency, origin=origin))
 
         await _all_or_first_error(url, [asyncio.ensure_future(worker())
                                         for _ in range(min(concurrency, len(prompts)))])
     return [r for r in results if r is not None]
+
+
+async def _within(url: str, timeout: float, request: Any) -> ServedRequest:
+    """One request's answer, or an EngineError when it takes more than ``timeout`` s in all."""
+    try:
+        return await asyncio.wait_for(request, timeout)
+    except asyncio.TimeoutError:
+        raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
+                          "(the server stopped answering)", hint="check the server log") from None
 
 
 async def _all_or_first_error(url: str, tasks: list[asyncio.Future]) -> list:
@@ -191,12 +195,8 @@ async def open_load(url: str, model: str, prompts: Sequence[Sequence[int] | str]
 
         async def one(i: int) -> ServedRequest:
             await asyncio.sleep(max(0.0, origin + due[i] - time.perf_counter()))
-            try:
-                r = await asyncio.wait_for(stream_one(client, url, model, prompts[i], outputs[i], index=i,
-                                                      concurrency=0, origin=origin), timeout)
-            except asyncio.TimeoutError:
-                raise EngineError(f"a request to {url} took more than {timeout:.0f} s in all "
-                                  "(the server stopped answering)", hint="check the server log") from None
+            r = await _within(url, timeout, stream_one(client, url, model, prompts[i], outputs[i], index=i,
+                                                       concurrency=0, origin=origin))
             r.scheduled_s = due[i]
             return r
 

@@ -15,10 +15,10 @@ from typing import Any
 from compress.build.methods import _llamacpp
 from compress.build.methods.gguf import GGUF_FILE, threads as cpu_threads
 from compress.core.errors import InputError
+from compress.core.procs import OMP_WAIT, omp_wait_policy
 from compress.measure.engines.vllm import VllmServer
 
 DEFAULT_CONTEXT = 4096
-OMP_WAIT = "OMP_WAIT_POLICY"  # set PASSIVE for the server unless the user set it (LlamaCppServer._engine_env)
 LAUNCHER = Path(__file__).with_name("llamacpp_serve.py")  # llama_cpp.server, a completion at least one token long
 
 
@@ -78,11 +78,6 @@ def engine_info(venv: Path | str | None = None) -> dict[str, Any]:
                 ("bin", "llama-quantize"), ("bin", "llama-imatrix"), ("share/llama.cpp", "convert_hf_to_gguf.py"))}}
 
 
-def omp_wait_policy(env: dict[str, str] | None = None) -> str:
-    """The OpenMP wait policy a server starts with: the caller's or the user's, else PASSIVE."""
-    return (env or {}).get(OMP_WAIT) or os.environ.get(OMP_WAIT) or "PASSIVE"
-
-
 def bench_mode() -> str:
     """How a benchmark's server serves, in words that join its cache key (a change measures again)."""
     return f"requests queued, last position's logits only, {OMP_WAIT}={omp_wait_policy()}"
@@ -135,9 +130,7 @@ class LlamaCppServer(VllmServer):
         cores, with the client beside it, one of 4 requests to the 1B fixture took 71 s instead of about 3 s
         (spinning, about 10% more tokens per second on a run without such a stall). A value the user set is left
         as it is."""
-        if OMP_WAIT in os.environ or OMP_WAIT in self.env:
-            return {}
-        return {OMP_WAIT: omp_wait_policy()}
+        return {} if OMP_WAIT in os.environ or OMP_WAIT in self.env else {OMP_WAIT: omp_wait_policy()}
 
     def _get_json(self, route: str) -> dict:
         if route == "/version":  # llama_cpp.server has no such route: the package's own version

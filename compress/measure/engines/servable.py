@@ -153,6 +153,16 @@ def _generate(server: VllmServer, prompts: list[list[int]], tokens: int) -> list
     return choices
 
 
+def token_prompts(model_dir: Path, tokenizer: Any, count: int, length: int = 16) -> list[list[int]]:
+    """The prompts of vLLM's check: ``count`` prompts of ``length`` random token ids (seed 0) from the model's
+    vocabulary, none of them a special token. Sent as ids, so no tokenizer on either side moves them."""
+    from compress.core.models import vocab_size
+    from compress.measure.engines.client import make_prompts
+
+    return make_prompts(vocab_size(model_dir) or len(tokenizer), tokenizer.all_special_ids or [], count, length,
+                        seed=0)
+
+
 def text_prompts(tokenizer: Any, texts: list[str], count: int, length: int) -> list[list[int]]:
     """``count`` prompts of at most ``length`` tokens cut from ``texts``, kept only when their decoded text
     encodes back to the same ids; each as the tokenizer encodes that text, its special tokens (a BOS) included,
